@@ -1,0 +1,52 @@
+"""arlm: autoregressive language models with exact probabilities.
+
+Public API::
+
+    lm = arlm.load("runs/ngram")              # an LM (model + vocab)
+    lm.log_prob("hello")                      # log p(x) in nats, <eos> included
+    lm.conditional_log_prob("lo", given="hel")
+    lm.evaluate(open("val.txt").read())       # nll, mean_nll, bits_per_char, perplexity
+    lm.generate("ROMEO:", max_new_tokens=100, temperature=0.8, top_k=40, seed=1)
+
+    lm = arlm.fit("names.txt", model="ngram", order=5, documents="lines", out="runs/names")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pathlib import Path
+
+from .errors import ArlmError
+from .lm import LM
+from .sampling import Sample
+
+
+def load(path: str | Path) -> LM:
+    """Load a model directory written by ``arlm train`` or ``LM.save``. Raises ArlmError."""
+    return LM.load(path)
+
+
+def fit(data: str | Path | None = None, model: str = "ngram", out: str | Path = "runs/model", *,
+          order: int = 5, vocab: str = "char", vocab_size: int | None = None, documents: str = "file",
+          val_file: str | Path | None = None, val_fraction: float = 0.1, seed: int = 1337) -> LM:
+    """Train a model on the text file ``data`` (the built-in corpus when None) and save it to ``out``.
+
+    Named ``fit`` rather than ``train`` because ``arlm.train`` is the neural
+    training-loop module. This entry point covers the n-gram family; neural
+    families train through ``arlm train --model gpt|lstm``.
+
+    Raises:
+        ArlmError: bad input (see ``arlm train --help`` for the options).
+    """
+    from .pipeline import load_split, split_meta, train_ngram
+
+    if model != "ngram":
+        raise ArlmError(f"arlm.fit() fits n-gram models; train {model!r} with `arlm train --model {model}`")
+    split = load_split(data, documents, val_file, val_fraction, seed)
+    lm, _ = train_ngram(split, out, order=order, vocab=vocab, vocab_size=vocab_size,
+                        meta=split_meta(split, val_file, val_fraction, seed))
+    return lm
+
+
+__all__ = ["ArlmError", "LM", "Sample", "load", "fit", "__version__"]

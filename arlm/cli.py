@@ -1,0 +1,289 @@
+"""The ``arlm`` command line: train, eval, score, sample, demo (and later mix, compare).
+
+It only composes the modules below it. Bad input ends with one line on stderr
+(``arlm: error: …``) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .errors import ArlmError
+
+LN2 = math.log(2.0)
+NEURAL = ("gpt", "lstm")
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _fmt_metrics(m: dict) -> str:
+    return (
+        f"bits_per_char {m['bits_per_char']:.4f}  bits_per_byte {m['bits_per_byte']:.4f}  "
+        f"mean_nll {m['mean_nll']:.4f} nats/token  perplexity {m['perplexity']:.3f}  "
+        f"(nll {m['nll']:.1f} nats over {m['n_tokens']} tokens, {m['n_chars']} chars, {m['n_documents']} documents)"
+    )
+
+
+# -- commands ---------------------------------------------------------------------------
+def cmd_train(args) -> None:
+    from . import checkpoint, scoring
+    from .pipeline import load_split, split_meta, train_ngram
+    from .vocab import train_vocab
+
+    if args.resume is not None:
+        from .train import cli_resume
+
+        out = Path(args.resume)
+        cli_resume(args, out)
+        cfg = checkpoint.read_config(out)
+        sp = cfg.get("split", {})
+        split = load_split(cfg.get("data_path"), cfg.get("documents", "file"), sp.get("val_file"),
+                           sp.get("val_fraction", 0.1), sp.get("seed", 1337))
+        _report_training(out, split, args)
+        return
+    split = load_split(args.data, args.documents, args.val_file, args.val_fraction, args.seed)
+    out = Path(args.out or f"runs/{args.model}-{args.vocab}")
+    meta = split_meta(split, args.val_file, args.val_fraction, args.seed)
+    meta["data_path"] = None if args.data is None else str(Path(args.data).resolve())
+    if args.val_file is not None:
+        meta["split"]["val_file"] = str(Path(args.val_file).resolve())
+    t0 = time.time()
+    val_metrics = None
+    if args.model == "ngram":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, val_metrics = train_ngram(split, out, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
+                                         meta=meta, refit=not args.no_refit)
+        for w in {str(w.message) for w in caught}:
+            print(f"arlm: warning: {w}", file=sys.stderr)
+    elif args.model in NEURAL:
+        from .train import cli_train
+
+        checkpoint.prepare_dir(out)
+        vocab = train_vocab(args.vocab, split.train_docs, args.vocab_size)
+        cli_train(args, args.model, vocab, split.train_docs, split.val_docs, split.documents, out, meta)
+    else:
+        from .models.registry import get_family
+
+        get_family(args.model)
+        raise ArlmError(f"`arlm train` cannot train a {args.model!r} model; use `arlm mix` for mixtures")
+    if not args.json:
+        print(f"trained {args.model} in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
+    _report_training(out, split, args, val_metrics)
+
+
+def _report_training(out: Path, split, args, val_metrics: dict | None = None) -> None:
+    from .lm import LM
+
+    lm = LM.load(out)
+    result = {"model_dir": str(out), "family": lm.model.family, "vocab": lm.vocab.kind,
+              "num_parameters": lm.model.num_parameters(), "refit_on_val": bool(lm.info.get("refit_on_val"))}
+    if val_metrics is not None:
+        result["val"] = val_metrics
+    elif split is not None and split.val_docs:
+        result["val"] = lm.evaluate(split.val_text, split.documents)
+    if args.json:
+        _print_json(result)
+    elif "val" in result:
+        print(f"val: {_fmt_metrics(result['val'])}")
+        if result["refit_on_val"]:
+            print("(val scored before the final refit: the saved n-gram model is fitted on train and val together; "
+                  "--no-refit keeps val held out)")
+    else:
+        print("no val text (val fraction 0): nothing to report")
+
+
+def cmd_eval(args) -> None:
+    from .corpus import read_text
+    from .lm import LM
+
+    lm = LM.load(args.model_dir)
+    text = read_text(args.file)
+    m = lm.evaluate(text, args.documents, stride=args.stride)
+    if args.json:
+        _print_json(m)
+    else:
+        print(_fmt_metrics(m))
+
+
+def cmd_score(args) -> None:
+    from .lm import LM
+
+    lm = LM.load(args.model_dir)
+    result: dict = {"text": args.text}
+    if args.given is not None:
+        lp = lm.conditional_log_prob(args.text, given=args.given)
+        result.update(given=args.given, conditional=True)
+    else:
+        lp = lm.log_prob(args.text, eos=not args.no_eos)
+        result.update(eos=not args.no_eos)
+    result.update(log_prob=lp, log2_prob=lp / LN2)
+    if args.per_token:
+        if args.given is not None:
+            raise ArlmError("--per-token cannot be combined with --given")
+        result["token_logprobs"] = [{"token": t, "logprob": v} for t, v in lm.token_logprobs(args.text, eos=not args.no_eos)]
+    if args.json:
+        _print_json(result)
+        return
+    what = f"log p({args.text!r} | {args.given!r})" if args.given is not None else f"log p({args.text!r}{'' if args.no_eos else ' <eos>'})"
+    print(f"{what} = {lp:.6f} nats = {lp / LN2:.6f} bits")
+    for row in result.get("token_logprobs", []):
+        print(f"  {row['token']!r:>10}  {row['logprob']:10.6f}")
+
+
+def cmd_sample(args) -> None:
+    from .lm import LM
+
+    lm = LM.load(args.model_dir)
+    if args.device:
+        lm.to(_device(args.device))
+    samples = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+                          num_samples=args.num_samples)
+    samples = samples if isinstance(samples, list) else [samples]
+    if args.json:
+        _print_json([{"prompt": args.prompt, "text": s.text, "finish_reason": s.finish_reason,
+                      "n_tokens": len(s.token_ids)} for s in samples])
+        return
+    for i, s in enumerate(samples):
+        if len(samples) > 1:
+            print(f"--- sample {i + 1} ({s.finish_reason}) ---")
+        print(args.prompt + s.text)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cmd_demo(args) -> None:
+    from .pipeline import load_split, split_meta, train_ngram
+
+    t0 = time.time()
+    split = load_split(None, "file", None, 0.1, 1337)
+    out = Path(args.out)
+    print(f"built-in corpus: Python's pydoc topics, {sum(map(len, split.train_docs)):,} train / "
+          f"{len(split.val_text):,} val characters")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm, m = train_ngram(split, out, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
+                            refit=False)
+    print(f"trained a char {args.order}-gram (interpolated modified Kneser-Ney) in {time.time() - t0:.1f} s -> {out}")
+    print(f"val: {_fmt_metrics(m)}")
+    for i, s in enumerate(lm.generate("", max_new_tokens=240, temperature=0.8, seed=args.seed, num_samples=3)):
+        print(f"--- sample {i + 1} ({s.finish_reason}) ---")
+        print(s.text)
+    print(f"--- next: arlm sample {out} --prompt 'The ' ; arlm score {out} 'import os' ---")
+
+
+# -- parser ----------------------------------------------------------------------------
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="arlm", description="Autoregressive language models with exact probabilities.")
+    p.add_argument("--version", action="version", version=f"arlm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)")
+    t.add_argument("data", nargs="?", metavar="DATA", help="UTF-8 text file (default: the built-in corpus)")
+    t.add_argument("--model", default="ngram", help="ngram | lstm | gpt (default ngram)")
+    t.add_argument("--order", type=int, default=5, help="n-gram order, 1..10 (default 5)")
+    t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe"], help="vocabulary (default char)")
+    t.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
+    t.add_argument("--documents", default="file", choices=["lines", "file"],
+                   help="lines: each non-empty line is a document; file: the whole file is one (default)")
+    t.add_argument("--val-file", default=None, help="val text (default: split off --val-fraction of DATA)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="val share when no --val-file (default 0.1)")
+    t.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
+    t.add_argument("--out", default=None, help="model directory (default runs/MODEL-VOCAB)")
+    t.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted neural run in DIR")
+    t.add_argument("--no-refit", action="store_true",
+                   help="n-gram: keep the val split out of the saved model (default: refit on all of DATA after scoring val)")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    try:
+        from .train import add_train_arguments
+    except ImportError:  # the neural training loop is optional at import time
+        add_train_arguments = None
+    if add_train_arguments is not None:
+        add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file")
+    e.add_argument("model_dir", metavar="DIR")
+    e.add_argument("file", metavar="FILE")
+    e.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help="document mode (default: the one the model was trained with)")
+    e.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride for windowed models")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("score", help="log p(TEXT) or log p(TEXT | PREFIX)")
+    s.add_argument("model_dir", metavar="DIR")
+    s.add_argument("text", metavar="TEXT")
+    s.add_argument("--given", default=None, metavar="PREFIX", help="score TEXT as a completion of PREFIX")
+    s.add_argument("--no-eos", action="store_true", help="prefix probability: leave out the <eos> term")
+    s.add_argument("--per-token", action="store_true", help="list every token's log-probability")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    g = sub.add_parser("sample", help="draw samples, unconditionally or as completions of --prompt")
+    g.add_argument("model_dir", metavar="DIR")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--num-samples", type=_positive_int, default=1)
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable)")
+    g.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help="train on the built-in corpus, print val bits per char and samples")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--order", type=int, default=6)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ArlmError as e:
+        print(f"arlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("arlm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

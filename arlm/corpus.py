@@ -1,0 +1,109 @@
+"""Read text, split it into documents, split documents into train and val.
+
+Text is read as strict UTF-8 (an invalid byte is an error naming its byte
+offset); line endings are kept as they are. Two document modes:
+
+* ``lines``: every non-empty line is one i.i.d. document (a list of names).
+  ``\\n`` and ``\\r\\n`` both end a line; the terminator is not part of the document.
+* ``file``: the whole text is one long document (a play).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from .errors import ArlmError
+
+DOCUMENT_MODES = ("lines", "file")
+
+
+def read_text(path: str | Path) -> str:
+    """Return the contents of ``path`` decoded as strict UTF-8.
+
+    Raises:
+        ArlmError: the file is missing, unreadable, empty, or not valid UTF-8
+            (the message gives the byte offset of the first invalid byte).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ArlmError(f"no such file: {p}")
+    if p.is_dir():
+        raise ArlmError(f"expected a text file but {p} is a directory")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ArlmError(f"cannot read {p}: {e.strerror}") from None
+    if not raw:
+        raise ArlmError(f"file is empty: {p}")
+    try:
+        return raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        raise ArlmError(
+            f"{p} is not valid UTF-8: invalid byte 0x{raw[e.start]:02x} at byte offset {e.start}"
+        ) from None
+
+
+def split_documents(text: str, documents: str) -> list[str]:
+    """Split ``text`` into documents.
+
+    ``documents="lines"``: non-empty lines, terminators (``\\n`` or ``\\r\\n``) removed.
+    ``documents="file"``: ``[text]`` unchanged.
+
+    Raises:
+        ArlmError: unknown mode, or no non-empty document.
+    """
+    if documents == "file":
+        docs = [text] if text else []
+    elif documents == "lines":
+        docs = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+        docs = [d for d in docs if d]
+    else:
+        raise ArlmError(f"unknown document mode {documents!r}: choose one of {', '.join(DOCUMENT_MODES)}")
+    if not docs:
+        raise ArlmError("the text holds no non-empty document")
+    return docs
+
+
+def train_val_split(
+    text: str, documents: str, val_fraction: float = 0.1, seed: int = 1337
+) -> tuple[list[str], list[str]]:
+    """Split one text into train and val documents.
+
+    ``file`` mode: val is the last ``val_fraction`` of the characters (nanoGPT's
+    split: train = ``text[:int((1 - f) * n)]``). ``lines`` mode: a seeded shuffle
+    of the documents, the last ``round(f * n_docs)`` (at least one) become val.
+    ``val_fraction=0`` gives an empty val list.
+
+    Raises:
+        ArlmError: ``val_fraction`` outside [0, 1), or too little text to split.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ArlmError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if documents == "file":
+        n_train = int((1.0 - val_fraction) * len(text))
+        train, val = text[:n_train], text[n_train:]
+        if not train:
+            raise ArlmError("too little text to split into train and val")
+        return [train], ([val] if val else [])
+    docs = split_documents(text, documents)
+    if val_fraction == 0.0:
+        return docs, []
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(val_fraction * len(docs)))
+    if n_val >= len(docs):
+        raise ArlmError(f"too few documents ({len(docs)}) to split into train and val")
+    shuffled = [docs[i] for i in order]
+    return shuffled[:-n_val], shuffled[-n_val:]
+
+
+def builtin_corpus() -> str:
+    """English text present on every CPython install: the pydoc help topics.
+
+    About 465,000 characters of Python's documentation (``pydoc_data.topics``),
+    joined in sorted topic order; no network, no files of ours.
+    """
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k].strip("\n") for k in sorted(topics)) + "\n"

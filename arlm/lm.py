@@ -1,0 +1,91 @@
+"""``LM``: a trained model together with its vocab, the object ``arlm.load`` returns.
+
+Every method delegates to ``scoring`` or ``sampling``, which are written once
+against the model contract, so all families behave identically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint, sampling, scoring
+from .sampling import Sample
+
+
+class LM:
+    """A language model and its vocab.
+
+    Attributes:
+        model: the ``LanguageModel`` (eval mode).
+        vocab: the ``Vocab``.
+        documents: the document mode it was trained with (``"lines"`` or ``"file"``).
+        info: the parsed ``config.json`` (empty for an unsaved model).
+    """
+
+    def __init__(self, model, vocab, documents: str = "file", info: dict[str, Any] | None = None):
+        self.model = model
+        self.vocab = vocab
+        self.documents = documents
+        self.info = info or {}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LM":
+        """Load a model directory. Raises ArlmError if it is missing, truncated or corrupt."""
+        model, vocab, cfg = checkpoint.load(path)
+        return cls(model, vocab, cfg.get("documents", "file"), cfg)
+
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write a model directory (atomically, file by file; config.json last)."""
+        return checkpoint.save(path, self.model, self.vocab, {"documents": self.documents, **(meta or {})})
+
+    def to(self, device: str | torch.device) -> "LM":
+        """Move a neural model to ``device`` (n-gram models stay on the CPU)."""
+        if self.model.family != "ngram":
+            self.model.to(device)
+        return self
+
+    # -- scoring (nats) ----------------------------------------------------------------
+    def log_prob(self, text: str, eos: bool = True) -> float:
+        """log p(text) in nats; ``eos=False`` gives the prefix probability. See ``scoring.log_prob``."""
+        return scoring.log_prob(self.model, self.vocab, text, eos=eos)
+
+    def conditional_log_prob(self, completion: str, given: str = "") -> float:
+        """log p(completion | given) in nats. See ``scoring.conditional_log_prob``."""
+        return scoring.conditional_log_prob(self.model, self.vocab, completion, given=given)
+
+    def token_logprobs(self, text: str, eos: bool = True) -> list[tuple[str, float]]:
+        """Per-token ``(token_text, logprob)`` pairs in nats. See ``scoring.token_logprobs``."""
+        return scoring.token_logprobs(self.model, self.vocab, text, eos=eos)
+
+    def next_token_log_probs(self, prefix: str = "") -> dict[str, float]:
+        """Token text -> log-prob (nats) of the token after ``prefix``, ``<eos>`` included."""
+        return scoring.next_token_log_probs(self.model, self.vocab, prefix)
+
+    def evaluate(self, text: str, documents: str | None = None, stride: int | None = None) -> dict[str, float]:
+        """nll (nats), mean_nll (nats/token), bits_per_char, bits_per_byte, perplexity of ``text``.
+
+        ``documents`` defaults to the mode the model was trained with. See ``scoring.evaluate``.
+        """
+        return scoring.evaluate(self.model, self.vocab, text, documents or self.documents, stride=stride)
+
+    # -- sampling ------------------------------------------------------------------------
+    def generate(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
+                 stop: list[str] | str | None = None, num_samples: int = 1) -> Sample | list[Sample]:
+        """Sample a completion of ``prompt`` (unconditional when empty).
+
+        Returns a ``Sample(text, token_ids, finish_reason)``, or a list of
+        ``num_samples`` of them drawn one after another from one generator
+        seeded with ``seed``. See ``sampling.generate`` for the semantics.
+        """
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(0 if seed is None else int(seed))
+        out = [
+            sampling.generate(self.model, self.vocab, prompt, max_new_tokens, temperature, top_k, top_p,
+                              stop=stop, generator=gen)
+            for _ in range(num_samples)
+        ]
+        return out[0] if num_samples == 1 else out

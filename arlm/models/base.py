@@ -1,0 +1,198 @@
+"""The model contract every family implements (DESIGN.md §2).
+
+A model is a ``torch.nn.Module`` with:
+
+* ``family``: the registry name ("ngram", "lstm", "gpt", "mixture");
+* ``config``: a dataclass of hyperparameters (saved as ``config.json``), which
+  always holds ``vocab_size``, ``bos_id`` and ``eos_id``;
+* ``block_size``: how many previous tokens the model sees (``order - 1`` for an
+  n-gram, ``None`` for unbounded recurrence);
+* ``logits(token_ids [B, T]) -> [B, T, V]``: row t scores the token after
+  ``token_ids[:, :t+1]``; ``log_softmax`` of it is a distribution over all V
+  tokens with ``<bos>`` at probability 0;
+* ``step(token_ids [B], state) -> ([B, V], state)``: incremental scores;
+  ``state=None`` means nothing came before.
+
+Everything else (scoring, sampling, the CLI) is written once against these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+
+class LanguageModel(torch.nn.Module):
+    """Base class of every family; see the module docstring for the contract."""
+
+    family: ClassVar[str] = ""
+    #: True when ``logits`` accepts at most ``block_size`` positions (learned
+    #: position embeddings); such models are scored with a sliding window.
+    windowed: ClassVar[bool] = False
+
+    config: Any
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def bos_id(self) -> int:
+        return self.config.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.config.eos_id
+
+    @property
+    def block_size(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # -- the contract ---------------------------------------------------------
+    def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced scores: LongTensor[B, T] -> FloatTensor[B, T, V]."""
+        raise NotImplementedError
+
+    def step(self, token_ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """Scores after appending one token per row: LongTensor[B] -> (FloatTensor[B, V], state)."""
+        raise NotImplementedError
+
+    # -- written once against the contract; families may override for speed ---
+    def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Feed a prompt LongTensor[B, T] (T >= 1); return (FloatTensor[B, V] scores after it, state)."""
+        state = None
+        for t in range(token_ids.shape[1]):
+            out, state = self.step(token_ids[:, t], state)
+        return out, state
+
+    @torch.no_grad()
+    def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        """Log-probability (nats) of every token after the first of one sequence.
+
+        Args:
+            token_ids: LongTensor[T], normally ``[<bos>, x_1, ..., x_n, (<eos>)]``.
+            stride: for windowed models, how many new tokens each window of
+                ``block_size`` predicts (default ``block_size // 2``); every token
+                is predicted exactly once, with as much context as the window
+                allows. Ignored by models that need no window.
+
+        Returns:
+            FloatTensor[T - 1] (float64): entry t is log p(token_ids[t+1] | token_ids[:t+1]).
+        """
+        ids = token_ids.to(self.device)
+        T = ids.shape[0]
+        if T < 2:
+            return torch.zeros(0, dtype=torch.float64)
+        if not (self.windowed and self.block_size is not None and T - 1 > self.block_size):
+            return self._gather_log_probs(ids[:-1], ids[1:])
+        return self._windowed_log_probs(ids, stride)
+
+    @torch.no_grad()
+    def documents_log_probs(self, documents: list[torch.Tensor], max_batch_tokens: int = 8192) -> list[torch.Tensor]:
+        """``sequence_log_probs`` of many sequences, batched where they fit in one window.
+
+        Args:
+            documents: LongTensor[T_i] each, normally ``[<bos>, …, <eos>]``.
+
+        Returns:
+            one float64 FloatTensor[T_i - 1] per document, in order.
+
+        Short sequences are right-padded into batches (padding after a
+        sequence cannot change its scores: every model is causal); longer
+        ones go through ``sequence_log_probs`` one at a time.
+        """
+        out: list[torch.Tensor | None] = [None] * len(documents)
+        limit = self.block_size if (self.windowed and self.block_size is not None) else max_batch_tokens
+        short = [i for i, d in enumerate(documents) if 2 <= len(d) and len(d) - 1 <= limit]
+        in_batches = set(short)
+        for i, d in enumerate(documents):
+            if i not in in_batches:
+                out[i] = self.sequence_log_probs(d)
+        short.sort(key=lambda i: len(documents[i]))
+        j = 0
+        while j < len(short):
+            k = j + 1
+            # grow the batch (sorted by length) while the padded size stays in budget
+            while k < len(short) and (k - j + 1) * (len(documents[short[k]]) - 1) <= max_batch_tokens:
+                k += 1
+            group = short[j:k]
+            T = len(documents[group[-1]]) - 1
+            inputs = torch.full((len(group), T), self.eos_id, dtype=torch.long)
+            targets = torch.full((len(group), T), self.eos_id, dtype=torch.long)
+            for r, i in enumerate(group):
+                d = documents[i]
+                inputs[r, : len(d) - 1] = d[:-1]
+                targets[r, : len(d) - 1] = d[1:]
+            logits = self.logits(inputs.to(self.device))  # [B, T, V]
+            lp = torch.log_softmax(logits.double(), dim=-1).gather(2, targets.to(self.device)[..., None])[..., 0].cpu()  # [B, T]
+            for r, i in enumerate(group):
+                out[i] = lp[r, : len(documents[i]) - 1]
+            j = k
+        return [o if o is not None else torch.zeros(0, dtype=torch.float64) for o in out]
+
+    def _gather_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(inputs[None])[0]  # [T, V]
+        log_probs = F.log_softmax(logits.double(), dim=-1)  # [T, V]
+        return log_probs.gather(1, targets[:, None])[:, 0].cpu()  # [T]
+
+    def _windowed_log_probs(self, ids: torch.Tensor, stride: int | None) -> torch.Tensor:
+        block = self.block_size
+        stride = stride or max(1, block // 2)
+        if not 1 <= stride <= block:
+            raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
+        n_pred = ids.shape[0] - 1
+        out = torch.empty(n_pred, dtype=torch.float64)
+        # The first window predicts positions [0, block); each later window ends
+        # `stride` further on and predicts only the positions not yet predicted.
+        done = 0
+        end = block
+        while done < n_pred:
+            end = min(end, n_pred)
+            start = max(0, end - block)
+            lp = self._gather_log_probs(ids[start:end], ids[start + 1 : end + 1])  # [end - start]
+            out[done:end] = lp[done - start :]
+            done = end
+            end += stride
+        return out
+
+    # -- persistence (checkpoint.py calls these) --------------------------------
+    def save_weights(self, directory: Path) -> None:
+        """Write ``model.safetensors`` into ``directory`` (atomically)."""
+        from safetensors.torch import save_model
+
+        from ..io import atomic_path
+
+        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+            save_model(self, str(tmp))
+
+    @classmethod
+    def load_weights(cls, config: Any, directory: Path) -> "LanguageModel":
+        """Build a model from ``config`` and the weights in ``directory``."""
+        from safetensors.torch import load_model
+
+        model = cls(config)
+        load_model(model, str(Path(directory) / "model.safetensors"), device="cpu")
+        model.eval()
+        return model
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls, data: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,92 @@
+"""Text file -> split -> vocab -> fitted model directory: the steps `arlm train` composes.
+
+Kept apart from ``cli.py`` so the Python API (``arlm.train``) and the CLI share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from . import checkpoint
+from .corpus import builtin_corpus, read_text, split_documents, train_val_split
+from .data import encode_documents
+from .errors import ArlmError
+from .lm import LM
+from .vocab import train_vocab
+
+
+@dataclasses.dataclass
+class Split:
+    """Train and val documents, and the val text the metrics are computed over."""
+
+    train_docs: list[str]
+    val_docs: list[str]
+    val_text: str
+    documents: str
+    source: str
+    val_is_file: bool = False
+
+
+def load_split(data: str | Path | None, documents: str = "file", val_file: str | Path | None = None,
+               val_fraction: float = 0.1, seed: int = 1337) -> Split:
+    """Read ``data`` (the built-in corpus when None) and split it (see ``corpus.train_val_split``).
+
+    With ``val_file`` the whole of ``data`` is train and ``val_file`` is val.
+    """
+    text = builtin_corpus() if data is None else read_text(data)
+    source = "builtin:pydoc_data.topics" if data is None else str(data)
+    if val_file is not None:
+        val_text = read_text(val_file)
+        return Split(split_documents(text, documents), split_documents(val_text, documents), val_text, documents,
+                     source, val_is_file=True)
+    train_docs, val_docs = train_val_split(text, documents, val_fraction, seed)
+    val_text = val_docs[0] if documents == "file" and val_docs else "".join(d + "\n" for d in val_docs)
+    return Split(train_docs, val_docs, val_text, documents, source)
+
+
+def split_meta(split: Split, val_file, val_fraction: float, seed: int) -> dict:
+    return {
+        "documents": split.documents,
+        "data": split.source,
+        "split": {"val_file": str(val_file) if val_file else None, "val_fraction": val_fraction, "seed": seed},
+    }
+
+
+def train_ngram(split: Split, out: str | Path, order: int = 5, vocab: str = "char",
+                vocab_size: int | None = None, meta: dict | None = None,
+                refit: bool = True) -> tuple[LM, dict | None]:
+    """Fit an interpolated modified Kneser-Ney model and save it to ``out``.
+
+    The model is fitted on ``split.train_docs`` and scored on the held-out
+    ``split.val_docs``. Kneser-Ney estimation selects nothing on held-out text
+    (discounts come from counts of counts), so with ``refit`` (the default) and
+    a val split carved out of DATA, the saved model is then refitted on every
+    document of DATA, train and val together, as KenLM's ``lmplz`` would be; the
+    returned metrics are those of the model that had not seen val.
+
+    Returns:
+        ``(lm, val_metrics)``; ``val_metrics`` is None when there is no val text.
+
+    Raises:
+        ArlmError: order outside 1..10, an unwritable ``out``, or bad text.
+    """
+    from .models.ngram import MAX_ORDER, NGramConfig, NGramModel
+
+    if not 1 <= order <= MAX_ORDER:
+        raise ArlmError(f"--order must be in 1..{MAX_ORDER}, got {order}")
+    checkpoint.prepare_dir(out)
+
+    def fit(docs: list[str]) -> LM:
+        v = train_vocab(vocab, docs, vocab_size)
+        model = NGramModel.fit(NGramConfig(v.vocab_size, v.bos_id, v.eos_id, order=order), encode_documents(v, docs))
+        return LM(model, v, split.documents)
+
+    lm = fit(split.train_docs)
+    val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
+    refitted = refit and split.val_docs and not split.val_is_file
+    if refitted:
+        all_docs = [split.train_docs[0] + split.val_docs[0]] if split.documents == "file" else split.train_docs + split.val_docs
+        lm = fit(all_docs)
+    lm.save(out, {**(meta or {}), "refit_on_val": bool(refitted)})
+    return lm, val_metrics

@@ -1,0 +1,144 @@
+"""Next-token filtering and the generation loop (DESIGN.md §4).
+
+Filters apply in the Hugging Face order: temperature, then top-k, then top-p.
+
+* ``temperature=0`` is greedy argmax (no division; ties go to the lowest id).
+* ``top_k=None`` or ``top_k >= V`` is off; otherwise exactly k tokens are kept,
+  ties broken by lowest id.
+* ``top_p`` keeps the smallest set of most probable tokens whose mass reaches
+  p (never empty; ``top_p=0`` is greedy); ``top_p=1.0`` is off. Nucleus
+  sampling: Holtzman et al., "The Curious Case of Neural Text Degeneration" (2020).
+* Non-finite logits (NaN or +inf, or a row of all -inf) are an error, never a sample.
+
+Each call uses its own ``torch.Generator`` seeded with ``seed``, so the same
+seed gives the same text in any process, whatever ran before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .errors import ArlmError
+
+
+@dataclasses.dataclass
+class Sample:
+    """One generated completion: ``text`` (without the prompt), the generated
+    ``token_ids`` (``<eos>`` excluded), and ``finish_reason``: ``"stop"`` (``<eos>``
+    or a stop string) or ``"length"`` (``max_new_tokens`` reached)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float, max_new_tokens: int | None = None) -> None:
+    """Raise ValueError (an ArlmError) naming the first out-of-range knob."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ArlmError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ArlmError(f"top_k must be an integer >= 1 (or None for off), got {top_k}")
+    if not (isinstance(top_p, (int, float)) and 0.0 <= top_p <= 1.0):
+        raise ArlmError(f"top_p must be in [0, 1], got {top_p}")
+    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 0):
+        raise ArlmError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
+    """Apply temperature, top-k and top-p to FloatTensor[B, V] logits.
+
+    Returns FloatTensor[B, V] (float64) log-probabilities with removed tokens at
+    -inf. ``temperature=0`` keeps only the argmax. Raises ArlmError for
+    out-of-range knobs or non-finite logits.
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    logits = logits.double()
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():
+        raise ArlmError("the model produced non-finite logits (NaN or +inf); refusing to sample")
+    if torch.isneginf(logits).all(dim=-1).any():
+        raise ArlmError("the model gave every token probability zero; refusing to sample")
+    V = logits.shape[-1]
+    if temperature == 0 or top_p == 0.0 or top_k == 1:
+        keep = torch.zeros_like(logits, dtype=torch.bool)  # [B, V]
+        keep.scatter_(1, logits.argmax(dim=-1, keepdim=True), True)
+        return torch.where(keep, 0.0, -math.inf)
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
+    if top_k is None and top_p >= 1.0:
+        return log_probs
+    # descending, stable: among equal values the lower id comes first
+    sorted_lp, order = torch.sort(log_probs, dim=-1, descending=True, stable=True)  # [B, V]
+    keep_sorted = torch.ones_like(sorted_lp, dtype=torch.bool)
+    if top_k is not None and top_k < V:
+        keep_sorted[:, top_k:] = False
+    if top_p < 1.0:
+        probs = sorted_lp.exp()
+        probs = torch.where(keep_sorted, probs, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)  # renormalised after top-k
+        mass_before = probs.cumsum(dim=-1) - probs
+        keep_sorted &= mass_before < top_p
+        keep_sorted[:, 0] = True
+    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)  # [B, V]
+    filtered = torch.where(keep, log_probs, -math.inf)
+    return torch.log_softmax(filtered, dim=-1)
+
+
+def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
+    """Draw one token per row from FloatTensor[B, V] logits after filtering: LongTensor[B]."""
+    lp = filter_logits(logits, temperature, top_k, top_p)  # [B, V]
+    if temperature == 0 or top_p == 0.0 or top_k == 1:
+        return lp.argmax(dim=-1)
+    return torch.multinomial(lp.exp().cpu(), 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, vocab, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
+             stop: list[str] | str | None = None, generator: torch.Generator | None = None) -> Sample:
+    """Sample a completion of ``prompt`` (unconditional when empty: from ``<bos>``).
+
+    The model sees ``[<bos>] + encode(prompt)`` and draws up to
+    ``max_new_tokens`` tokens. Generation stops at ``<eos>`` (``finish_reason
+    "stop"``, ``<eos>`` not in the text), at the first occurrence of a string in
+    ``stop`` (the text is cut before it, ``"stop"``), or after
+    ``max_new_tokens`` tokens (``"length"``).
+
+    Raises:
+        ArlmError: out-of-range knobs, a prompt the vocab cannot encode, or
+            non-finite logits.
+    """
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+    if generator is None:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(0 if seed is None else int(seed))
+    was_training = model.training
+    model.eval()
+    try:
+        prompt_ids = [vocab.bos_id, *vocab.encode(prompt)]
+        new_ids: list[int] = []
+        if max_new_tokens == 0:
+            return Sample("", [], "length")
+        logits, state = model.prefill(torch.tensor([prompt_ids], device=model.device))  # [1, V]
+        finish = "length"
+        text = ""
+        for i in range(max_new_tokens):
+            tok = sample_next(logits, generator, temperature, top_k, top_p)  # [1]
+            t = int(tok[0])
+            if t == vocab.eos_id:
+                finish = "stop"
+                break
+            new_ids.append(t)
+            if stops:
+                text = vocab.decode(new_ids)
+                cut = min((j for j in (text.find(s) for s in stops) if j >= 0), default=-1)
+                if cut >= 0:
+                    return Sample(text[:cut], new_ids, "stop")
+            if i + 1 < max_new_tokens:
+                logits, state = model.step(tok.to(model.device), state)
+        return Sample(vocab.decode(new_ids), new_ids, finish)
+    finally:
+        model.train(was_training)
