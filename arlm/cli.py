@@ -198,10 +198,17 @@ def _positive_int(s: str) -> int:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="arlm", description="Autoregressive language models with exact probabilities.")
+    p = _Parser(prog="arlm", description="Autoregressive language models with exact probabilities.")
     p.add_argument("--version", action="version", version=f"arlm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -152,17 +152,19 @@ class LanguageModel(torch.nn.Module):
             raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
         n_pred = ids.shape[0] - 1
         out = torch.empty(n_pred, dtype=torch.float64)
-        # The first window predicts positions [0, block); each later window ends
-        # `stride` further on and predicts only the positions not yet predicted.
-        done = 0
-        end = block
+        # Window k starts at k * stride; the first predicts positions [0, block),
+        # window k >= 1 predicts [block + (k-1) * stride, block + k * stride). A
+        # position's window depends on the position alone, so the scores of a
+        # prefix do not depend on the text that follows it (and conditional
+        # log-probs are exact differences of prefix log-probs).
+        done, k = 0, 0
         while done < n_pred:
-            end = min(end, n_pred)
-            start = max(0, end - block)
-            lp = self._gather_log_probs(ids[start:end], ids[start + 1 : end + 1])  # [end - start]
-            out[done:end] = lp[done - start :]
-            done = end
-            end += stride
+            start = k * stride
+            stop = min(start + block, n_pred)
+            lp = self._gather_log_probs(ids[start:stop], ids[start + 1 : stop + 1])  # [stop - start]
+            out[done:stop] = lp[done - start :]
+            done = stop
+            k += 1
         return out
 
     # -- persistence (checkpoint.py calls these) --------------------------------
@@ -178,10 +180,16 @@ class LanguageModel(torch.nn.Module):
     @classmethod
     def load_weights(cls, config: Any, directory: Path) -> "LanguageModel":
         """Build a model from ``config`` and the weights in ``directory``."""
+        from safetensors import safe_open
         from safetensors.torch import load_model
 
+        path = str(Path(directory) / "model.safetensors")
         model = cls(config)
-        load_model(model, str(Path(directory) / "model.safetensors"), device="cpu")
+        with safe_open(path, framework="pt") as f:  # keep the stored dtype (a float64 model stays float64)
+            dtypes = {f.get_slice(n).get_dtype() for n in f.keys()}
+        if dtypes & {"F64"} and not dtypes & {"F32", "BF16", "F16"}:
+            model.double()
+        load_model(model, path, device="cpu")
         model.eval()
         return model
 

@@ -1,0 +1,75 @@
+"""Shared fixtures: the data directory and tiny models of every family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from arlm.data import encode_documents
+from arlm.vocab import ByteVocab, CharVocab
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+NAMES = DATA / "names.txt"
+SHAKESPEARE = DATA / "tinyshakespeare.txt"
+
+
+def names_docs(n: int = 2000) -> list[str]:
+    return NAMES.read_text(encoding="utf-8").split()[:n]
+
+
+def make_ngram(vocab, docs, order):
+    from arlm.models.ngram import NGramConfig, NGramModel
+
+    return NGramModel.fit(NGramConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=order), encode_documents(vocab, docs))
+
+
+def make_gpt(vocab, docs=None, block_size=8, seed=0):
+    from arlm.models.gpt import GPTConfig, GPTModel
+
+    torch.manual_seed(seed)
+    m = GPTModel(GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                           n_layer=1, n_head=2, n_embd=16, block_size=block_size, dropout=0.0, bias=True))
+    # float64 so that probabilities from forward passes of different lengths agree to 1e-15
+    return m.double().eval()
+
+
+def make_lstm(vocab, docs=None, seed=0):
+    from arlm.models.lstm import LSTMConfig, LSTMModel
+
+    torch.manual_seed(seed)
+    m = LSTMModel(LSTMConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                             n_layer=1, n_embd=16, n_hidden=16, dropout=0.0))
+    return m.double().eval()
+
+
+# name -> (vocab kind, builder(vocab, docs))
+FAMILY_CASES = {
+    "ngram1-char": ("char", lambda v, d: make_ngram(v, d, 1)),
+    "ngram3-char": ("char", lambda v, d: make_ngram(v, d, 3)),
+    "ngram5-char": ("char", lambda v, d: make_ngram(v, d, 5)),
+    "ngram4-byte": ("byte", lambda v, d: make_ngram(v, d, 4)),
+    "gpt-char": ("char", lambda v, d: make_gpt(v, d)),
+    "lstm-char": ("char", lambda v, d: make_lstm(v, d)),
+}
+
+
+def build_case(name: str, docs: list[str]):
+    kind, builder = FAMILY_CASES[name]
+    vocab = CharVocab.train(docs) if kind == "char" else ByteVocab()
+    return builder(vocab, docs), vocab
+
+
+@pytest.fixture(params=sorted(FAMILY_CASES))
+def family_case(request):
+    """(name, model, vocab) of a small model of each family, fitted or initialised on names."""
+    model, vocab = build_case(request.param, names_docs())
+    return request.param, model, vocab
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

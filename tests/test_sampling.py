@@ -1,0 +1,105 @@
+"""Sampling semantics (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from arlm.errors import ArlmError
+from arlm.sampling import filter_logits, generate, sample_next
+
+from conftest import build_case, names_docs
+
+
+def kept(lp):
+    return set(torch.nonzero(torch.isfinite(lp[0])).flatten().tolist())
+
+
+def test_powers_of_two_top_p_boundary():
+    logits = torch.log(torch.tensor([[1 / 8, 1 / 2, 1 / 16, 1 / 4, 1 / 16]], dtype=torch.float64))
+    # sorted: 1/2 (id 1), 1/4 (id 3), 1/8 (id 0), 1/16, 1/16
+    assert kept(filter_logits(logits, top_p=0.5)) == {1}
+    assert kept(filter_logits(logits, top_p=0.5000001)) == {1, 3}
+    assert kept(filter_logits(logits, top_p=0.75)) == {1, 3}
+    assert kept(filter_logits(logits, top_p=0.875)) == {1, 3, 0}
+    assert kept(filter_logits(logits, top_p=0.9)) == {1, 3, 0, 2}  # tie: lowest id first
+    assert kept(filter_logits(logits, top_p=0.0)) == {1}  # never empty: greedy
+    lp = filter_logits(logits, top_p=0.75)
+    assert lp.exp().sum().item() == pytest.approx(1.0)
+    assert lp[0, 1].exp().item() == pytest.approx(2 / 3)
+
+
+def test_top_k_exact_and_ties_by_lowest_id():
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, -1.0]])
+    assert kept(filter_logits(logits, top_k=2)) == {1, 2}
+    assert kept(filter_logits(logits, top_k=4)) == {0, 1, 2, 3}
+
+
+def test_knobs_that_are_off_change_nothing():
+    logits = torch.randn(3, 11, generator=torch.Generator().manual_seed(0))
+    base = torch.log_softmax(logits.double(), -1)
+    assert torch.allclose(filter_logits(logits, top_k=11), base)
+    assert torch.allclose(filter_logits(logits, top_k=50), base)
+    assert torch.allclose(filter_logits(logits, top_p=1.0), base)
+    assert torch.allclose(filter_logits(logits, temperature=2.0), torch.log_softmax(logits.double() / 2, -1))
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.0), dict(top_k=1), dict(top_p=0.0)])
+def test_greedy_equivalents(kw):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 20, generator=g)
+    assert torch.equal(sample_next(logits, g, **kw), logits.argmax(-1))
+
+
+def test_temperature_zero_generation_is_argmax_decoding():
+    model, vocab = build_case("ngram3-char", names_docs(500))
+    out = generate(model, vocab, "em", max_new_tokens=10, temperature=0.0, seed=1)
+    # decode greedily by hand
+    ids = [vocab.bos_id, *vocab.encode("em")]
+    want = []
+    for _ in range(10):
+        nxt = int(model.logits(torch.tensor([ids]))[0, -1].argmax())
+        if nxt == vocab.eos_id:
+            break
+        want.append(nxt)
+        ids.append(nxt)
+    assert out.token_ids == want
+    assert generate(model, vocab, "em", max_new_tokens=10, top_k=1, seed=5).token_ids == want
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(temperature=-0.5), "temperature"), (dict(temperature=math.nan), "temperature"),
+    (dict(top_p=1.5), "top_p"), (dict(top_p=-0.1), "top_p"), (dict(top_k=0), "top_k"),
+])
+def test_out_of_range_knobs(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        filter_logits(torch.zeros(1, 4), **kw)
+
+
+def test_non_finite_logits_are_an_error():
+    with pytest.raises(ArlmError, match="non-finite"):
+        filter_logits(torch.tensor([[0.0, math.nan, 1.0]]))
+    with pytest.raises(ArlmError, match="zero"):
+        filter_logits(torch.full((1, 3), -math.inf))
+
+
+def test_stop_reasons_and_stop_strings():
+    model, vocab = build_case("ngram3-char", names_docs(500))
+    s = generate(model, vocab, "", max_new_tokens=3, seed=0, temperature=0.0)
+    assert s.finish_reason == "length" and len(s.token_ids) == 3
+    long = generate(model, vocab, "", max_new_tokens=200, seed=0)
+    assert long.finish_reason == "stop" and "<eos>" not in long.text
+    a = generate(model, vocab, "", max_new_tokens=200, seed=3)
+    stop = a.text[2:4]
+    b = generate(model, vocab, "", max_new_tokens=200, seed=3, stop=[stop])
+    assert b.finish_reason == "stop" and b.text == a.text[: a.text.find(stop)]
+
+
+def test_seed_is_private():
+    model, vocab = build_case("ngram3-char", names_docs(500))
+    a = generate(model, vocab, "", max_new_tokens=50, seed=11)
+    torch.rand(100)
+    b = generate(model, vocab, "", max_new_tokens=50, seed=11)
+    assert a == b
