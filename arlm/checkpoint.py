@@ -49,7 +49,7 @@ def prepare_dir(directory: str | Path) -> Path:
 def save(directory: str | Path, model, vocab, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` and ``vocab`` into ``directory``; ``meta`` adds JSON fields to config.json."""
     d = prepare_dir(directory)
-    model.save_weights(d)
+    model.save_weights(d, vocab)
     vocab.save(d)
     cfg = {
         "family": model.family,

@@ -159,6 +159,54 @@ def cmd_sample(args) -> None:
         print(args.prompt + s.text)
 
 
+def cmd_mix(args) -> None:
+    from .corpus import read_text
+    from .lm import LM
+    from .models.mixture import build_mixture
+
+    lms = [LM.load(d) for d in args.model_dirs]
+    documents = args.documents or lms[0].documents
+    fit_text = read_text(args.fit_on)
+    t0 = time.time()
+    lm, history = build_mixture(lms, fit_text, documents, bucketed=args.bucketed)
+    lm.save(args.out, {"mixture_fit_nll_history": history, "fit_on": str(args.fit_on),
+                       "component_sources": [str(d) for d in args.model_dirs]})
+    w = lm.model.weights
+    result = {"model_dir": str(args.out), "weights": w.tolist() if args.bucketed else w[0].tolist(),
+              "fit_mean_nll_before": -history[0], "fit_mean_nll_after": -history[-1],
+              "em_iterations": len(history) - 1, "seconds": time.time() - t0}
+    if args.json:
+        _print_json(result)
+        return
+    print(f"mixture of {len(lms)} models -> {args.out} ({result['em_iterations']} EM iterations, {result['seconds']:.1f} s)")
+    if args.bucketed:
+        print(f"context-dependent weights in {w.shape[0]} buckets; mean weights {[round(x, 4) for x in w.mean(0).tolist()]}")
+    else:
+        print(f"weights {[round(x, 4) for x in result['weights']]}")
+    print(f"fit text mean_nll {result['fit_mean_nll_before']:.4f} (uniform weights) -> {result['fit_mean_nll_after']:.4f} nats/token")
+
+
+def cmd_compare(args) -> None:
+    from .compare import parse_model_specs, run_compare, terminal_table
+    from .train import parse_duration
+
+    specs = parse_model_specs(args.models)
+    vocabs = [v.strip() for v in args.vocab.split(",") if v.strip()]
+    for v in vocabs:
+        if v not in ("char", "byte", "bpe"):
+            raise ArlmError(f"unknown vocab {v!r} in --vocab: choose from char, byte, bpe")
+    log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    result = run_compare(args.data, specs, vocabs, parse_duration(args.max_time), Path(args.out), args.documents,
+                         args.val_file, args.val_fraction, args.seed, args.mix, args.vocab_size, log=log)
+    if args.json:
+        _print_json(result)
+        return
+    print(terminal_table(result["rows"]))
+    print()
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    print(f"wrote {args.out}/compare.json, compare.md, compare.png")
+
+
 def _device(name: str):
     import torch
 
@@ -267,6 +315,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_sample)
+
+    x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text")
+    x.add_argument("model_dirs", nargs="+", metavar="DIR")
+    x.add_argument("--fit-on", required=True, metavar="FILE", help="held-out text for the weights (never your test text)")
+    x.add_argument("--out", required=True, metavar="DIR")
+    x.add_argument("--documents", default=None, choices=["lines", "file"])
+    x.add_argument("--bucketed", action="store_true",
+                   help="context-dependent weights, bucketed by the first n-gram component's context")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_mix)
+
+    c = sub.add_parser("compare", help="train several models on one split and budget; table, JSON and plot")
+    c.add_argument("data", nargs="?", metavar="DATA")
+    c.add_argument("--models", default="ngram:7,lstm,gpt", help="comma list of ngram:ORDER, lstm, gpt")
+    c.add_argument("--vocab", default="char", help="comma list of char, byte, bpe")
+    c.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
+    c.add_argument("--max-time", default="2m", help="training budget per neural model (e.g. 90s, 2m)")
+    c.add_argument("--mix", action="store_true", help="also fit a mixture of the models on a dev part of train")
+    c.add_argument("--documents", default="file", choices=["lines", "file"])
+    c.add_argument("--val-file", default=None)
+    c.add_argument("--val-fraction", type=float, default=0.1)
+    c.add_argument("--seed", type=int, default=1337)
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="train on the built-in corpus, print val bits per char and samples")
     d.add_argument("--out", default="runs/demo")

@@ -46,6 +46,18 @@ def make_lstm(vocab, docs=None, seed=0):
     return m.double().eval()
 
 
+def make_mixture(vocab, docs, bucketed=False, seed=0):
+    from arlm.models.mixture import MixtureConfig, MixtureModel
+
+    comps = [make_ngram(vocab, docs, 3), make_gpt(vocab, docs, seed=seed)]
+    cfg = MixtureConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, ["ngram", "gpt"], bucketed, 0)
+    m = MixtureModel(cfg, comps)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(m.n_buckets, 2, generator=g, dtype=torch.float64) + 0.1
+    m.weights.copy_(w / w.sum(-1, keepdim=True))
+    return m.eval()
+
+
 # name -> (vocab kind, builder(vocab, docs))
 FAMILY_CASES = {
     "ngram1-char": ("char", lambda v, d: make_ngram(v, d, 1)),
@@ -54,6 +66,8 @@ FAMILY_CASES = {
     "ngram4-byte": ("byte", lambda v, d: make_ngram(v, d, 4)),
     "gpt-char": ("char", lambda v, d: make_gpt(v, d)),
     "lstm-char": ("char", lambda v, d: make_lstm(v, d)),
+    "mixture-char": ("char", lambda v, d: make_mixture(v, d)),
+    "mixture-bucketed-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True)),
 }
 
 

@@ -86,3 +86,21 @@ def test_bad_input_is_one_line_no_traceback(names_model, tmp_path, args, needle)
 def test_demo_runs(tmp_path):
     res = arlm("demo", "--out", tmp_path / "demo")
     assert "bits_per_char" in res.stdout and "sample 3" in res.stdout
+
+
+def test_mix_and_compare(names_model, tmp_path):
+    lines = NAMES.read_text().split()
+    (tmp_path / "fit.txt").write_text("\n".join(lines[-500:]) + "\n")
+    other = tmp_path / "names2"
+    arlm("train", NAMES, "--order", "2", "--documents", "lines", "--out", other)
+    r = json.loads(arlm("mix", names_model, other, "--fit-on", tmp_path / "fit.txt", "--out", tmp_path / "mix", "--json").stdout)
+    assert sum(r["weights"]) == pytest.approx(1.0) and r["fit_mean_nll_after"] <= r["fit_mean_nll_before"]
+    arlm("score", tmp_path / "mix", "emma")
+    out = tmp_path / "cmp"
+    res = arlm("compare", NAMES, "--documents", "lines", "--models", "ngram:2,ngram:4,lstm", "--max-time", "3s",
+               "--mix", "--out", out)
+    assert "mixture" in res.stdout and "| model |" in res.stdout
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["ngram:2", "ngram:4", "lstm", "mixture"]
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert data["setup"]["seed"] == 1337 and data["setup"]["max_time_s"] == 3.0

@@ -168,8 +168,9 @@ class LanguageModel(torch.nn.Module):
         return out
 
     # -- persistence (checkpoint.py calls these) --------------------------------
-    def save_weights(self, directory: Path) -> None:
-        """Write ``model.safetensors`` into ``directory`` (atomically)."""
+    def save_weights(self, directory: Path, vocab=None) -> None:
+        """Write ``model.safetensors`` into ``directory`` (atomically); ``vocab`` is for
+        families that save nested model directories (the mixture)."""
         from safetensors.torch import save_model
 
         from ..io import atomic_path

@@ -333,7 +333,7 @@ class NGramModel(LanguageModel):
         return int(sum(len(level.keys) for level in self.levels))
 
     # -- persistence -------------------------------------------------------------------
-    def save_weights(self, directory: Path) -> None:
+    def save_weights(self, directory: Path, vocab=None) -> None:
         from safetensors.numpy import save_file
 
         from ..io import atomic_path

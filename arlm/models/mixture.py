@@ -1,0 +1,310 @@
+"""Linear interpolation of language models that share a vocabulary.
+
+    p(w | h) = Σ_k λ_k(h) p_k(w | h),    λ_k(h) ≥ 0,  Σ_k λ_k(h) = 1
+
+The weights are fitted by expectation-maximisation on held-out text (Jelinek &
+Mercer 1980, "Interpolated estimation of Markov source parameters from sparse
+data"; Dempster, Laird & Rubin 1977): each EM iteration never lowers the
+held-out likelihood. With ``buckets`` > 1 the weights depend on the context
+through a bucket computed by the first n-gram component: the order of the
+longest history it has seen, crossed with log2 of that history's count
+(context-dependent interpolation in the spirit of Jelinek-Mercer's bucketed
+λ). Since each λ(h) is a probability vector and each p_k(·|h) a distribution,
+the mixture is a proper distribution over the vocabulary, ``<bos>`` at 0.
+
+A saved mixture directory embeds its components as ``component0/``,
+``component1/``, … (each a complete model directory), and stores the weights,
+float64[buckets, K], in ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ArlmError
+from .base import LanguageModel
+
+COUNT_BINS = 8  # log2-count bins per n-gram order in a bucketed mixture
+
+
+@dataclasses.dataclass
+class MixtureConfig:
+    """``components``: the component families (for reading); ``bucketed``: whether the
+    weights depend on the n-gram context bucket (component ``bucket_component``)."""
+
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    components: list[str] = dataclasses.field(default_factory=list)
+    bucketed: bool = False
+    bucket_component: int = 0
+
+
+class MixtureModel(LanguageModel):
+    """A mixture of component models (see the module docstring).
+
+    ``logits`` returns log Σ_k λ_k softmax(logits_k) (float64); ``step`` keeps
+    one state per component. Long texts are scored component by component, each
+    with its own window or state, and the per-token probabilities mixed.
+    """
+
+    family = "mixture"
+
+    def __init__(self, config: MixtureConfig, components: list[LanguageModel], weights: torch.Tensor | None = None):
+        super().__init__()
+        if not components:
+            raise ArlmError("a mixture needs at least one component")
+        for c in components:
+            if c.vocab_size != config.vocab_size or c.bos_id != config.bos_id or c.eos_id != config.eos_id:
+                raise ArlmError("mixture components must share one vocabulary")
+        self.config = config
+        self.components = torch.nn.ModuleList(components)
+        K = len(components)
+        n_buckets = self.n_buckets
+        if weights is None:
+            weights = torch.full((n_buckets, K), 1.0 / K, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(n_buckets, K)
+        if (weights < 0).any() or not torch.allclose(weights.sum(-1), torch.ones(n_buckets, dtype=torch.float64), atol=1e-9):
+            raise ArlmError("mixture weights must be non-negative and sum to 1 in every bucket")
+        self.register_buffer("weights", weights)  # float64[buckets, K]
+
+    @property
+    def n_buckets(self) -> int:
+        if not self.config.bucketed:
+            return 1
+        ng = self.components[self.config.bucket_component]
+        return ng.config.order * COUNT_BINS
+
+    @property
+    def windowed(self) -> bool:  # type: ignore[override]
+        return any(c.windowed for c in self.components)
+
+    @property
+    def block_size(self) -> int | None:
+        sizes = [c.block_size for c in self.components if c.windowed]
+        return min(sizes) if sizes else None
+
+    @property
+    def device(self) -> torch.device:
+        for c in self.components:
+            if c.family != "ngram":
+                return c.device
+        return torch.device("cpu")
+
+    # -- buckets --------------------------------------------------------------------
+    def buckets(self, ids: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """Bucket of each position's history, int64[B, T] (all 0 when not bucketed)."""
+        if not self.config.bucketed:
+            return np.zeros(ids.shape, dtype=np.int64)
+        ng = self.components[self.config.bucket_component]
+        ctx = ng._context_nodes(ids, starts)
+        longest = np.zeros(ids.shape, dtype=np.int64)
+        count = np.zeros(ids.shape)
+        for n, level in enumerate(ng.levels, start=1):
+            h = ctx[n - 1]
+            tot = np.where(h >= 0, level.totals[np.maximum(h, 0)], 0.0)
+            seen = tot > 0
+            longest = np.where(seen, n - 1, longest)
+            count = np.where(seen, tot, count)
+        bins = np.minimum(np.floor(np.log2(np.maximum(count, 1.0))), COUNT_BINS - 1).astype(np.int64)
+        return longest * COUNT_BINS + bins
+
+    def _log_weights(self, buckets: np.ndarray) -> torch.Tensor:
+        with np.errstate(divide="ignore"):
+            return torch.from_numpy(np.log(self.weights.numpy()[buckets]))  # [..., K]
+
+    # -- the contract -----------------------------------------------------------------
+    def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """log Σ_k λ_k(h) p_k(· | h): LongTensor[B, T] -> DoubleTensor[B, T, V]."""
+        parts = []
+        for c in self.components:
+            lg = c.logits(token_ids.to(c.device))
+            parts.append(torch.log_softmax(lg.double(), dim=-1).cpu())  # [B, T, V]
+        stacked = torch.stack(parts, dim=-1)  # [B, T, V, K]
+        lw = self._log_weights(self.buckets(token_ids.cpu().numpy()))  # [B, T, K]
+        return torch.logsumexp(stacked + lw[:, :, None, :], dim=-1)  # [B, T, V]
+
+    def _mix_last(self, outs: list[torch.Tensor], history: torch.Tensor) -> torch.Tensor:
+        lps = torch.stack([torch.log_softmax(o.double(), -1).cpu() for o in outs], dim=-1)  # [B, V, K]
+        lw = self._log_weights(self.buckets(history.numpy())[:, -1])  # [B, K]
+        return torch.logsumexp(lps + lw[:, None, :], dim=-1)  # [B, V]
+
+    def _history(self, state_hist: torch.Tensor | None, token_ids: torch.Tensor) -> torch.Tensor:
+        hist = token_ids.cpu().reshape(token_ids.shape[0], -1) if state_hist is None else torch.cat(
+            [state_hist, token_ids.cpu().reshape(-1, 1)], dim=1)
+        if self.config.bucketed:
+            return hist[:, -max(self.components[self.config.bucket_component].config.order - 1, 1):]
+        return hist[:, -1:]
+
+    def step(self, token_ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """One token per row: (DoubleTensor[B, V] mixed log-probs, (component states, history))."""
+        states, hist = state if state is not None else ([None] * len(self.components), None)
+        outs, new_states = [], []
+        for c, s in zip(self.components, states):
+            o, s2 = c.step(token_ids.to(c.device), s)
+            outs.append(o)
+            new_states.append(s2)
+        hist = self._history(hist, token_ids)
+        return self._mix_last(outs, hist), (new_states, hist)
+
+    def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        outs, states = [], []
+        for c in self.components:
+            o, s = c.prefill(token_ids.to(c.device))
+            outs.append(o)
+            states.append(s)
+        hist = self._history(None, token_ids)
+        return self._mix_last(outs, hist), (states, hist)
+
+    # -- scoring: each component with its own window/state, then mixed ------------------
+    def component_log_probs(self, documents: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray, list[int]]:
+        """Per-component target log-probs of many sequences, concatenated.
+
+        Returns ``(L, buckets, lengths)``: L is float64[K, N] (N = Σ (T_i - 1)),
+        buckets int64[N], lengths the per-document counts.
+        """
+        per = []
+        for c in self.components:
+            lps = c.documents_log_probs(documents) if len(documents) > 1 else [c.sequence_log_probs(documents[0])]
+            per.append(torch.cat([lp.double().cpu() for lp in lps]))
+        lengths = [max(len(d) - 1, 0) for d in documents]
+        docs = [d.cpu().numpy().astype(np.int64) for d in documents if len(d) > 1]
+        if docs:
+            inputs = np.concatenate([d[:-1] for d in docs])
+            starts = np.zeros(len(inputs), dtype=bool)
+            lens = np.array([len(d) - 1 for d in docs])
+            starts[np.cumsum(lens) - lens] = True
+            buckets = self.buckets(inputs[None], starts[None])[0]
+        else:
+            buckets = np.zeros(0, dtype=np.int64)
+        return torch.stack(per), buckets, lengths
+
+    def _mix_targets(self, L: torch.Tensor, buckets: np.ndarray) -> torch.Tensor:
+        lw = self._log_weights(buckets).T  # [K, N]
+        return torch.logsumexp(L + lw, dim=0)  # [N]
+
+    @torch.no_grad()
+    def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        if len(token_ids) < 2:
+            return torch.zeros(0, dtype=torch.float64)
+        L, buckets, _ = self.component_log_probs([token_ids.cpu()])
+        return self._mix_targets(L, buckets)
+
+    @torch.no_grad()
+    def documents_log_probs(self, documents: list[torch.Tensor], max_batch_tokens: int = 8192) -> list[torch.Tensor]:
+        L, buckets, lengths = self.component_log_probs([d.cpu() for d in documents])
+        return list(torch.split(self._mix_targets(L, buckets), lengths))
+
+    def num_parameters(self) -> int:
+        return sum(c.num_parameters() for c in self.components) + self.weights.numel()
+
+    # -- persistence ------------------------------------------------------------------------
+    def save_weights(self, directory: Path, vocab=None) -> None:
+        from safetensors.torch import save_file
+
+        from .. import checkpoint
+        from ..io import atomic_path
+
+        if vocab is None:
+            raise ArlmError("a mixture is saved with its vocab: use arlm.checkpoint.save")
+        for k, c in enumerate(self.components):
+            checkpoint.save(Path(directory) / f"component{k}", c, vocab)
+        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+            save_file({"weights": self.weights.contiguous()}, str(tmp))
+
+    @classmethod
+    def load_weights(cls, config: MixtureConfig, directory: Path) -> "MixtureModel":
+        from safetensors.torch import load_file
+
+        from .. import checkpoint
+
+        comps = []
+        for k in range(len(config.components)):
+            model, _, _ = checkpoint.load(Path(directory) / f"component{k}")
+            comps.append(model)
+        weights = load_file(str(Path(directory) / "model.safetensors"))["weights"]
+        return cls(config, comps, weights).eval()
+
+
+def fit_weights(L: torch.Tensor, buckets: np.ndarray | None = None, n_buckets: int = 1,
+                max_iter: int = 200, tol: float = 1e-7, min_count: float = 0.0) -> tuple[torch.Tensor, list[float]]:
+    """EM for mixture weights from held-out component log-probs.
+
+    Args:
+        L: float64[K, N], log p_k(w_t | h_t) of each held-out token under each component (nats).
+        buckets: int64[N] bucket of each token (None: one bucket).
+        n_buckets: number of buckets.
+        max_iter, tol: stop after ``max_iter`` iterations or when the mean
+            log-likelihood gains less than ``tol`` nats per token.
+
+    Returns:
+        ``(weights, history)``: float64[n_buckets, K] weights (rows sum to 1; a
+        bucket with no tokens keeps uniform weights) and the mean held-out
+        log-likelihood (nats per token) before each iteration and at the end,
+        which never decreases.
+    """
+    K, N = L.shape
+    if N == 0:
+        raise ArlmError("no held-out tokens to fit mixture weights on")
+    if not torch.isfinite(L).any(dim=0).all():
+        raise ArlmError("a held-out token has probability 0 under every component")
+    b = torch.zeros(N, dtype=torch.long) if buckets is None else torch.as_tensor(buckets, dtype=torch.long)
+    w = torch.full((n_buckets, K), 1.0 / K, dtype=torch.float64)
+    history = []
+    for _ in range(max_iter):
+        joint = L + torch.log(w[b]).T  # [K, N]
+        ll_t = torch.logsumexp(joint, dim=0)  # [N]
+        history.append(float(ll_t.mean()))
+        resp = torch.exp(joint - ll_t)  # [K, N] posterior of each component
+        sums = torch.zeros(n_buckets, K, dtype=torch.float64).index_add_(0, b, resp.T)  # [buckets, K]
+        totals = sums.sum(-1, keepdim=True)
+        w = torch.where(totals > 0, sums / totals.clamp_min(1e-300), w)
+        if len(history) > 1 and history[-1] - history[-2] < tol:
+            break
+    ll_t = torch.logsumexp(L + torch.log(w[b]).T, dim=0)
+    history.append(float(ll_t.mean()))
+    return w, history
+
+
+def build_mixture(lms: list, fit_text: str, documents: str, bucketed: bool = False):
+    """Fit a mixture of loaded ``LM`` objects on ``fit_text``; returns ``(LM, history)``.
+
+    Raises:
+        ArlmError: fewer than two components, vocabularies that differ, or a
+            bucketed mixture whose first component is not an n-gram model.
+    """
+    from ..corpus import split_documents
+    from ..data import encode_document
+    from ..lm import LM
+
+    if len(lms) < 2:
+        raise ArlmError("a mixture needs at least two models")
+    v0 = lms[0].vocab
+    probe = "The quick brown fox, 0123456789!\n"
+    for lm in lms[1:]:
+        same = lm.vocab.kind == v0.kind and lm.vocab.vocab_size == v0.vocab_size
+        if same and v0.kind == "char":
+            same = lm.vocab.chars == v0.chars
+        if same and v0.kind == "bpe":
+            same = lm.vocab.encode(probe) == v0.encode(probe)
+        if not same:
+            raise ArlmError("the models do not share one vocabulary (train them with the same --vocab on the same text)")
+    bucket_component = 0
+    if bucketed:
+        ngrams = [i for i, lm in enumerate(lms) if lm.model.family == "ngram"]
+        if not ngrams:
+            raise ArlmError("context-dependent weights need an n-gram component")
+        bucket_component = ngrams[0]
+    cfg = MixtureConfig(v0.vocab_size, v0.bos_id, v0.eos_id, [lm.model.family for lm in lms], bucketed, bucket_component)
+    model = MixtureModel(cfg, [lm.model for lm in lms])
+    docs = [torch.tensor(encode_document(v0, d)) for d in split_documents(fit_text, documents)]
+    L, buckets, _ = model.component_log_probs(docs)
+    w, history = fit_weights(L, buckets, model.n_buckets)
+    model.weights.copy_(w)
+    return LM(model.eval(), v0, documents), history
