@@ -1,0 +1,854 @@
+"""The training loop for neural language models (GPT and LSTM).
+
+One loop for every neural family. It minimises the training loss, the
+``mean_nll`` (nats per predicted token) of the next token, with:
+
+* AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"),
+  weight decay on matrices only (biases and LayerNorm gains are not decayed);
+* a linear warm-up, then cosine decay of the learning rate to a floor
+  (``lr / 10``), fitted to ``max_steps`` and/or the wall-clock ``max_time``;
+* gradient-norm clipping;
+* batches of random windows of ``block_size + 1`` tokens (``documents="file"``:
+  one long document) or of random documents padded to the longest in the batch,
+  with the padding masked out of the loss (``documents="lines"``);
+* evaluation on val every ``eval_interval`` steps over a fixed set of batches;
+  the model directory always holds the best (lowest val loss) weights;
+* exact resume: ``training_state.safetensors`` holds the current and best
+  weights, the optimiser state, the step, elapsed time and every RNG state
+  (as uint8 tensors), with the JSON metadata in its header, in one file written
+  atomically, so a crash mid-write leaves the previous checkpoint intact. The
+  encoded train/val data is stored once in ``training_data.safetensors``.
+
+Files in the output directory: the model directory of ``arlm.checkpoint``
+(``config.json``, ``model.safetensors``, vocab), ``training_state.safetensors``,
+``training_data.safetensors``, ``train_log.jsonl`` and ``loss.png``.
+
+Recipe lineage: nanoGPT (Karpathy) for the GPT training setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .errors import ArlmError
+from .io import atomic_path
+
+STATE_FILE = "training_state.safetensors"
+DATA_FILE = "training_data.safetensors"
+LOG_FILE = "train_log.jsonl"
+PLOT_FILE = "loss.png"
+STATE_VERSION = 1
+IGNORE = -100  # target id of padding positions (F.cross_entropy's ignore_index)
+
+#: Family defaults, tuned for a 2-minute run on a 2-core CPU (see bench/ and the issue note).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=12, lr=3e-3),
+    "lstm": dict(n_layer=1, n_embd=64, n_hidden=512, block_size=128, dropout=0.0, batch_size=16, lr=5e-3),
+}
+DEFAULT_MAX_TIME = 120.0  # seconds, when neither --max-steps nor --max-time is given
+
+
+@dataclass
+class TrainSettings:
+    """Everything about a run that is not the model's hyperparameters.
+
+    ``block_size`` is the training window (for the GPT it equals the model's
+    ``block_size``; for the LSTM it is the truncated-backpropagation length).
+    ``max_time`` is in seconds of wall-clock time spent in the loop (evaluation
+    and checkpoints included). ``threads`` None means the default of
+    :func:`default_threads`.
+    """
+
+    batch_size: int
+    block_size: int
+    lr: float
+    max_steps: int | None = None
+    max_time: float | None = None
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_iters: int = 10
+    seed: int = 1337
+    documents: str = "file"
+    device: str = "auto"
+    compile: bool = False
+    threads: int | None = None
+
+
+# -- argument parsing -----------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """``'90s'``, ``'2m'``, ``'1.5h'``, ``'1h30m'`` or a plain number of seconds -> seconds.
+
+    Raises:
+        ArlmError: unparsable or non-positive.
+    """
+    s = str(text).strip().lower()
+    try:
+        value = float(s)
+    except ValueError:
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?", s)
+        if not s or not parts or not any(parts.groups()):
+            raise ArlmError(f"cannot parse duration {text!r}: use e.g. 90s, 2m, 1h or a number of seconds") from None
+        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+        value = 3600 * h + 60 * m + sec
+    if not value > 0 or not math.isfinite(value):
+        raise ArlmError(f"duration must be positive, got {text!r}")
+    return value
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the neural-training flags on the ``arlm train`` subparser.
+
+    Defaults are None where the family decides (see ``DEFAULTS``).
+    """
+    g = parser.add_argument_group("neural models (gpt, lstm)")
+    g.add_argument("--n-layer", type=int, default=None, help="layers (gpt 4, lstm 1)")
+    g.add_argument("--n-head", type=int, default=None, help="attention heads (gpt 4)")
+    g.add_argument("--n-embd", type=int, default=None, help="embedding width (gpt 128, lstm 64)")
+    g.add_argument("--n-hidden", type=int, default=None, help="LSTM hidden width (512)")
+    g.add_argument("--block-size", type=int, default=None, help="context window (gpt) / training window (lstm)")
+    g.add_argument("--dropout", type=float, default=None, help="dropout probability (0)")
+    g.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (100)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    g.add_argument("--max-time", type=str, default=None, help="wall-clock budget, e.g. 90s, 2m, 1h (default 2m)")
+    g.add_argument("--eval-interval", type=int, default=None, help="steps between val evaluations (250)")
+    g.add_argument("--eval-iters", type=int, default=None, help="val batches per evaluation (10)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None, help="default auto: cuda, mps, cpu")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: see arlm.train.default_threads)")
+
+
+def _arg(args, name: str):
+    return getattr(args, name, None)
+
+
+# -- devices and threads --------------------------------------------------------
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu.
+
+    Raises:
+        ArlmError: an explicitly requested device that is not available.
+    """
+    name = name or "auto"
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ArlmError("--device cuda requested but CUDA is not available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ArlmError("--device mps requested but MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ArlmError(f"unknown device {name!r}: choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def default_threads() -> int:
+    """The default number of CPU threads for training.
+
+    PyTorch's default (one thread per core) synchronises its threads at every
+    operation; on a small machine where another process keeps a core busy,
+    the descheduled thread stalls all the others and throughput collapses. We
+    use the cores that are idle when training starts: the CPU count (affinity)
+    minus the other runnable processes (``/proc/loadavg``), at least 1. On an
+    idle machine this is every core; with one busy process on a 2-core machine
+    it is 1 thread, which keeps the throughput of one core.
+    """
+    try:
+        n_cpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n_cpu = os.cpu_count() or 1
+    busy = 0
+    try:
+        # field 4 is "running/total"; running counts this process too
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        busy = max(0, running - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(1, n_cpu - busy)
+
+
+# -- data ------------------------------------------------------------------------
+
+
+class TokenData:
+    """Encoded documents as one flat LongTensor and document offsets.
+
+    ``ids``: LongTensor[N] (all documents, each ``[<bos>, ..., <eos>]``, concatenated);
+    ``offsets``: LongTensor[n_docs + 1].
+    """
+
+    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor):
+        self.ids = ids.long()
+        self.offsets = offsets.long()
+        self.lengths = self.offsets[1:] - self.offsets[:-1]  # [n_docs]
+
+    @classmethod
+    def from_documents(cls, vocab, docs: list[str]) -> "TokenData":
+        from .data import encode_document
+
+        encoded = [encode_document(vocab, d) for d in docs]
+        lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+        offsets = torch.zeros(len(encoded) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        flat = [i for e in encoded for i in e]
+        return cls(torch.tensor(flat, dtype=torch.long), offsets)
+
+    @property
+    def n_docs(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.ids.shape[0]
+
+
+def get_batch(data: TokenData, documents: str, batch_size: int, block_size: int, gen: torch.Generator):
+    """A random training batch.
+
+    ``file``: ``batch_size`` windows of ``block_size + 1`` tokens at uniform
+    random offsets of the single document. ``lines``: ``batch_size`` random
+    documents (a random window of those longer than ``block_size + 1``), padded
+    to the longest; padded targets are ``IGNORE``.
+
+    Returns:
+        (x LongTensor[B, T], y LongTensor[B, T]) with ``y[:, t]`` the target after ``x[:, :t+1]``.
+    """
+    if documents == "file":
+        n = data.n_tokens
+        T = min(block_size, n - 1)
+        starts = torch.randint(0, n - T, (batch_size,), generator=gen)  # [B]
+        idx = starts[:, None] + torch.arange(T + 1)  # [B, T+1]
+        chunk = data.ids[idx]
+        return chunk[:, :-1], chunk[:, 1:]
+    doc = torch.randint(0, data.n_docs, (batch_size,), generator=gen)  # [B]
+    lens = data.lengths[doc]  # [B] tokens incl. <bos>, <eos>
+    span = torch.clamp(lens - 1, max=block_size)  # [B] predicted tokens per row
+    room = lens - 1 - span  # [B] possible extra offset for long documents
+    off = (torch.rand(batch_size, generator=gen) * (room + 1).double()).long().clamp(max=room)  # [B]
+    T = int(span.max())
+    ar = torch.arange(T + 1)  # [T+1]
+    idx = (data.offsets[doc] + off)[:, None] + ar  # [B, T+1]
+    valid = ar[None, :] <= span[:, None]  # [B, T+1]
+    chunk = torch.where(valid, data.ids[idx.clamp(max=data.n_tokens - 1)], 0)
+    x = chunk[:, :-1]
+    y = torch.where(valid[:, 1:], chunk[:, 1:], IGNORE)
+    return x, y
+
+
+def eval_batches(data: TokenData, documents: str, batch_size: int, block_size: int, n_batches: int, seed: int):
+    """A fixed list of val batches (drawn with their own seeded generator).
+
+    For a small ``lines`` val set every document is used once instead.
+    """
+    gen = torch.Generator().manual_seed(seed + 7919)
+    if documents == "lines" and data.n_docs <= n_batches * batch_size:
+        out = []
+        for s in range(0, data.n_docs, batch_size):
+            sub_lens = data.lengths[s : s + batch_size]
+            sub = TokenData(data.ids[data.offsets[s] : data.offsets[s] + int(sub_lens.sum())],
+                            torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sub_lens, 0)]))
+            # deterministic: every document of the slice, first window
+            T = int(torch.clamp(sub.lengths - 1, max=block_size).max())
+            ar = torch.arange(T + 1)
+            span = torch.clamp(sub.lengths - 1, max=block_size)
+            idx = sub.offsets[:-1, None] + ar
+            valid = ar[None, :] <= span[:, None]
+            chunk = torch.where(valid, sub.ids[idx.clamp(max=sub.n_tokens - 1)], 0)
+            out.append((chunk[:, :-1], torch.where(valid[:, 1:], chunk[:, 1:], IGNORE)))
+        return out
+    return [get_batch(data, documents, batch_size, block_size, gen) for _ in range(n_batches)]
+
+
+# -- optimisation ----------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": s.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kw = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), **kw)
+
+
+def lr_at(s: TrainSettings, step: int, elapsed: float) -> float:
+    """Learning rate for the update after ``step`` updates and ``elapsed`` seconds.
+
+    Linear warm-up over ``warmup_steps``, then cosine decay from ``lr`` to
+    ``lr * min_lr_ratio`` as progress goes from 0 to 1, where progress is the
+    larger of the step fraction (after warm-up) and the time fraction.
+    """
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = 0.0
+    if s.max_steps is not None:
+        progress = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
+    if s.max_time is not None:
+        progress = max(progress, elapsed / s.max_time)
+    progress = min(max(progress, 0.0), 1.0)
+    floor = s.lr * s.min_lr_ratio
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - floor)
+
+
+# -- state files -------------------------------------------------------------------
+
+
+def _rng_tensors(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    out = {"rng.data": gen.get_state(), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = st
+    return out
+
+
+def _checkpoint_write_hook(step: int) -> None:
+    # Test hook: ARLM_TEST_CHECKPOINT_SLEEP="STEP:SECONDS" holds the half-written
+    # temporary state file of step STEP for SECONDS, so a test can SIGKILL the
+    # process in the middle of a checkpoint write.
+    spec = os.environ.get("ARLM_TEST_CHECKPOINT_SLEEP")
+    if spec:
+        at, _, seconds = spec.partition(":")
+        if int(at) == step:
+            print(f"ARLM_TEST: writing checkpoint of step {step}", file=sys.stderr, flush=True)
+            time.sleep(float(seconds))
+
+
+def write_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict, _hook=None) -> None:
+    """Write ``tensors`` + JSON ``meta`` (in the header) as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"arlm_training_state": json.dumps(meta)})
+        if _hook is not None:
+            _hook()
+
+
+def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`write_state`.
+
+    Raises:
+        ArlmError: missing or corrupt.
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ArlmError(f"cannot resume: {path} is missing (was the run trained by arlm train?)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {})["arlm_training_state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise ArlmError(f"cannot resume: {path} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return tensors, meta
+
+
+def _write_data(out_dir: Path, train: TokenData, val: TokenData | None) -> None:
+    t = {"train.ids": train.ids.int(), "train.offsets": train.offsets}
+    if val is not None:
+        t.update({"val.ids": val.ids.int(), "val.offsets": val.offsets})
+    write_state(out_dir / DATA_FILE, t, {"version": STATE_VERSION})
+
+
+def _read_data(out_dir: Path) -> tuple[TokenData, TokenData | None]:
+    t, _ = read_state(out_dir / DATA_FILE)
+    train = TokenData(t["train.ids"], t["train.offsets"])
+    val = TokenData(t["val.ids"], t["val.offsets"]) if "val.ids" in t else None
+    return train, val
+
+
+# -- the loop ------------------------------------------------------------------------
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM so the loop stops at the next step boundary and checkpoints."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+@torch.no_grad()
+def estimate_val_loss(model, batches, device, autocast) -> float:
+    """Mean NLL (nats per target token) of ``model`` over fixed batches."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits = model.logits(x)  # [B, T, V]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        total += float(nll)
+        count += int((y != IGNORE).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def run_training(
+    model,
+    vocab,
+    train_data: TokenData,
+    val_data: TokenData | None,
+    settings: TrainSettings,
+    out_dir: str | Path,
+    meta: dict | None = None,
+    resume_state: tuple[dict, dict] | None = None,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` in place and keep its best weights in the model directory ``out_dir``.
+
+    Args:
+        model: a GPTModel or LSTMModel (freshly initialised, or the model of ``resume_state``).
+        vocab: the vocab of the model (saved into ``out_dir``).
+        train_data, val_data: encoded documents (:class:`TokenData`); ``val_data``
+            None or empty: no evaluation, the last weights count as the best.
+        settings: see :class:`TrainSettings`.
+        out_dir: the output directory (created if needed).
+        meta: extra JSON fields for ``config.json`` (e.g. ``{"documents": "file"}``).
+        resume_state: ``read_state(out_dir / STATE_FILE)`` to continue a run.
+        stop_after_steps: stop (cleanly, with a checkpoint) after this many
+            steps even if the budget is not spent: simulates an interruption.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        a summary dict: ``step``, ``best_step``, ``best_val_loss`` (nats/token or
+        None), ``elapsed_s``, ``tokens_per_s``, ``stopped`` (why the run ended).
+
+    Raises:
+        ArlmError: bad settings, too little data, or a non-finite loss (the
+            message names the step; the last good checkpoint is kept).
+    """
+    from tqdm import tqdm
+
+    s = settings
+    out_dir = checkpoint.prepare_dir(out_dir)
+    meta = dict(meta or {})
+    meta.setdefault("documents", s.documents)
+    if s.batch_size < 1 or s.block_size < 1:
+        raise ArlmError(f"--batch-size and --block-size must be >= 1 (got {s.batch_size}, {s.block_size})")
+    if not s.lr > 0:
+        raise ArlmError(f"--lr must be positive, got {s.lr}")
+    if s.max_steps is not None and s.max_steps < 1:
+        raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
+    if s.eval_interval < 1 or s.eval_iters < 1:
+        raise ArlmError("--eval-interval and --eval-iters must be >= 1")
+    if train_data.n_tokens < 2 or int(train_data.lengths.max()) < 2:
+        raise ArlmError("too little training data: need at least one token per document")
+    if s.max_steps is None and s.max_time is None:
+        s.max_time = DEFAULT_MAX_TIME
+
+    threads = s.threads if s.threads is not None else default_threads()
+    if threads < 1:
+        raise ArlmError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    device = resolve_device(s.device)
+    model.to(device)
+    model.train()
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else (lambda: torch.autocast("cpu", enabled=False))
+    )
+    fwd = torch.compile(model) if s.compile else model
+
+    optimizer = make_optimizer(model, s, device)
+    gen = torch.Generator().manual_seed(s.seed)
+    has_val = val_data is not None and val_data.n_tokens >= 2
+    val_batches = (
+        eval_batches(val_data, s.documents, s.batch_size, s.block_size, s.eval_iters, s.seed) if has_val else []
+    )
+    param_names = [n for n, _ in model.named_parameters()]
+
+    step, elapsed_before, best_val, best_step = 0, 0.0, math.inf, -1
+    tokens_seen = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    if resume_state is not None:
+        tensors, st = resume_state
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(tensors[f"model.{n}"])
+        opt_sd = {"state": {}, "param_groups": st["optimizer"]["param_groups"]}
+        for key in st["optimizer"]["keys"]:
+            idx, name = key.split(".", 1)
+            opt_sd["state"].setdefault(int(idx), {})[name] = tensors[f"optim.{key}"]
+        for g in opt_sd["param_groups"]:
+            g["betas"] = tuple(g["betas"])
+        optimizer.load_state_dict(opt_sd)
+        gen.set_state(tensors["rng.data"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if torch.cuda.is_available():
+            states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+        step, elapsed_before = st["step"], st["elapsed_s"]
+        best_val = st["best_val_loss"] if st["best_val_loss"] is not None else math.inf
+        best_step = st["best_step"]
+        tokens_seen = st["tokens_seen"]
+        best_weights = {n: tensors[f"best.{n}"] for n in param_names}
+        _truncate_log(out_dir / LOG_FILE, step)
+        _save_model_dir(model, vocab, out_dir, meta, best_weights, best_step, best_val)
+    else:
+        _write_data(out_dir, train_data, val_data if has_val else None)
+        (out_dir / LOG_FILE).write_text("", encoding="utf-8")
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+
+    def save_state(stopped: str | None = None) -> None:
+        tensors = {f"model.{n}": p for n, p in model.named_parameters()}
+        tensors.update({f"best.{n}": t for n, t in (best_weights or snapshot()).items()})
+        sd = optimizer.state_dict()
+        keys = []
+        for idx, st_ in sd["state"].items():
+            for name, t in st_.items():
+                keys.append(f"{idx}.{name}")
+                tensors[f"optim.{idx}.{name}"] = t if t.dim() else t.reshape(())
+        tensors.update(_rng_tensors(gen))
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+        st = {
+            "version": STATE_VERSION,
+            "family": model.family,
+            "model_config": dataclasses.asdict(model.config),
+            "vocab": vocab.kind,
+            "meta": meta,
+            "settings": dataclasses.asdict(s),
+            "step": step,
+            "elapsed_s": elapsed,
+            "tokens_seen": tokens_seen,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,
+            "best_step": best_step,
+            "stopped": stopped,
+            "optimizer": {"param_groups": groups, "keys": keys},
+        }
+        log_f.flush()
+        write_state(out_dir / STATE_FILE, tensors, st, _hook=lambda: _checkpoint_write_hook(step))
+
+    log_f = open(out_dir / LOG_FILE, "a", encoding="utf-8")
+
+    def log(record: dict) -> None:
+        log_f.write(json.dumps(record) + "\n")
+
+    last_eval_step = step if resume_state is not None else -1
+
+    def evaluate_and_checkpoint(stopped: str | None = None) -> float | None:
+        nonlocal best_val, best_step, best_weights, last_eval_step
+        last_eval_step = step
+        val = None
+        if has_val:
+            val = estimate_val_loss(model, val_batches, device, autocast)
+            log({"step": step, "val_loss": val, "elapsed_s": round(elapsed, 3)})
+        if val is None or val < best_val or best_weights is None:
+            if val is not None:
+                best_val = val
+            best_step = step
+            best_weights = snapshot()
+            _save_model_dir(model, vocab, out_dir, meta, best_weights, best_step, best_val)
+        save_state(stopped)
+        return val
+
+    stop_flag = _StopFlag()
+    t_start = time.perf_counter()
+    elapsed = elapsed_before
+    val_loss = None
+    stopped = None
+    interval_tokens, interval_time = 0, 0.0
+    tok_s = 0.0
+    bar = tqdm(total=s.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+               mininterval=0.5, file=sys.stderr)
+    nan_at = int(os.environ.get("ARLM_TEST_NAN_AT_STEP", "-1"))
+    try:
+        with stop_flag:
+            if resume_state is None:
+                val_loss = evaluate_and_checkpoint()
+            while True:
+                elapsed = elapsed_before + time.perf_counter() - t_start
+                if s.max_steps is not None and step >= s.max_steps:
+                    stopped = "max_steps"
+                elif s.max_time is not None and elapsed >= s.max_time:
+                    stopped = "max_time"
+                elif stop_after_steps is not None and step >= stop_after_steps:
+                    stopped = "interrupted"
+                elif stop_flag.stop:
+                    stopped = "interrupted"
+                if stopped:
+                    break
+                t0 = time.perf_counter()
+                lr = lr_at(s, step, elapsed)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                x, y = get_batch(train_data, s.documents, s.batch_size, s.block_size, gen)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast():
+                    logits = fwd(x)  # [B, T, V]
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+                loss_value = loss.detach().item()
+                if step == nan_at:
+                    loss_value = float("nan")
+                if not math.isfinite(loss_value):
+                    _diverged(step, loss_value, best_step, out_dir, log_f)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.grad_clip > 0:
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
+                    if not math.isfinite(gnorm):
+                        _diverged(step, gnorm, best_step, out_dir, log_f, what="gradient norm")
+                optimizer.step()
+                step += 1
+                n_tok = int((y != IGNORE).sum())
+                tokens_seen += n_tok
+                dt = time.perf_counter() - t0
+                interval_tokens += n_tok
+                interval_time += dt
+                log({"step": step, "loss": loss_value, "lr": lr})
+                elapsed = elapsed_before + time.perf_counter() - t_start
+                if step % s.eval_interval == 0:
+                    tok_s = interval_tokens / max(interval_time, 1e-9)
+                    interval_tokens, interval_time = 0, 0.0
+                    log({"step": step, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 3)})
+                    val_loss = evaluate_and_checkpoint()
+                bar.update(1)
+                if step % 10 == 0 or step == 1:
+                    post = {"loss": f"{loss_value:.3f}"}
+                    if val_loss is not None:
+                        post["val"] = f"{val_loss:.3f}"
+                    post["tok/s"] = f"{(interval_tokens / interval_time if interval_time else tok_s):.0f}"
+                    if s.max_time is not None:
+                        post["left"] = f"{max(0.0, s.max_time - elapsed):.0f}s"
+                    bar.set_postfix(post, refresh=False)
+            if interval_time:
+                tok_s = interval_tokens / interval_time
+                log({"step": step, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 3)})
+            if last_eval_step != step:
+                val_loss = evaluate_and_checkpoint(stopped)
+            else:
+                save_state(stopped)  # record why it stopped
+    finally:
+        bar.close()
+        log_f.close()
+        try:
+            from .plots import plot_loss
+
+            plot_loss(out_dir / LOG_FILE, out_dir / PLOT_FILE)
+        except Exception as e:  # a plot is never worth losing a run
+            print(f"warning: could not draw {PLOT_FILE}: {e}", file=sys.stderr)
+    model.eval()
+    return {
+        "step": step,
+        "best_step": best_step,
+        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "elapsed_s": elapsed,
+        "tokens_per_s": tok_s,
+        "stopped": stopped,
+    }
+
+
+def _diverged(step, value, best_step, out_dir, log_f, what="loss") -> None:
+    log_f.write(json.dumps({"step": step + 1, "error": f"non-finite {what}"}) + "\n")
+    raise ArlmError(
+        f"training stopped at step {step + 1}: the {what} is {value} (diverged); "
+        f"{out_dir} keeps the best checkpoint (step {best_step}) and the last good training state; "
+        "try a lower --lr"
+    )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records after ``step`` (written after the checkpoint we resume from)."""
+    from .plots import read_log
+
+    keep = [r for r in read_log(path) if r.get("step", 0) <= step and "error" not in r]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+
+
+def _save_model_dir(model, vocab, out_dir, meta, weights, best_step, best_val) -> None:
+    """Write the model directory with ``weights`` (the best so far) without touching ``model``."""
+    family = type(model)
+    with torch.random.fork_rng(devices=[]):  # building a model draws from the RNG; training must not notice
+        cpu_model = family(model.config)
+    with torch.no_grad():
+        for n, p in cpu_model.named_parameters():
+            p.copy_(weights[n])
+    cpu_model.eval()
+    m = dict(meta)
+    m["training"] = {"best_step": best_step, "best_val_loss": best_val if math.isfinite(best_val) else None}
+    checkpoint.save(out_dir, cpu_model, vocab, m)
+
+
+# -- CLI entry points --------------------------------------------------------------------
+
+
+def build_model(family: str, vocab, args) -> tuple[Any, int]:
+    """A freshly initialised model of ``family`` from CLI args (None -> family default).
+
+    Returns (model, training window length).
+
+    Raises:
+        ArlmError: unknown family or invalid hyperparameters.
+    """
+    if family not in DEFAULTS:
+        raise ArlmError(f"arlm.train trains gpt and lstm models, not {family!r}")
+    d = DEFAULTS[family]
+
+    def pick(name):
+        v = _arg(args, name)
+        return d[name] if v is None else v
+
+    block = pick("block_size")
+    try:
+        if family == "gpt":
+            from .models.gpt import GPTConfig, GPTModel
+
+            cfg = GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                            n_layer=pick("n_layer"), n_head=pick("n_head"), n_embd=pick("n_embd"),
+                            block_size=block, dropout=pick("dropout"), bias=True)
+            return GPTModel(cfg), block
+        from .models.lstm import LSTMConfig, LSTMModel
+
+        cfg = LSTMConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                         n_layer=pick("n_layer"), n_embd=pick("n_embd"), n_hidden=pick("n_hidden"),
+                         dropout=pick("dropout"))
+        return LSTMModel(cfg), block
+    except ValueError as e:
+        raise ArlmError(str(e)) from None
+
+
+def settings_from_args(args, family: str, block_size: int, documents: str) -> TrainSettings:
+    d = DEFAULTS[family]
+    max_time = _arg(args, "max_time")
+    s = TrainSettings(
+        batch_size=_arg(args, "batch_size") or d["batch_size"],
+        block_size=block_size,
+        lr=_arg(args, "lr") or d["lr"],
+        max_steps=_arg(args, "max_steps"),
+        max_time=parse_duration(max_time) if max_time is not None else None,
+        seed=_arg(args, "seed") if _arg(args, "seed") is not None else 1337,
+        documents=documents,
+        device=_arg(args, "device") or "auto",
+        compile=bool(_arg(args, "compile")),
+        threads=_arg(args, "threads"),
+    )
+    for name in ("warmup_steps", "eval_interval", "eval_iters"):
+        if _arg(args, name) is not None:
+            setattr(s, name, _arg(args, name))
+    if s.max_steps is not None and s.max_steps < 1:
+        raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
+    if s.max_steps is not None and s.warmup_steps > s.max_steps // 2 and _arg(args, "warmup_steps") is None:
+        s.warmup_steps = max(1, s.max_steps // 10)
+    return s
+
+
+def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[str], documents: str,
+              out_dir: Path, meta: dict) -> None:
+    """Train a gpt or lstm from parsed ``arlm train`` args into the model directory ``out_dir``.
+
+    Writes the ``arlm.checkpoint`` model directory (best weights) plus
+    ``training_state.safetensors``, ``training_data.safetensors``,
+    ``train_log.jsonl`` and ``loss.png``. Prints a one-line summary to stderr.
+
+    Raises:
+        ArlmError: bad flags, too little data, or a diverged (non-finite) loss.
+    """
+    seed = _arg(args, "seed") if _arg(args, "seed") is not None else 1337
+    torch.manual_seed(seed)
+    model, block = build_model(family, vocab, args)
+    s = settings_from_args(args, family, block, documents)
+    train_data = TokenData.from_documents(vocab, train_docs)
+    val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
+    summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta)
+    _print_summary(summary, model, out_dir)
+
+
+def cli_resume(args, out_dir: Path) -> None:
+    """Continue the interrupted run in ``out_dir`` from its last checkpoint.
+
+    ``args`` may carry new ``--max-steps`` / ``--max-time`` (totals for the
+    whole run, counted from its start), ``--device``, ``--threads``, ``--compile``.
+    On CPU the continuation is exact: the same losses and final weights as an
+    uninterrupted run with the same limits (time limits are not deterministic).
+
+    Raises:
+        ArlmError: no or corrupt training state in ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    tensors, st = read_state(out_dir / STATE_FILE)
+    if st.get("version") != STATE_VERSION:
+        raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    from .models.registry import get_family
+    from .vocab import load_vocab
+
+    config_cls, model_cls = get_family(st["family"])
+    model = model_cls(config_cls(**st["model_config"]))
+    vocab = load_vocab(st["vocab"], out_dir)
+    train_data, val_data = _read_data(out_dir)
+    s = TrainSettings(**st["settings"])
+    if _arg(args, "max_steps") is not None:
+        s.max_steps = _arg(args, "max_steps")
+    if _arg(args, "max_time") is not None:
+        s.max_time = parse_duration(_arg(args, "max_time"))
+    for name in ("device", "threads"):
+        if _arg(args, name) is not None:
+            setattr(s, name, _arg(args, name))
+    if _arg(args, "compile"):
+        s.compile = True
+    summary = run_training(model, vocab, train_data, val_data, s, out_dir, st["meta"], resume_state=(tensors, st))
+    _print_summary(summary, model, out_dir)
+
+
+def _print_summary(summary: dict, model, out_dir: Path) -> None:
+    bv = summary["best_val_loss"]
+    print(
+        f"trained {model.family} ({model.num_parameters():,} parameters): {summary['step']} steps in "
+        f"{summary['elapsed_s']:.0f}s ({summary['stopped']}), {summary['tokens_per_s']:.0f} tokens/s; "
+        f"best val loss {'n/a' if bv is None else f'{bv:.4f}'} at step {summary['best_step']} -> {out_dir}",
+        file=sys.stderr,
+    )

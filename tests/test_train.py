@@ -1,0 +1,228 @@
+"""The neural training loop: schedule, batches, exact resume, crash safety, NaN handling."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from arlm import checkpoint
+from arlm import train as T
+from arlm.errors import ArlmError
+from arlm.vocab import CharVocab
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / ".." / "shared" / "data"
+
+
+def names(n: int = 400) -> list[str]:
+    return (DATA / "names.txt").read_text(encoding="utf-8").split("\n")[:n]
+
+
+def shakespeare(n: int = 20000) -> str:
+    return (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:n]
+
+
+def make(family: str, documents: str, dropout: float = 0.1):
+    if documents == "lines":
+        docs = names()
+        train_docs, val_docs = docs[:-40], docs[-40:]
+    else:
+        text = shakespeare()
+        train_docs, val_docs = [text[:18000]], [text[18000:]]
+    vocab = CharVocab.train(train_docs + val_docs)
+    args = argparse.Namespace(n_layer=1, n_head=2, n_embd=16, n_hidden=24, block_size=16, dropout=dropout)
+    torch.manual_seed(0)
+    model, block = T.build_model(family, vocab, args)
+    train = T.TokenData.from_documents(vocab, train_docs)
+    val = T.TokenData.from_documents(vocab, val_docs)
+    return model, vocab, train, val
+
+
+def settings(documents: str, **kw) -> T.TrainSettings:
+    s = dict(batch_size=8, block_size=16, lr=1e-2, max_steps=12, warmup_steps=3, eval_interval=4, eval_iters=2,
+             threads=1, device="cpu", documents=documents, seed=5)
+    s.update(kw)
+    return T.TrainSettings(**s)
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    recs = [json.loads(line) for line in (out / T.LOG_FILE).read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in recs if "loss" in r]
+
+
+def current_weights(out: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = T.read_state(out / T.STATE_FILE)
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim."))}
+
+
+# -- small pieces ----------------------------------------------------------------
+
+
+def test_parse_duration():
+    assert T.parse_duration("90s") == 90
+    assert T.parse_duration("2m") == 120
+    assert T.parse_duration("1h30m") == 5400
+    assert T.parse_duration("1.5") == 1.5
+    for bad in ("", "abc", "-3", "0", "2x"):
+        with pytest.raises(ArlmError):
+            T.parse_duration(bad)
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    s = settings("file", lr=1.0, max_steps=110, warmup_steps=10)
+    lrs = [T.lr_at(s, i, 0.0) for i in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55)  # halfway: midpoint of peak and floor
+    assert lrs[110] == pytest.approx(0.1)  # the floor, lr * min_lr_ratio
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    # a time budget: progress is the time fraction
+    st = settings("file", lr=1.0, max_steps=None, max_time=100.0, warmup_steps=0)
+    assert T.lr_at(st, 5, 50.0) == pytest.approx(0.55)
+    assert T.lr_at(st, 5, 200.0) == pytest.approx(0.1)
+
+
+def test_lines_batches_mask_padding():
+    vocab = CharVocab.train(["ab", "abcdefghij"])
+    data = T.TokenData.from_documents(vocab, ["ab", "abcdefghij"])
+    x, y = T.get_batch(data, "lines", 16, 4, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape and x.shape[0] == 16
+    for row_x, row_y in zip(x, y):
+        n = int((row_y != T.IGNORE).sum())
+        assert n in (3, 4)  # "ab" predicts a, b, <eos>; the long document a window of 4
+        if n == 3:
+            assert row_x[0] == vocab.bos_id and row_y[:3].tolist() == [*vocab.encode("ab"), vocab.eos_id]
+        assert (row_y[n:] == T.IGNORE).all()
+
+
+def test_file_batches_are_windows():
+    vocab = CharVocab.train(["hello world"])
+    data = T.TokenData.from_documents(vocab, ["hello world"])
+    x, y = T.get_batch(data, "file", 4, 5, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 5)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_default_threads_and_arguments():
+    assert T.default_threads() >= 1
+    p = argparse.ArgumentParser()
+    T.add_train_arguments(p)
+    a = p.parse_args(["--n-layer", "2", "--max-time", "90s", "--device", "cpu", "--compile"])
+    assert a.n_layer == 2 and a.max_time == "90s" and a.compile and a.lr is None
+
+
+# -- whole runs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,documents", [("gpt", "lines"), ("lstm", "file")])
+def test_resume_is_exact(tmp_path, family, documents):
+    model, vocab, train, val = make(family, documents)
+    a = tmp_path / "a"
+    T.run_training(model, vocab, train, val, settings(documents), a, progress=False)
+
+    model, vocab, train, val = make(family, documents)
+    b = tmp_path / "b"
+    summary = T.run_training(model, vocab, train, val, settings(documents), b, stop_after_steps=6, progress=False)
+    assert summary["step"] == 6 and summary["stopped"] == "interrupted"
+    T.cli_resume(argparse.Namespace(), b)
+
+    assert [s for s, _ in losses(a)] == list(range(1, 13))
+    assert losses(a) == losses(b)  # identical floats at every step
+    wa, wb = current_weights(a), current_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for out in (a, b):
+        assert (out / T.PLOT_FILE).stat().st_size > 0
+
+
+def test_model_dir_holds_best_weights(tmp_path):
+    model, vocab, train, val = make("gpt", "lines", dropout=0.0)
+    out = tmp_path / "run"
+    summary = T.run_training(model, vocab, train, val, settings("lines", lr=3e-2), out, progress=False)
+    recs = [json.loads(line) for line in (out / T.LOG_FILE).read_text().splitlines()]
+    vals = [(r["val_loss"], r["step"]) for r in recs if "val_loss" in r]
+    best_val, best_step = min(vals)
+    assert summary["best_step"] == best_step and summary["best_val_loss"] == pytest.approx(best_val)
+    loaded, _, cfg = checkpoint.load(out)
+    assert cfg["documents"] == "lines" and cfg["training"]["best_step"] == best_step
+    tensors, _ = T.read_state(out / T.STATE_FILE)
+    for n, p in loaded.named_parameters():
+        assert torch.equal(p, tensors[f"best.{n}"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    model, vocab, train, val = make("lstm", "lines")
+    out = tmp_path / "run"
+    monkeypatch.setenv("ARLM_TEST_NAN_AT_STEP", "6")  # the loss of the 7th update is NaN
+    with pytest.raises(ArlmError, match=r"step 7.*nan.*diverged"):
+        T.run_training(model, vocab, train, val, settings("lines"), out, progress=False)
+    _, st = T.read_state(out / T.STATE_FILE)
+    assert st["step"] == 4  # the last checkpoint before the NaN
+    loaded, _, _ = checkpoint.load(out)
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())
+    monkeypatch.delenv("ARLM_TEST_NAN_AT_STEP")
+    T.cli_resume(argparse.Namespace(), out)
+    assert [s for s, _ in losses(out)] == list(range(1, 13))
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    with pytest.raises(ArlmError, match="cannot resume"):
+        T.cli_resume(argparse.Namespace(), tmp_path)
+
+
+KILL_SCRIPT = """
+import argparse, sys
+sys.path.insert(0, sys.argv[2])
+import torch
+from arlm import train as T
+from arlm.vocab import CharVocab
+docs = open(sys.argv[3], encoding="utf-8").read().split("\\n")[:400]
+vocab = CharVocab.train(docs)
+args = argparse.Namespace(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1)
+torch.manual_seed(0)
+model, _ = T.build_model("gpt", vocab, args)
+s = T.TrainSettings(batch_size=8, block_size=16, lr=1e-2, max_steps=20, warmup_steps=3, eval_interval=5,
+                    eval_iters=2, threads=1, device="cpu", documents="lines")
+T.run_training(model, vocab, T.TokenData.from_documents(vocab, docs[:-40]),
+               T.TokenData.from_documents(vocab, docs[-40:]), s, sys.argv[1], progress=False)
+"""
+
+
+def test_sigkill_during_checkpoint_write_resumes_from_previous(tmp_path):
+    out = tmp_path / "run"
+    script = tmp_path / "run_train.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, ARLM_TEST_CHECKPOINT_SLEEP="10:60", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(REPO), str(DATA / "names.txt")],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        for line in proc.stderr:
+            if "ARLM_TEST: writing checkpoint of step 10" in line:
+                break
+        else:
+            pytest.fail(f"the training process ended without reaching the checkpoint (rc={proc.wait()})")
+        assert list(out.glob(f".{T.STATE_FILE}.*.tmp")), "no half-written state file"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    _, st = T.read_state(out / T.STATE_FILE)
+    assert st["step"] == 5  # the previous checkpoint, intact
+    checkpoint.load(out)
+    T.cli_resume(argparse.Namespace(), out)
+    _, st = T.read_state(out / T.STATE_FILE)
+    assert st["step"] == 20 and st["stopped"] == "max_steps"
+    assert [s for s, _ in losses(out)] == list(range(1, 21))
+    model, _, _ = checkpoint.load(out)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
