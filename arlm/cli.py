@@ -64,6 +64,10 @@ def cmd_train(args) -> None:
                                          meta=meta, refit=not args.no_refit)
         for w in {str(w.message) for w in caught}:
             print(f"arlm: warning: {w}", file=sys.stderr)
+    elif args.model == "cache":
+        from .pipeline import make_cache
+
+        _, val_metrics = make_cache(split, out, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size, meta=meta)
     elif args.model in NEURAL:
         from .train import cli_train
 
@@ -166,15 +170,25 @@ def cmd_mix(args) -> None:
 
     lms = [LM.load(d) for d in args.model_dirs]
     documents = args.documents or lms[0].documents
-    fit_text = read_text(args.fit_on)
     t0 = time.time()
-    lm, history = build_mixture(lms, fit_text, documents, bucketed=args.bucketed)
-    lm.save(args.out, {"mixture_fit_nll_history": history, "fit_on": str(args.fit_on),
+    if (args.fit_on is None) == (args.weights_from is None):
+        raise ArlmError("give exactly one of --fit-on FILE (fit the weights by EM) and --weights-from DIR")
+    if args.fit_on is not None:
+        lm, history = build_mixture(lms, read_text(args.fit_on), documents, bucketed=args.bucketed)
+        source = {"fit_on": str(args.fit_on)}
+    else:
+        from .models.mixture import reuse_weights
+
+        lm, history = reuse_weights(lms, LM.load(args.weights_from), documents)
+        source = {"weights_from": str(args.weights_from)}
+        args.bucketed = bool(lm.model.config.bucket_components)
+    lm.save(args.out, {"mixture_fit_nll_history": history, **source,
                        "component_sources": [str(d) for d in args.model_dirs]})
     w = lm.model.weights
     result = {"model_dir": str(args.out), "weights": w.tolist() if args.bucketed else w[0].tolist(),
-              "fit_mean_nll_before": -history[0], "fit_mean_nll_after": -history[-1],
-              "em_iterations": len(history) - 1, "seconds": time.time() - t0}
+              "em_iterations": max(len(history) - 1, 0), "seconds": time.time() - t0}
+    if history:
+        result.update(fit_mean_nll_before=-history[0], fit_mean_nll_after=-history[-1])
     if args.json:
         _print_json(result)
         return
@@ -183,7 +197,11 @@ def cmd_mix(args) -> None:
         print(f"context-dependent weights in {w.shape[0]} buckets; mean weights {[round(x, 4) for x in w.mean(0).tolist()]}")
     else:
         print(f"weights {[round(x, 4) for x in result['weights']]}")
-    print(f"fit text mean_nll {result['fit_mean_nll_before']:.4f} (uniform weights) -> {result['fit_mean_nll_after']:.4f} nats/token")
+    if history:
+        print(f"fit text mean_nll {result['fit_mean_nll_before']:.4f} (uniform weights) -> "
+              f"{result['fit_mean_nll_after']:.4f} nats/token")
+    else:
+        print(f"weights copied from {args.weights_from}")
 
 
 def cmd_compare(args) -> None:
@@ -262,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)")
     t.add_argument("data", nargs="?", metavar="DATA", help="UTF-8 text file (default: the built-in corpus)")
-    t.add_argument("--model", default="ngram", help="ngram | lstm | gpt (default ngram)")
-    t.add_argument("--order", type=int, default=5, help="n-gram order, 1..10 (default 5)")
+    t.add_argument("--model", default="ngram",
+                   help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
+    t.add_argument("--order", type=int, default=5, help="n-gram or cache order, 1..10 (default 5)")
     t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe"], help="vocabulary (default char)")
     t.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
     t.add_argument("--documents", default="file", choices=["lines", "file"],
@@ -318,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text")
     x.add_argument("model_dirs", nargs="+", metavar="DIR")
-    x.add_argument("--fit-on", required=True, metavar="FILE", help="held-out text for the weights (never your test text)")
+    x.add_argument("--fit-on", default=None, metavar="FILE", help="held-out text for the weights (never your test text)")
+    x.add_argument("--weights-from", default=None, metavar="DIR",
+                   help="reuse the weights of a mixture fitted before (same families and vocab), e.g. after "
+                        "retraining its components on all the data")
     x.add_argument("--out", required=True, metavar="DIR")
     x.add_argument("--documents", default=None, choices=["lines", "file"])
     x.add_argument("--bucketed", action="store_true",
@@ -328,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="train several models on one split and budget; table, JSON and plot")
     c.add_argument("data", nargs="?", metavar="DATA")
-    c.add_argument("--models", default="ngram:7,lstm,gpt", help="comma list of ngram:ORDER, lstm, gpt")
+    c.add_argument("--models", default="ngram:7,lstm,gpt", help="comma list of ngram:ORDER, cache:ORDER, lstm, gpt")
     c.add_argument("--vocab", default="char", help="comma list of char, byte, bpe")
     c.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
     c.add_argument("--max-time", default="2m", help="training budget per neural model (e.g. 90s, 2m)")

@@ -32,17 +32,17 @@ def parse_model_specs(text: str) -> list[tuple[str, dict]]:
     specs = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         family, _, opt = part.partition(":")
-        if family == "ngram":
+        if family in ("ngram", "cache"):
             try:
-                specs.append(("ngram", {"order": int(opt) if opt else 5}))
+                specs.append((family, {"order": int(opt) if opt else (5 if family == "ngram" else 7)}))
             except ValueError:
-                raise ArlmError(f"bad model spec {part!r}: use ngram:ORDER, e.g. ngram:7") from None
+                raise ArlmError(f"bad model spec {part!r}: use {family}:ORDER, e.g. {family}:7") from None
         elif family in NEURAL:
             if opt:
                 raise ArlmError(f"bad model spec {part!r}: {family} takes no option here (use arlm train for more)")
             specs.append((family, {}))
         else:
-            raise ArlmError(f"unknown model {family!r} in --models: choose from ngram:ORDER, lstm, gpt")
+            raise ArlmError(f"unknown model {family!r} in --models: choose from ngram:ORDER, cache:ORDER, lstm, gpt")
     if not specs:
         raise ArlmError("--models names no model")
     return specs
@@ -83,7 +83,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
         "data": split.source, "val_file": str(val_file) if val_file else None, "val_fraction": val_fraction,
         "documents": documents, "seed": seed, "max_time_s": max_time, "dev_fraction": dev_fraction,
         "train_chars": sum(map(len, train_docs)), "dev_chars": len(dev_text), "val_chars": len(split.val_text),
-        "vocabs": vocabs, "models": [f"{f}:{o['order']}" if f == "ngram" else f for f, o in specs], "mix": mix,
+        "vocabs": vocabs, "models": [f"{f}:{o['order']}" if "order" in o else f for f, o in specs], "mix": mix,
     }
     log(f"split: {setup['train_chars']:,} train / {setup['dev_chars']:,} dev / {setup['val_chars']:,} val characters "
         f"({documents} mode, seed {seed}); budget {max_time:.0f}s per neural model")
@@ -92,12 +92,17 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
     for vocab_kind in vocabs:
         lms = []
         for family, opt in specs:
-            name = f"ngram:{opt['order']}" if family == "ngram" else family
+            name = f"{family}:{opt['order']}" if "order" in opt else family
             mdir = out / f"{name.replace(':', '')}-{vocab_kind}"
             t0 = time.time()
             if family == "ngram":
                 lm, _ = train_ngram(sub, mdir, order=opt["order"], vocab=vocab_kind, vocab_size=vocab_size,
                                     meta=split_meta(sub, None, dev_fraction, seed), refit=False)
+            elif family == "cache":
+                from .pipeline import make_cache
+
+                lm, _ = make_cache(sub, mdir, order=opt["order"], vocab=vocab_kind, vocab_size=vocab_size,
+                                   meta=split_meta(sub, None, dev_fraction, seed))
             else:
                 from .train import cli_train
 
@@ -112,7 +117,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
             log(_line(rows[-1]))
         if mix and len(lms) >= 2:
             t0 = time.time()
-            bucketed = any(lm.model.family == "ngram" for lm in lms)
+            bucketed = any(lm.model.family in ("ngram", "cache") for lm in lms)
             mlm, history = build_mixture(lms, dev_text, documents, bucketed=bucketed)
             mdir = out / f"mixture-{vocab_kind}"
             mlm.save(mdir, {"mixture_fit_nll_history": history})

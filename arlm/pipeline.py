@@ -90,3 +90,17 @@ def train_ngram(split: Split, out: str | Path, order: int = 5, vocab: str = "cha
         lm = fit(all_docs)
     lm.save(out, {**(meta or {}), "refit_on_val": bool(refitted)})
     return lm, val_metrics
+
+
+def make_cache(split: Split, out: str | Path, order: int = 6, vocab: str = "char",
+               vocab_size: int | None = None, meta: dict | None = None) -> tuple[LM, dict | None]:
+    """Save a document-cache model (``arlm.models.cache``) with a vocab built from the
+    training documents; it has nothing to fit. Returns ``(lm, val_metrics)``."""
+    from .models.cache import CacheConfig, CacheModel
+
+    checkpoint.prepare_dir(out)
+    v = train_vocab(vocab, split.train_docs, vocab_size)
+    lm = LM(CacheModel(CacheConfig(v.vocab_size, v.bos_id, v.eos_id, order=order)), v, split.documents)
+    val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
+    lm.save(out, meta)
+    return lm, val_metrics

@@ -46,14 +46,24 @@ def make_lstm(vocab, docs=None, seed=0):
     return m.double().eval()
 
 
-def make_mixture(vocab, docs, bucketed=False, seed=0):
+def make_cache(vocab, docs=None, order=4):
+    from arlm.models.cache import CacheConfig, CacheModel
+
+    return CacheModel(CacheConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=order))
+
+
+def make_mixture(vocab, docs, bucketed=False, seed=0, cache=False):
     from arlm.models.mixture import MixtureConfig, MixtureModel
 
     comps = [make_ngram(vocab, docs, 3), make_gpt(vocab, docs, seed=seed)]
-    cfg = MixtureConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, ["ngram", "gpt"], bucketed, 0)
+    buckets = [0] if bucketed else []
+    if cache:
+        comps.append(make_cache(vocab, order=3))
+        buckets = [0, 2]
+    cfg = MixtureConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, [c.family for c in comps], buckets)
     m = MixtureModel(cfg, comps)
     g = torch.Generator().manual_seed(seed)
-    w = torch.rand(m.n_buckets, 2, generator=g, dtype=torch.float64) + 0.1
+    w = torch.rand(m.n_buckets, len(comps), generator=g, dtype=torch.float64) + 0.1
     m.weights.copy_(w / w.sum(-1, keepdim=True))
     return m.eval()
 
@@ -66,6 +76,9 @@ FAMILY_CASES = {
     "ngram4-byte": ("byte", lambda v, d: make_ngram(v, d, 4)),
     "gpt-char": ("char", lambda v, d: make_gpt(v, d)),
     "lstm-char": ("char", lambda v, d: make_lstm(v, d)),
+    "cache-char": ("char", lambda v, d: make_cache(v, d)),
+    "cache-byte": ("byte", lambda v, d: make_cache(v, d, order=2)),
+    "mixture-cache-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
     "mixture-char": ("char", lambda v, d: make_mixture(v, d)),
     "mixture-bucketed-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True)),
 }

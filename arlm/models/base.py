@@ -98,6 +98,23 @@ class LanguageModel(torch.nn.Module):
         return self._windowed_log_probs(ids, stride)
 
     @torch.no_grad()
+    def dense_log_probs(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """log_softmax of ``logits`` for any length: LongTensor[B, T] -> DoubleTensor[B, T, V].
+
+        Past ``block_size`` a windowed model sees the last ``block_size`` tokens
+        at each position (what ``step`` gives); this costs one forward pass per
+        position beyond the block, so it serves short texts and tests, not scoring.
+        """
+        T = token_ids.shape[1]
+        block = self.block_size
+        if not self.windowed or block is None or T <= block:
+            return torch.log_softmax(self.logits(token_ids).double(), dim=-1).cpu()  # [B, T, V]
+        head = torch.log_softmax(self.logits(token_ids[:, :block]).double(), dim=-1).cpu()  # [B, block, V]
+        tail = [torch.log_softmax(self.logits(token_ids[:, t - block + 1 : t + 1])[:, -1].double(), dim=-1).cpu()
+                for t in range(block, T)]  # each [B, V]
+        return torch.cat([head, torch.stack(tail, dim=1)], dim=1)
+
+    @torch.no_grad()
     def documents_log_probs(self, documents: list[torch.Tensor], max_batch_tokens: int = 8192) -> list[torch.Tensor]:
         """``sequence_log_probs`` of many sequences, batched where they fit in one window.
 

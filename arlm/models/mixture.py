@@ -5,11 +5,11 @@
 The weights are fitted by expectation-maximisation on held-out text (Jelinek &
 Mercer 1980, "Interpolated estimation of Markov source parameters from sparse
 data"; Dempster, Laird & Rubin 1977): each EM iteration never lowers the
-held-out likelihood. With ``buckets`` > 1 the weights depend on the context
-through a bucket computed by the first n-gram component: the order of the
-longest history it has seen, crossed with log2 of that history's count
-(context-dependent interpolation in the spirit of Jelinek-Mercer's bucketed
-λ). Since each λ(h) is a probability vector and each p_k(·|h) a distribution,
+held-out likelihood. A bucketed mixture lets the weights depend on the
+context through a bucket computed by its n-gram and cache components: for
+each, the order of the longest history it has seen (in training, or in the
+document so far) crossed with a log-count bin of that history (Jelinek &
+Mercer's bucketed λ). Since each λ(h) is a probability vector and each p_k(·|h) a distribution,
 the mixture is a proper distribution over the vocabulary, ``<bos>`` at 0.
 
 A saved mixture directory embeds its components as ``component0/``,
@@ -30,20 +30,19 @@ import torch
 from ..errors import ArlmError
 from .base import LanguageModel
 
-COUNT_BINS = 8  # log2-count bins per n-gram order in a bucketed mixture
 
 
 @dataclasses.dataclass
 class MixtureConfig:
-    """``components``: the component families (for reading); ``bucketed``: whether the
-    weights depend on the n-gram context bucket (component ``bucket_component``)."""
+    """``components``: the component families (for reading); ``bucket_components``: the
+    indices of the n-gram and cache components whose context features select the
+    weights (empty: one set of weights for every context)."""
 
     vocab_size: int
     bos_id: int
     eos_id: int
     components: list[str] = dataclasses.field(default_factory=list)
-    bucketed: bool = False
-    bucket_component: int = 0
+    bucket_components: list[int] = dataclasses.field(default_factory=list)
 
 
 class MixtureModel(LanguageModel):
@@ -76,19 +75,15 @@ class MixtureModel(LanguageModel):
 
     @property
     def n_buckets(self) -> int:
-        if not self.config.bucketed:
-            return 1
-        ng = self.components[self.config.bucket_component]
-        return ng.config.order * COUNT_BINS
-
-    @property
-    def windowed(self) -> bool:  # type: ignore[override]
-        return any(c.windowed for c in self.components)
+        n = 1
+        for k in self.config.bucket_components:
+            n *= self.components[k].feature_size
+        return n
 
     @property
     def block_size(self) -> int | None:
-        sizes = [c.block_size for c in self.components if c.windowed]
-        return min(sizes) if sizes else None
+        """None: each component keeps its own window or state, so the mixture takes any length."""
+        return None
 
     @property
     def device(self) -> torch.device:
@@ -98,22 +93,16 @@ class MixtureModel(LanguageModel):
         return torch.device("cpu")
 
     # -- buckets --------------------------------------------------------------------
+    def _combine(self, features: list[np.ndarray], shape) -> np.ndarray:
+        bucket = np.zeros(shape, dtype=np.int64)
+        for k, f in zip(self.config.bucket_components, features):
+            bucket = bucket * self.components[k].feature_size + f
+        return bucket
+
     def buckets(self, ids: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
         """Bucket of each position's history, int64[B, T] (all 0 when not bucketed)."""
-        if not self.config.bucketed:
-            return np.zeros(ids.shape, dtype=np.int64)
-        ng = self.components[self.config.bucket_component]
-        ctx = ng._context_nodes(ids, starts)
-        longest = np.zeros(ids.shape, dtype=np.int64)
-        count = np.zeros(ids.shape)
-        for n, level in enumerate(ng.levels, start=1):
-            h = ctx[n - 1]
-            tot = np.where(h >= 0, level.totals[np.maximum(h, 0)], 0.0)
-            seen = tot > 0
-            longest = np.where(seen, n - 1, longest)
-            count = np.where(seen, tot, count)
-        bins = np.minimum(np.floor(np.log2(np.maximum(count, 1.0))), COUNT_BINS - 1).astype(np.int64)
-        return longest * COUNT_BINS + bins
+        feats = [self.components[k].sequence_features(ids, starts) for k in self.config.bucket_components]
+        return self._combine(feats, ids.shape)
 
     def _log_weights(self, buckets: np.ndarray) -> torch.Tensor:
         with np.errstate(divide="ignore"):
@@ -121,37 +110,31 @@ class MixtureModel(LanguageModel):
 
     # -- the contract -----------------------------------------------------------------
     def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """log Σ_k λ_k(h) p_k(· | h): LongTensor[B, T] -> DoubleTensor[B, T, V]."""
-        parts = []
-        for c in self.components:
-            lg = c.logits(token_ids.to(c.device))
-            parts.append(torch.log_softmax(lg.double(), dim=-1).cpu())  # [B, T, V]
+        """log Σ_k λ_k(h) p_k(· | h): LongTensor[B, T] -> DoubleTensor[B, T, V].
+
+        A windowed component sees its last ``block_size`` tokens at every
+        position (as in ``step``); see ``LanguageModel.dense_log_probs``.
+        """
+        parts = [c.dense_log_probs(token_ids.to(c.device)) for c in self.components]  # each [B, T, V]
         stacked = torch.stack(parts, dim=-1)  # [B, T, V, K]
         lw = self._log_weights(self.buckets(token_ids.cpu().numpy()))  # [B, T, K]
         return torch.logsumexp(stacked + lw[:, :, None, :], dim=-1)  # [B, T, V]
 
-    def _mix_last(self, outs: list[torch.Tensor], history: torch.Tensor) -> torch.Tensor:
+    def _mix_last(self, outs: list[torch.Tensor], states: list) -> torch.Tensor:
         lps = torch.stack([torch.log_softmax(o.double(), -1).cpu() for o in outs], dim=-1)  # [B, V, K]
-        lw = self._log_weights(self.buckets(history.numpy())[:, -1])  # [B, K]
+        feats = [self.components[k].state_features(states[k]) for k in self.config.bucket_components]
+        lw = self._log_weights(self._combine(feats, (lps.shape[0],)))  # [B, K]
         return torch.logsumexp(lps + lw[:, None, :], dim=-1)  # [B, V]
 
-    def _history(self, state_hist: torch.Tensor | None, token_ids: torch.Tensor) -> torch.Tensor:
-        hist = token_ids.cpu().reshape(token_ids.shape[0], -1) if state_hist is None else torch.cat(
-            [state_hist, token_ids.cpu().reshape(-1, 1)], dim=1)
-        if self.config.bucketed:
-            return hist[:, -max(self.components[self.config.bucket_component].config.order - 1, 1):]
-        return hist[:, -1:]
-
     def step(self, token_ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        """One token per row: (DoubleTensor[B, V] mixed log-probs, (component states, history))."""
-        states, hist = state if state is not None else ([None] * len(self.components), None)
+        """One token per row: (DoubleTensor[B, V] mixed log-probs, list of component states)."""
+        states = state if state is not None else [None] * len(self.components)
         outs, new_states = [], []
         for c, s in zip(self.components, states):
             o, s2 = c.step(token_ids.to(c.device), s)
             outs.append(o)
             new_states.append(s2)
-        hist = self._history(hist, token_ids)
-        return self._mix_last(outs, hist), (new_states, hist)
+        return self._mix_last(outs, new_states), new_states
 
     def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         outs, states = [], []
@@ -159,8 +142,7 @@ class MixtureModel(LanguageModel):
             o, s = c.prefill(token_ids.to(c.device))
             outs.append(o)
             states.append(s)
-        hist = self._history(None, token_ids)
-        return self._mix_last(outs, hist), (states, hist)
+        return self._mix_last(outs, states), states
 
     # -- scoring: each component with its own window/state, then mixed ------------------
     def component_log_probs(self, documents: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray, list[int]]:
@@ -286,25 +268,62 @@ def build_mixture(lms: list, fit_text: str, documents: str, bucketed: bool = Fal
     if len(lms) < 2:
         raise ArlmError("a mixture needs at least two models")
     v0 = lms[0].vocab
-    probe = "The quick brown fox, 0123456789!\n"
-    for lm in lms[1:]:
-        same = lm.vocab.kind == v0.kind and lm.vocab.vocab_size == v0.vocab_size
-        if same and v0.kind == "char":
-            same = lm.vocab.chars == v0.chars
-        if same and v0.kind == "bpe":
-            same = lm.vocab.encode(probe) == v0.encode(probe)
-        if not same:
-            raise ArlmError("the models do not share one vocabulary (train them with the same --vocab on the same text)")
-    bucket_component = 0
+    _check_same_vocab([lm.vocab for lm in lms])
+    bucket_components = []
     if bucketed:
-        ngrams = [i for i, lm in enumerate(lms) if lm.model.family == "ngram"]
-        if not ngrams:
-            raise ArlmError("context-dependent weights need an n-gram component")
-        bucket_component = ngrams[0]
-    cfg = MixtureConfig(v0.vocab_size, v0.bos_id, v0.eos_id, [lm.model.family for lm in lms], bucketed, bucket_component)
+        # the first n-gram and the first cache component select the weights
+        for fam in ("ngram", "cache"):
+            idx = [i for i, lm in enumerate(lms) if lm.model.family == fam]
+            bucket_components += idx[:1]
+        if not bucket_components:
+            raise ArlmError("context-dependent weights need an n-gram or cache component")
+    cfg = MixtureConfig(v0.vocab_size, v0.bos_id, v0.eos_id, [lm.model.family for lm in lms], bucket_components)
     model = MixtureModel(cfg, [lm.model for lm in lms])
     docs = [torch.tensor(encode_document(v0, d)) for d in split_documents(fit_text, documents)]
     L, buckets, _ = model.component_log_probs(docs)
     w, history = fit_weights(L, buckets, model.n_buckets)
     model.weights.copy_(w)
     return LM(model.eval(), v0, documents), history
+
+
+def reuse_weights(lms: list, donor, documents: str):
+    """A mixture of ``lms`` with the weights of the mixture ``donor`` (an LM).
+
+    The usual way to use held-out data twice (Jelinek & Mercer's deleted
+    interpolation): fit the weights with components trained without the
+    held-out part, then retrain the components on everything and keep the
+    weights. Returns ``(LM, [])``.
+
+    Raises:
+        ArlmError: ``donor`` is not a mixture, or its components differ in
+            number, family, order or vocabulary.
+    """
+    from ..lm import LM
+
+    dm = donor.model
+    if dm.family != "mixture":
+        raise ArlmError("--weights-from needs a mixture model directory")
+    if [lm.model.family for lm in lms] != dm.config.components:
+        raise ArlmError(f"the models ({[lm.model.family for lm in lms]}) differ from the mixture's components "
+                        f"({dm.config.components})")
+    for k in dm.config.bucket_components:
+        if lms[k].model.feature_size != dm.components[k].feature_size:
+            raise ArlmError(f"component {k} has another order than in the mixture the weights come from")
+    v0 = lms[0].vocab
+    _check_same_vocab([lm.vocab for lm in lms] + [donor.vocab])
+    cfg = dataclasses.replace(dm.config)
+    model = MixtureModel(cfg, [lm.model for lm in lms], dm.weights.clone())
+    return LM(model.eval(), v0, documents), []
+
+
+def _check_same_vocab(vocabs) -> None:
+    v0 = vocabs[0]
+    probe = "The quick brown fox, 0123456789!\n"
+    for v in vocabs[1:]:
+        same = v.kind == v0.kind and v.vocab_size == v0.vocab_size
+        if same and v0.kind == "char":
+            same = v.chars == v0.chars
+        if same and v0.kind == "bpe":
+            same = v.encode(probe) == v0.encode(probe)
+        if not same:
+            raise ArlmError("the models do not share one vocabulary (train them with the same --vocab on the same text)")

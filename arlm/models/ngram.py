@@ -45,6 +45,12 @@ from ..errors import ArlmError
 from .base import LanguageModel
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+COUNT_BINS = 4  # context-count bins of the mixture features: 1-3, 4-15, 16-63, 64+
+
+
+def count_bin(count: np.ndarray) -> np.ndarray:
+    """Bin of a context count (>= 1): floor(log2(count) / 2), at most COUNT_BINS - 1."""
+    return np.minimum(np.floor(np.log2(np.maximum(count, 1.0)) / 2), COUNT_BINS - 1).astype(np.int64)
 MAX_ORDER = 10
 
 
@@ -327,6 +333,28 @@ class NGramModel(LanguageModel):
         with np.errstate(divide="ignore"):
             lp = torch.from_numpy(np.log(p))
         return list(torch.split(lp, lengths.tolist()))
+
+    # -- context features for context-dependent mixture weights ---------------------------
+    @property
+    def feature_size(self) -> int:
+        return self.config.order * COUNT_BINS
+
+    def sequence_features(self, ids: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """int64[B, T]: (order of the longest history seen in training) x (log-count bin) at each position."""
+        ctx = self._context_nodes(ids, starts)
+        longest = np.zeros(ids.shape, dtype=np.int64)
+        count = np.ones(ids.shape)
+        for n, level in enumerate(self.levels, start=1):
+            h = ctx[n - 1]
+            tot = np.where(h >= 0, level.totals[np.maximum(h, 0)], 0.0)
+            seen = tot > 0
+            longest = np.where(seen, n - 1, longest)
+            count = np.where(seen, tot, count)
+        return longest * COUNT_BINS + count_bin(count)
+
+    def state_features(self, state) -> np.ndarray:
+        """int64[B]: ``sequence_features`` at the end of the history held in a ``step`` state."""
+        return self.sequence_features(state.numpy())[:, -1]
 
     def num_parameters(self) -> int:
         """Number of stored n-grams (the model's free parameters are their counts)."""

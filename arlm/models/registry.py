@@ -11,6 +11,7 @@ FAMILIES = {
     "ngram": ("arlm.models.ngram", "NGramConfig", "NGramModel"),
     "lstm": ("arlm.models.lstm", "LSTMConfig", "LSTMModel"),
     "gpt": ("arlm.models.gpt", "GPTConfig", "GPTModel"),
+    "cache": ("arlm.models.cache", "CacheConfig", "CacheModel"),
     "mixture": ("arlm.models.mixture", "MixtureConfig", "MixtureModel"),
 }
 
