@@ -64,9 +64,12 @@ def conditional_log_prob(model, vocab, completion: str, given: str = "", stride:
     For char and byte vocabularies this equals ``log_prob(given + completion,
     eos=False) - log_prob(given, eos=False)`` exactly (the tokens of the
     concatenation are the tokens of the parts). For BPE the vocab's
-    ``encode_pair`` decides the boundary (see ``arlm.vocab.bpe``): the prefix and
-    the completion are encoded separately, so a non-empty completion is scored
-    over at least one token of its own. An empty completion has log-probability 0.
+    ``encode_pair`` decides the boundary (the lm-evaluation-harness practice, see
+    ``arlm.vocab.bpe``): whitespace at the end of ``given`` moves to the start of
+    the completion, then the two are encoded separately, so a non-empty
+    completion is scored over at least one token of its own and the result is
+    log p(ws + completion | given without ws), not a difference of canonical
+    prefix log-probs. An empty completion has log-probability 0.
     """
     if completion == "":
         return 0.0

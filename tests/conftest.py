@@ -84,9 +84,29 @@ FAMILY_CASES = {
 }
 
 
+FAMILY_CASES.update({
+    "ngram3-bpe": ("bpe", lambda v, d: make_ngram(v, d, 3)),
+    "gpt-bpe": ("bpe", lambda v, d: make_gpt(v, d)),
+    "lstm-bpe": ("bpe", lambda v, d: make_lstm(v, d)),
+    "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
+    "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
+})
+
+_BPE = {}
+
+
+def bpe_vocab(docs):
+    from arlm.vocab.bpe import BPEVocab
+
+    key = tuple(docs[:50])
+    if key not in _BPE:
+        _BPE[key] = BPEVocab.train(docs, vocab_size=300)
+    return _BPE[key]
+
+
 def build_case(name: str, docs: list[str]):
     kind, builder = FAMILY_CASES[name]
-    vocab = CharVocab.train(docs) if kind == "char" else ByteVocab()
+    vocab = {"char": CharVocab.train, "byte": lambda d: ByteVocab(), "bpe": bpe_vocab}[kind](docs)
     return builder(vocab, docs), vocab
 
 

@@ -48,3 +48,23 @@ def test_next_token_distribution_has_every_token_but_bos():
     assert len(d) == vocab.vocab_size - 1 and "<eos>" in d
     assert math.fsum(math.exp(v) for v in d.values()) == pytest.approx(1.0, abs=1e-12)
     assert d["m"] == pytest.approx(scoring.conditional_log_prob(model, vocab, "m", given="em"), abs=1e-12)
+
+
+def test_bpe_boundary_policy_scores_completion_over_its_own_tokens():
+    from arlm.vocab.bpe import BPEVocab
+
+    docs = ["hello world"] * 50 + ["help me", "yellow hello"] * 5
+    vocab = BPEVocab.train(docs, vocab_size=300)
+    assert len(vocab.encode("hello")) == 1  # the word is one token
+    from conftest import make_ngram
+
+    model = make_ngram(vocab, docs, 3)
+    lp = scoring.conditional_log_prob(model, vocab, "lo", given="hel")
+    assert lp < 0.0 and math.isfinite(lp)
+    # whitespace at the join moves to the completion
+    assert scoring.conditional_log_prob(model, vocab, "world", given="hello ") == pytest.approx(
+        scoring.conditional_log_prob(model, vocab, " world", given="hello"), abs=1e-12)
+    assert scoring.conditional_log_prob(model, vocab, "", given="hel") == 0.0
+    # log_prob uses the canonical segmentation
+    assert scoring.log_prob(model, vocab, "hello", eos=False) == pytest.approx(
+        float(scoring.sequence_log_probs(model, [vocab.bos_id, *vocab.encode("hello")]).sum()))
