@@ -171,20 +171,12 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def default_threads() -> int:
-    """The default number of CPU threads for training.
+    """The number of CPU threads a run starts with (unless ``--threads`` is given).
 
-    PyTorch's default (one thread per core) synchronises its threads at every
-    operation; on a small machine where another process keeps a core busy,
-    the descheduled thread stalls all the others and throughput collapses. We
-    use the cores that are idle when training starts: the CPU count (affinity)
-    minus the other runnable processes (``/proc/loadavg``), at least 1. On an
-    idle machine this is every core; with one busy process on a 2-core machine
-    it is 1 thread, which keeps the throughput of one core.
+    The cores that are idle when training starts: the CPU count (affinity)
+    minus the other runnable processes (``/proc/loadavg``), at least 1. While
+    training, :class:`ThreadGovernor` adapts the count to the load.
     """
-    try:
-        n_cpu = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n_cpu = os.cpu_count() or 1
     busy = 0
     try:
         # field 4 is "running/total"; running counts this process too
@@ -192,7 +184,89 @@ def default_threads() -> int:
         busy = max(0, running - 1)
     except (OSError, ValueError, IndexError):
         pass
-    return max(1, n_cpu - busy)
+    return max(1, cpu_count() - busy)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ThreadGovernor:
+    """Adapts the CPU thread count to the load while training (used unless ``--threads`` is given).
+
+    PyTorch's threads spin-wait for each other at every operation, so when
+    another process takes a core, a step with one thread per core can become
+    tens of times slower, while a single thread only loses its share of one
+    core. The governor watches the time per token: when it rises above
+    ``collapse`` times the best seen with all cores, it drops to one thread;
+    at one thread it probes all cores again after a back-off (20 s, doubling
+    after every failed probe; a probe is abandoned after one slow step).
+    """
+
+    collapse = 2.0
+
+    def __init__(self, start: int, max_threads: int, enabled: bool = True):
+        self.max = max(1, max_threads)
+        self.enabled = enabled and self.max > 1
+        self.current = start
+        self.hist: dict[int, list[float]] = {}
+        self.best_max = math.inf
+        self.backoff = 20.0
+        self.next_probe = time.perf_counter() + self.backoff
+        self.probing: list[float] | None = None
+        self.switches = 0
+        torch.set_num_threads(start)
+
+    def _set(self, n: int) -> None:
+        if n != self.current:
+            self.current = n
+            self.switches += 1
+            torch.set_num_threads(n)
+
+    @staticmethod
+    def _median(xs: list[float]) -> float:
+        ys = sorted(xs)
+        return ys[len(ys) // 2]
+
+    def record(self, seconds_per_token: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        h = self.hist.setdefault(self.current, [])
+        h.append(seconds_per_token)
+        del h[:-9]
+        one = self._median(self.hist[1]) if self.hist.get(1) else math.inf
+        if self.probing is not None:  # trying all cores again
+            self.probing.append(seconds_per_token)
+            if seconds_per_token > self.collapse * one:
+                self._end_probe(ok=False, now=now)
+            elif len(self.probing) >= 5:
+                self._end_probe(ok=self._median(self.probing) < 0.9 * one, now=now)
+            return
+        if self.current == self.max:
+            if len(h) >= 5:
+                recent = self._median(h[-5:])
+                self.best_max = min(self.best_max, recent)
+                if recent > self.collapse * self.best_max:
+                    self._set(1)
+                    self.next_probe = now + self.backoff
+        elif now >= self.next_probe and len(h) >= 5:
+            self.probing = []
+            self._set(self.max)
+            self.hist[self.max] = []
+
+    def _end_probe(self, ok: bool, now: float) -> None:
+        self.probing = None
+        if ok:
+            self.backoff = 20.0
+            self.best_max = math.inf
+        else:
+            self._set(1)
+            self.backoff *= 2
+            self.next_probe = now + self.backoff
 
 
 # -- data ------------------------------------------------------------------------
@@ -285,6 +359,50 @@ def eval_batches(data: TokenData, documents: str, batch_size: int, block_size: i
             out.append((chunk[:, :-1], torch.where(valid[:, 1:], chunk[:, 1:], IGNORE)))
         return out
     return [get_batch(data, documents, batch_size, block_size, gen) for _ in range(n_batches)]
+
+
+class Streams:
+    """Truncated backpropagation through time over one long document (recurrent models, ``file`` mode).
+
+    ``batch_size`` streams read the text contiguously, ``block_size`` tokens per
+    batch, and the model's state carries from one batch to the next (detached),
+    so training sees the same unbounded context as scoring. A stream that
+    reaches the end of the text jumps to a uniformly random offset and its
+    state is reset to zero.
+    """
+
+    def __init__(self, data: TokenData, batch_size: int, block_size: int, gen: torch.Generator):
+        self.data = data
+        self.T = min(block_size, data.n_tokens - 1)
+        self.pos = torch.randint(0, data.n_tokens - self.T, (batch_size,), generator=gen)  # [B]
+
+    def next(self, gen: torch.Generator):
+        """(x [B, T], y [B, T], reset BoolTensor[B]: rows whose carried state must be zeroed)."""
+        n, T = self.data.n_tokens, self.T
+        reset = self.pos + T + 1 > n  # [B]
+        if bool(reset.any()):
+            fresh = torch.randint(0, n - T, (int(reset.sum()),), generator=gen)
+            self.pos = self.pos.clone()
+            self.pos[reset] = fresh
+        idx = self.pos[:, None] + torch.arange(T + 1)  # [B, T+1]
+        chunk = self.data.ids[idx]
+        self.pos = self.pos + T
+        return chunk[:, :-1], chunk[:, 1:], reset
+
+
+def stream_eval_batches(data: TokenData, batch_size: int, block_size: int, n_batches: int):
+    """Fixed val batches for stateful evaluation: ``batch_size`` contiguous segments of the
+    val text, each read in chunks of ``block_size`` with the state carried across chunks."""
+    n = data.n_tokens - 1
+    rows = max(1, min(batch_size, n // max(1, block_size)))
+    seg = min(n // rows, n_batches * block_size)
+    starts = torch.arange(rows) * seg  # [rows]
+    out = []
+    for s0 in range(0, seg, block_size):
+        e = min(s0 + block_size, seg)
+        chunk = data.ids[starts[:, None] + torch.arange(s0, e + 1)]  # [rows, e-s0+1]
+        out.append((chunk[:, :-1], chunk[:, 1:]))
+    return out
 
 
 # -- optimisation ----------------------------------------------------------------
@@ -417,15 +535,23 @@ class _StopFlag:
 
 
 @torch.no_grad()
-def estimate_val_loss(model, batches, device, autocast) -> float:
-    """Mean NLL (nats per target token) of ``model`` over fixed batches."""
+def estimate_val_loss(model, batches, device, autocast, carry: bool = False) -> float:
+    """Mean NLL (nats per target token) of ``model`` over fixed batches.
+
+    ``carry``: the batches are consecutive chunks of the same rows and a
+    recurrent model carries its state from one to the next.
+    """
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    state = None
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast():
-            logits = model.logits(x)  # [B, T, V]
+            if carry:
+                logits, state = model.forward_with_state(x, state)  # [B, T, V]
+            else:
+                logits = model.logits(x)  # [B, T, V]
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
         total += float(nll)
         count += int((y != IGNORE).sum())
@@ -487,10 +613,10 @@ def run_training(
     if s.max_steps is None and s.max_time is None:
         s.max_time = DEFAULT_MAX_TIME
 
-    threads = s.threads if s.threads is not None else default_threads()
-    if threads < 1:
-        raise ArlmError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
+    if s.threads is not None and s.threads < 1:
+        raise ArlmError(f"--threads must be >= 1, got {s.threads}")
+    threads_before = torch.get_num_threads()
+    governor = ThreadGovernor(s.threads or default_threads(), cpu_count(), enabled=s.threads is None)
     device = resolve_device(s.device)
     model.to(device)
     model.train()
@@ -504,9 +630,16 @@ def run_training(
     optimizer = make_optimizer(model, s, device)
     gen = torch.Generator().manual_seed(s.seed)
     has_val = val_data is not None and val_data.n_tokens >= 2
-    val_batches = (
-        eval_batches(val_data, s.documents, s.batch_size, s.block_size, s.eval_iters, s.seed) if has_val else []
-    )
+    # Recurrent models on one long document train and evaluate with carried state.
+    stateful = model.block_size is None and s.documents == "file"
+    streams = Streams(train_data, s.batch_size, s.block_size, gen) if stateful else None
+    stream_state = None
+    if not has_val:
+        val_batches = []
+    elif stateful:
+        val_batches = stream_eval_batches(val_data, s.batch_size, s.block_size, s.eval_iters)
+    else:
+        val_batches = eval_batches(val_data, s.documents, s.batch_size, s.block_size, s.eval_iters, s.seed)
     param_names = [n for n, _ in model.named_parameters()]
 
     step, elapsed_before, best_val, best_step = 0, 0.0, math.inf, -1
@@ -535,6 +668,10 @@ def run_training(
         best_step = st["best_step"]
         tokens_seen = st["tokens_seen"]
         best_weights = {n: tensors[f"best.{n}"] for n in param_names}
+        if streams is not None:
+            streams.pos = tensors["streams.pos"]
+            if "streams.h" in tensors:
+                stream_state = (tensors["streams.h"].to(device), tensors["streams.c"].to(device))
         _truncate_log(out_dir / LOG_FILE, step)
         _save_model_dir(model, vocab, out_dir, meta, best_weights, best_step, best_val)
     else:
@@ -554,6 +691,10 @@ def run_training(
                 keys.append(f"{idx}.{name}")
                 tensors[f"optim.{idx}.{name}"] = t if t.dim() else t.reshape(())
         tensors.update(_rng_tensors(gen))
+        if streams is not None:
+            tensors["streams.pos"] = streams.pos
+            if stream_state is not None:
+                tensors["streams.h"], tensors["streams.c"] = stream_state
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
         st = {
             "version": STATE_VERSION,
@@ -585,7 +726,7 @@ def run_training(
         last_eval_step = step
         val = None
         if has_val:
-            val = estimate_val_loss(model, val_batches, device, autocast)
+            val = estimate_val_loss(model, val_batches, device, autocast, carry=stateful)
             log({"step": step, "val_loss": val, "elapsed_s": round(elapsed, 3)})
         if val is None or val < best_val or best_weights is None:
             if val is not None:
@@ -626,10 +767,20 @@ def run_training(
                 lr = lr_at(s, step, elapsed)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                x, y = get_batch(train_data, s.documents, s.batch_size, s.block_size, gen)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast():
-                    logits = fwd(x)  # [B, T, V]
+                if streams is not None:
+                    x, y, reset = streams.next(gen)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if stream_state is not None and bool(reset.any()):
+                        keep = (~reset).to(device=device, dtype=stream_state[0].dtype)[None, :, None]  # [1, B, 1]
+                        stream_state = tuple(t * keep for t in stream_state)
+                    with autocast():
+                        logits, new_state = model.forward_with_state(x, stream_state)  # [B, T, V]
+                    stream_state = tuple(t.detach() for t in new_state)
+                else:
+                    x, y = get_batch(train_data, s.documents, s.batch_size, s.block_size, gen)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with autocast():
+                        logits = fwd(x)  # [B, T, V]
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
                 loss_value = loss.detach().item()
                 if step == nan_at:
@@ -649,12 +800,14 @@ def run_training(
                 dt = time.perf_counter() - t0
                 interval_tokens += n_tok
                 interval_time += dt
+                governor.record(dt / max(n_tok, 1))
                 log({"step": step, "loss": loss_value, "lr": lr})
                 elapsed = elapsed_before + time.perf_counter() - t_start
                 if step % s.eval_interval == 0:
                     tok_s = interval_tokens / max(interval_time, 1e-9)
                     interval_tokens, interval_time = 0, 0.0
-                    log({"step": step, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 3)})
+                    log({"step": step, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 3),
+                         "threads": governor.current})
                     val_loss = evaluate_and_checkpoint()
                 bar.update(1)
                 if step % 10 == 0 or step == 1:
@@ -675,6 +828,7 @@ def run_training(
     finally:
         bar.close()
         log_f.close()
+        torch.set_num_threads(threads_before)
         try:
             from .plots import plot_loss
 

@@ -226,3 +226,29 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(tmp_path):
     assert [s for s, _ in losses(out)] == list(range(1, 21))
     model, _, _ = checkpoint.load(out)
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_thread_governor_drops_to_one_thread_on_collapse_and_probes_back():
+    before = torch.get_num_threads()
+    g = T.ThreadGovernor(start=2, max_threads=2)
+    try:
+        for _ in range(10):
+            g.record(1.0)
+        assert g.current == 2
+        for _ in range(5):
+            g.record(10.0)  # another process took a core: all-core steps collapse
+        assert g.current == 1
+        for _ in range(5):
+            g.record(2.0)
+        g.next_probe = 0.0  # time for a probe
+        g.record(2.0)
+        assert g.current == 2 and g.probing is not None
+        g.record(50.0)  # still collapsed: the probe is abandoned after one step
+        assert g.current == 1 and g.backoff == 40.0
+        g.next_probe = 0.0
+        g.record(2.0)
+        for _ in range(5):
+            g.record(1.0)  # the other process is gone: all cores are faster again
+        assert g.current == 2 and g.probing is None
+    finally:
+        torch.set_num_threads(before)
