@@ -163,6 +163,23 @@ def cmd_sample(args) -> None:
         print(args.prompt + s.text)
 
 
+def cmd_split(args) -> None:
+    from .corpus import read_text, train_val_split
+    from .io import atomic_write_text
+
+    text = read_text(args.data)
+    train, val = train_val_split(text, args.documents, args.val_fraction, args.seed)
+    if args.documents == "file":
+        train_text, val_text = train[0], (val[0] if val else "")
+    else:
+        train_text, val_text = "".join(d + "\n" for d in train), "".join(d + "\n" for d in val)
+    for path in (args.train_out, args.val_out):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.train_out, train_text)
+    atomic_write_text(args.val_out, val_text)
+    print(f"{args.train_out}: {len(train_text):,} characters; {args.val_out}: {len(val_text):,} characters")
+
+
 def cmd_mix(args) -> None:
     from .corpus import read_text
     from .lm import LM
@@ -334,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_sample)
+
+    sp = sub.add_parser("split", help="write the train/val split that `arlm train` would make, as two files")
+    sp.add_argument("data", metavar="DATA")
+    sp.add_argument("--documents", default="file", choices=["lines", "file"])
+    sp.add_argument("--val-fraction", type=float, default=0.1)
+    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--train-out", required=True, metavar="FILE")
+    sp.add_argument("--val-out", required=True, metavar="FILE")
+    sp.set_defaults(func=cmd_split)
 
     x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text")
     x.add_argument("model_dirs", nargs="+", metavar="DIR")

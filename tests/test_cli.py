@@ -104,3 +104,10 @@ def test_mix_and_compare(names_model, tmp_path):
     assert [r["model"] for r in data["rows"]] == ["ngram:2", "ngram:4", "lstm", "mixture"]
     assert (out / "compare.png").stat().st_size > 10_000
     assert data["setup"]["seed"] == 1337 and data["setup"]["max_time_s"] == 3.0
+
+
+def test_split_reproduces_nanogpt_split(tmp_path):
+    arlm("split", SHAKESPEARE, "--train-out", tmp_path / "t.txt", "--val-out", tmp_path / "v.txt")
+    text = SHAKESPEARE.read_text()
+    n = int(0.9 * len(text))
+    assert (tmp_path / "t.txt").read_text() == text[:n] and (tmp_path / "v.txt").read_text() == text[n:]
