@@ -40,10 +40,10 @@ class GPTConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    n_layer: int = 4
+    n_layer: int = 2
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 128
+    block_size: int = 64
     dropout: float = 0.0
     bias: bool = True
     layer_norm_epsilon: float = 1e-5

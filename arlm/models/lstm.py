@@ -35,7 +35,7 @@ class LSTMConfig:
     eos_id: int
     n_layer: int = 1
     n_embd: int = 64
-    n_hidden: int = 512
+    n_hidden: int = 256
     dropout: float = 0.0
 
 
