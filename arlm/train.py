@@ -6,7 +6,7 @@ One loop for every neural family. It minimises the training loss, the
 * AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"),
   weight decay on matrices only (biases and LayerNorm gains are not decayed);
 * a linear warm-up, then cosine decay of the learning rate to a floor
-  (``lr / 10``), fitted to ``max_steps`` and/or the wall-clock ``max_time``;
+  (``lr * min_lr_ratio``), fitted to ``max_steps`` and/or the wall-clock ``max_time``;
 * gradient-norm clipping;
 * batches of random windows of ``block_size + 1`` tokens (``documents="file"``:
   one long document) or of random documents padded to the longest in the batch,
@@ -59,8 +59,8 @@ IGNORE = -100  # target id of padding positions (F.cross_entropy's ignore_index)
 #: vocab; see the issue note). At that budget the number of optimiser steps limits
 #: the result: small, shallow models with a high learning rate win.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, lr=6e-3),
-    "lstm": dict(n_layer=1, n_embd=64, n_hidden=256, block_size=64, dropout=0.0, batch_size=32, lr=4e-2),
+    "gpt": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, lr=6e-3, min_lr_ratio=0.01),
+    "lstm": dict(n_layer=1, n_embd=64, n_hidden=256, block_size=64, dropout=0.0, batch_size=32, lr=4e-2, min_lr_ratio=0.01),
 }
 DEFAULT_MAX_TIME = 120.0  # seconds, when neither --max-steps nor --max-time is given
 
@@ -567,9 +567,10 @@ def run_training(
 
     if s.threads is not None and s.threads < 1:
         raise ArlmError(f"--threads must be >= 1, got {s.threads}")
-    threads_before = torch.get_num_threads()
-    governor = ThreadGovernor(s.threads or default_threads(), cpu_count(), enabled=s.threads is None)
     device = resolve_device(s.device)
+    threads_before = torch.get_num_threads()
+    governor = ThreadGovernor(s.threads or default_threads(), cpu_count(),
+                              enabled=s.threads is None and device.type == "cpu")
     model.to(device)
     model.train()
     autocast = (
@@ -854,6 +855,7 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
         batch_size=_arg(args, "batch_size") or d["batch_size"],
         block_size=block_size,
         lr=_arg(args, "lr") or d["lr"],
+        min_lr_ratio=d["min_lr_ratio"],
         max_steps=_arg(args, "max_steps"),
         max_time=parse_duration(max_time) if max_time is not None else None,
         seed=_arg(args, "seed") if _arg(args, "seed") is not None else 1337,
