@@ -162,27 +162,31 @@ class LanguageModel(torch.nn.Module):
         log_probs = F.log_softmax(logits.double(), dim=-1)  # [T, V]
         return log_probs.gather(1, targets[:, None])[:, 0].cpu()  # [T]
 
-    def _windowed_log_probs(self, ids: torch.Tensor, stride: int | None) -> torch.Tensor:
+    def _windowed_log_probs(self, ids: torch.Tensor, stride: int | None, batch_windows: int = 64) -> torch.Tensor:
         block = self.block_size
         stride = stride or max(1, block // 2)
         if not 1 <= stride <= block:
             raise ValueError(f"stride must be in [1, block_size={block}], got {stride}")
         n_pred = ids.shape[0] - 1
-        out = torch.empty(n_pred, dtype=torch.float64)
         # Window k starts at k * stride; the first predicts positions [0, block),
         # window k >= 1 predicts [block + (k-1) * stride, block + k * stride). A
         # position's window depends on the position alone, so the scores of a
         # prefix do not depend on the text that follows it (and conditional
         # log-probs are exact differences of prefix log-probs).
-        done, k = 0, 0
-        while done < n_pred:
-            start = k * stride
-            stop = min(start + block, n_pred)
-            lp = self._gather_log_probs(ids[start:stop], ids[start + 1 : stop + 1])  # [stop - start]
-            out[done:stop] = lp[done - start :]
-            done = stop
-            k += 1
-        return out
+        n_windows = 1 + -(-max(0, n_pred - block) // stride)
+        total = (n_windows - 1) * stride + block + 1
+        # pad the end so every window is full; padding after a position cannot change its score
+        padded = torch.cat([ids, ids.new_full((total - ids.shape[0],), self.eos_id)])
+        windows = padded.unfold(0, block + 1, stride)  # [n_windows, block + 1]
+        parts = []
+        for i in range(0, n_windows, batch_windows):
+            w = windows[i : i + batch_windows]
+            logits = self.logits(w[:, :-1])  # [b, block, V]
+            lp = torch.log_softmax(logits.double(), dim=-1).gather(2, w[:, 1:, None])[..., 0].cpu()  # [b, block]
+            parts.append(lp)
+        lp = torch.cat(parts)  # [n_windows, block]
+        out = torch.cat([lp[0], lp[1:, block - stride :].reshape(-1)])
+        return out[:n_pred]
 
     # -- persistence (checkpoint.py calls these) --------------------------------
     def save_weights(self, directory: Path, vocab=None) -> None:
