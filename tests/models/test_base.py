@@ -9,6 +9,7 @@ from arlm.vocab import CharVocab
 from conftest import make_gpt
 
 
+@torch.no_grad()
 def test_sliding_window_matches_its_definition():
     v = CharVocab(list("abcdefgh"))
     model = make_gpt(v, block_size=8)
