@@ -252,3 +252,11 @@ def test_thread_governor_drops_to_one_thread_on_collapse_and_probes_back():
         assert g.current == 2 and g.probing is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_training_helpers():
+    undo = T.keep_freed_memory()  # glibc: raises malloc's thresholds; elsewhere a no-op
+    undo()
+    model, vocab, train, val = make("gpt", "file", dropout=0.0)
+    opt = T.make_optimizer(model, settings("file"), torch.device("cpu"))
+    assert opt.defaults.get("fused") in (True, None)  # fused where this torch has the CPU kernel

@@ -69,6 +69,93 @@ class GPTState:
         return self.ids.shape[1]
 
 
+#: Use the hand-written CPU training kernels below (tests switch them off to compare).
+FAST_CPU_TRAINING = True
+
+
+def _cpu_training_path(x: torch.Tensor) -> bool:
+    """True where the hand-written CPU training kernels below replace PyTorch's (see :class:`_CausalAttention`).
+
+    Only on CPU and only when autograd records (training): inference keeps
+    PyTorch's kernels, so scores are exactly what they always were; CUDA keeps
+    its fused kernels and ``torch.compile`` traces the plain ops it can fuse.
+    """
+    return (FAST_CPU_TRAINING and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+class _GeluTanh(torch.autograd.Function):
+    """``F.gelu(x, approximate="tanh")`` for CPU training, in about half the time, forward and backward.
+
+    0.5 x (1 + tanh(u)) = x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3):
+    the same function (equal to rounding), but PyTorch's CPU ``sigmoid`` is
+    vectorised where its ``tanh`` is not. d/dx = s + x s (1 - s) 2u', s = sigmoid(2u).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        c = torch.full((), 2 * _GELU_C, dtype=x.dtype, device=x.device)
+        s = torch.addcmul(c, x, x, value=2 * _GELU_C * _GELU_A).mul_(x).sigmoid_()  # sigmoid(2u)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, s = ctx.saved_tensors
+        c = torch.full((), 2 * _GELU_C, dtype=x.dtype, device=x.device)
+        d = torch.addcmul(c, x, x, value=6 * _GELU_C * _GELU_A).mul_(x)  # x 2u'
+        d.mul_(torch.addcmul(s, s, s, value=-1.0))  # x 2u' s (1 - s)
+        return d.add_(s).mul_(grad)
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Causal multi-head attention over a fused ``[B, T, 3C]`` q/k/v projection, for CPU training.
+
+    Plain softmax attention, softmax(q k^T / sqrt(D) + causal mask) v, the
+    function ``F.scaled_dot_product_attention(..., is_causal=True)`` computes,
+    written as six batched matrix products with a hand-written backward: at
+    training sizes (T = 64, D = 32) PyTorch's CPU flash-attention kernel,
+    forward and backward, takes about 1.7x as long, and the
+    split/view/transpose of q, k, v and of their gradients costs extra copies.
+    Saves the probabilities ``[B*H, T, T]`` for backward (no recomputation).
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        D = C // n_head
+        heads = qkv.view(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, D)  # copy
+        q, k, v = heads[0], heads[1], heads[2]  # [B*H, T, D] each, contiguous
+        mask = torch.full((T, T), float("-inf"), dtype=qkv.dtype, device=qkv.device).triu_(1)  # [T, T]
+        scale = 1.0 / math.sqrt(D)
+        p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale).softmax(-1)  # [B*H, T, T]
+        y = torch.bmm(p, v)  # [B*H, T, D]
+        ctx.save_for_backward(heads, p)
+        ctx.scale = scale
+        return y.view(B, n_head, T, D).transpose(1, 2).reshape(B, T, C)  # [B, T, C]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        heads, p = ctx.saved_tensors
+        q, k, v = heads[0], heads[1], heads[2]
+        _, BH, T, D = heads.shape
+        B = grad.shape[0]
+        H = BH // B
+        dy = grad.reshape(B, T, H, D).transpose(1, 2).reshape(BH, T, D)  # [B*H, T, D]
+        dheads = torch.empty_like(heads)  # [3, B*H, T, D]
+        torch.bmm(p.transpose(1, 2), dy, out=dheads[2])  # dv
+        dp = torch.bmm(dy, v.transpose(1, 2))  # [B*H, T, T]
+        ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(ctx.scale)  # [B*H, T, T]
+        torch.bmm(ds, k, out=dheads[0])  # dq
+        torch.bmm(ds.transpose(1, 2), q, out=dheads[1])  # dk
+        return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 everywhere)."""
 
@@ -107,6 +194,10 @@ class CausalSelfAttention(nn.Module):
         queries attend to all L cached keys and causally among themselves.
         """
         B, T, C = x.shape
+        if past is None and (self.dropout == 0.0 or not self.training) and _cpu_training_path(x):
+            qkv = self.c_attn(x)  # [B, T, 3C]
+            y = _CausalAttention.apply(qkv, self.n_head)  # [B, T, C]
+            return self.resid_dropout(self.c_proj(y)), None
         q, k, v = self._qkv(x)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, H, L+T, D]
@@ -132,7 +223,9 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)  # [B, T, 4C]
+        h = _GeluTanh.apply(h) if _cpu_training_path(h) else F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):

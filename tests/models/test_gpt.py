@@ -111,3 +111,50 @@ def test_fixed_initialisation_regression():
 EXPECTED_PARAMS = 6912
 EXPECTED_LAST_LOGITS = [-0.036241572, 0.085552126, -0.032746665, -0.020166807]
 EXPECTED_NLL = 2.4143474102020264
+
+
+def test_cpu_training_kernels_match_pytorch():
+    # Training on CPU uses hand-written attention and GELU (arlm.models.gpt.FAST_CPU_TRAINING);
+    # their values and gradients must be PyTorch's (SDPA, F.gelu tanh) up to rounding.
+    from arlm.models import gpt as G
+
+    model = tiny(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=21, bos_id=19, eos_id=20).train()
+    randomise(model, seed=7)
+    ids = torch.randint(0, 19, (3, 16), generator=torch.Generator().manual_seed(8))
+    targets = torch.randint(0, 19, (3, 16), generator=torch.Generator().manual_seed(9))
+
+    def run(fast: bool):
+        old = G.FAST_CPU_TRAINING
+        G.FAST_CPU_TRAINING = fast
+        try:
+            model.zero_grad(set_to_none=True)
+            logits = model.logits(ids)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            loss.backward()
+            return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        finally:
+            G.FAST_CPU_TRAINING = old
+
+    fast_logits, fast_grads = run(True)
+    ref_logits, ref_grads = run(False)
+    assert torch.isneginf(fast_logits[..., 19]).all()
+    keep = [i for i in range(21) if i != 19]
+    torch.testing.assert_close(fast_logits[..., keep], ref_logits[..., keep], atol=1e-5, rtol=0)
+    for n in ref_grads:
+        torch.testing.assert_close(fast_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+    with torch.no_grad():  # inference never takes the training kernels: scores are unchanged
+        torch.testing.assert_close(model.logits(ids), ref_logits, atol=0, rtol=0)
+
+
+def test_cpu_training_kernels_gradcheck():
+    from arlm.models.gpt import _CausalAttention, _GeluTanh
+
+    g = torch.Generator().manual_seed(10)
+    x = (torch.randn(3, 5, generator=g, dtype=torch.double) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(_GeluTanh.apply, (x,))
+    torch.testing.assert_close(_GeluTanh.apply(x), torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-12, rtol=0)
+    qkv = torch.randn(2, 5, 3 * 8, generator=g, dtype=torch.double).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: _CausalAttention.apply(t, 2), (qkv,))
+    q, k, v = (t.view(2, 5, 2, 4).transpose(1, 2) for t in qkv.split(8, 2))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 8)
+    torch.testing.assert_close(_CausalAttention.apply(qkv, 2), ref, atol=1e-12, rtol=0)
