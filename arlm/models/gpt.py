@@ -97,18 +97,24 @@ class _GeluTanh(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def _sigmoid_2u(x: torch.Tensor) -> torch.Tensor:
         c = torch.full((), 2 * _GELU_C, dtype=x.dtype, device=x.device)
-        s = torch.addcmul(c, x, x, value=2 * _GELU_C * _GELU_A).mul_(x).sigmoid_()  # sigmoid(2u)
-        ctx.save_for_backward(x, s)
-        return x * s
+        return torch.addcmul(c, x, x, value=2 * _GELU_C * _GELU_A).mul_(x).sigmoid_()
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        # One new buffer, then in-place passes over it while it is in cache; only
+        # x is saved (backward recomputes the sigmoid: cheaper than a second buffer).
+        ctx.save_for_backward(x)
+        return _GeluTanh._sigmoid_2u(x).mul_(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, s = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
+        s = _GeluTanh._sigmoid_2u(x)
         c = torch.full((), 2 * _GELU_C, dtype=x.dtype, device=x.device)
         d = torch.addcmul(c, x, x, value=6 * _GELU_C * _GELU_A).mul_(x)  # x 2u'
-        d.mul_(torch.addcmul(s, s, s, value=-1.0))  # x 2u' s (1 - s)
+        d.addcmul_(d, s, value=-1.0).mul_(s)  # x 2u' (1 - s) s
         return d.add_(s).mul_(grad)
 
 
@@ -133,7 +139,8 @@ class _CausalAttention(torch.autograd.Function):
         q, k, v = heads[0], heads[1], heads[2]  # [B*H, T, D] each, contiguous
         mask = torch.full((T, T), float("-inf"), dtype=qkv.dtype, device=qkv.device).triu_(1)  # [T, T]
         scale = 1.0 / math.sqrt(D)
-        p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale).softmax(-1)  # [B*H, T, T]
+        p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)  # [B*H, T, T] scores
+        torch._softmax(p, -1, False, out=p)  # in place (row by row), while the scores are in cache
         y = torch.bmm(p, v)  # [B*H, T, D]
         ctx.save_for_backward(heads, p)
         ctx.scale = scale
@@ -150,7 +157,7 @@ class _CausalAttention(torch.autograd.Function):
         dheads = torch.empty_like(heads)  # [3, B*H, T, D]
         torch.bmm(p.transpose(1, 2), dy, out=dheads[2])  # dv
         dp = torch.bmm(dy, v.transpose(1, 2))  # [B*H, T, T]
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(ctx.scale)  # [B*H, T, T]
+        ds = torch._softmax_backward_data(dp, p, -1, p.dtype, grad_input=dp).mul_(ctx.scale)  # [B*H, T, T], in place
         torch.bmm(ds, k, out=dheads[0])  # dq
         torch.bmm(ds.transpose(1, 2), q, out=dheads[1])  # dk
         return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None
