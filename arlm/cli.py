@@ -79,7 +79,7 @@ def cmd_train(args) -> None:
 
         get_family(args.model)
         raise ArlmError(f"`arlm train` cannot train a {args.model!r} model; use `arlm mix` for mixtures")
-    if not args.json:
+    if not args.json and args.model not in NEURAL:
         print(f"trained {args.model} in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
     _report_training(out, split, args, val_metrics)
 
@@ -149,8 +149,9 @@ def cmd_sample(args) -> None:
     lm = LM.load(args.model_dir)
     if args.device:
         lm.to(_device(args.device))
+    stop = [_unescape(x) for x in args.stop] if args.stop else None
     samples = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop,
                           num_samples=args.num_samples)
     samples = samples if isinstance(samples, list) else [samples]
     if args.json:
@@ -242,6 +243,19 @@ def cmd_compare(args) -> None:
     print(f"wrote {args.out}/compare.json, compare.md, compare.png")
 
 
+def _unescape(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` typed on a command line -> the characters."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "ntr\\":
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def _device(name: str):
     import torch
 
@@ -267,7 +281,7 @@ def cmd_demo(args) -> None:
     for i, s in enumerate(lm.generate("", max_new_tokens=240, temperature=0.8, seed=args.seed, num_samples=3)):
         print(f"--- sample {i + 1} ({s.finish_reason}) ---")
         print(s.text)
-    print(f"--- next: arlm sample {out} --prompt 'The ' ; arlm score {out} 'import os' ---")
+    print(f"--- next: .venv/bin/arlm sample {out} --prompt 'The ' ; .venv/bin/arlm score {out} 'import os' ---")
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -347,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable)")
+    g.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable); \\n, \\t, \\r are read as newline, tab, return")
     g.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_sample)
@@ -397,9 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _inference_threads() -> None:
+    """Use only the idle cores: PyTorch's one-thread-per-core default collapses
+    when another process keeps a core busy (see arlm.train.default_threads)."""
+    import torch
+
+    from .train import default_threads
+
+    torch.set_num_threads(default_threads())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "train":
+        _inference_threads()
     try:
         args.func(args)
     except ArlmError as e:

@@ -209,8 +209,9 @@ class NGramModel(LanguageModel):
             levels_counts.append(adj)
         if fallback:
             warnings.warn(
-                f"Kneser-Ney discount estimate out of range for order(s) {fallback} "
-                f"(too little or too regular text); using fallback discounts {list(FALLBACK_DISCOUNTS)}",
+                f"Kneser-Ney discount estimate out of range for order(s) {fallback} (a count of counts n1..n4 "
+                f"is zero or a discount falls outside (0, k]; usual for order 1 of a small alphabet); "
+                f"using KenLM's fallback discounts {list(FALLBACK_DISCOUNTS)} there",
                 stacklevel=2,
             )
         config = dataclasses.replace(config, discounts=discounts, fallback_orders=fallback)
