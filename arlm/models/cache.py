@@ -103,35 +103,32 @@ class CacheModel(LanguageModel):
         if len(st.history) > self.config.order - 1:
             del st.history[0]
 
-    def _prob(self, st: CacheState, w: int) -> float:
-        V, D = self.config.vocab_size, self.config.discount
-        p = 0.0 if w == self.config.bos_id else 1.0 / (V - 1)
+    def _seen_levels(self, st: CacheState):
+        """Yield (n, count of the order-n history, its continuations) for n = 1, 2, …
+        while the history has occurred in the document (a longer one cannot have
+        occurred if a shorter one has not)."""
         h = st.history
         for n in range(1, self.config.order + 1):
             if n - 1 > len(h):
-                break
+                return
             ctx = tuple(h[len(h) - (n - 1):]) if n > 1 else ()
             tot = st.totals[n].get(ctx)
             if not tot:
-                break  # a longer history cannot have been seen either
-            kids = st.counts[n][ctx]
-            c = kids.get(w, 0)
-            p = max(c - D, 0.0) / tot + D * len(kids) / tot * p
+                return
+            yield n, tot, st.counts[n][ctx]
+
+    def _prob(self, st: CacheState, w: int) -> float:
+        D = self.config.discount
+        p = 0.0 if w == self.config.bos_id else 1.0 / (self.config.vocab_size - 1)
+        for _, tot, kids in self._seen_levels(st):
+            p = max(kids.get(w, 0) - D, 0.0) / tot + D * len(kids) / tot * p
         return p
 
     def _dense(self, st: CacheState) -> np.ndarray:
         V, D = self.config.vocab_size, self.config.discount
         p = np.full(V, 1.0 / (V - 1))
         p[self.config.bos_id] = 0.0
-        h = st.history
-        for n in range(1, self.config.order + 1):
-            if n - 1 > len(h):
-                break
-            ctx = tuple(h[len(h) - (n - 1):]) if n > 1 else ()
-            tot = st.totals[n].get(ctx)
-            if not tot:
-                break
-            kids = st.counts[n][ctx]
+        for _, tot, kids in self._seen_levels(st):
             p *= D * len(kids) / tot
             for w, c in kids.items():
                 p[w] += (c - D) / tot
@@ -139,15 +136,10 @@ class CacheModel(LanguageModel):
 
     def seen_context(self, st: CacheState) -> tuple[int, int]:
         """(length of the longest history seen in this document, its count) — mixture buckets."""
-        h = st.history
         best, count = 0, 0
-        for n in range(2, self.config.order + 1):
-            if n - 1 > len(h):
-                break
-            tot = st.totals[n].get(tuple(h[len(h) - (n - 1):]))
-            if not tot:
-                break
-            best, count = n - 1, tot
+        for n, tot, _ in self._seen_levels(st):
+            if n >= 2:
+                best, count = n - 1, tot
         return best, count
 
     # -- the contract -----------------------------------------------------------------------
