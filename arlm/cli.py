@@ -34,7 +34,7 @@ def _fmt_metrics(m: dict) -> str:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_train(args) -> None:
-    from . import checkpoint, scoring
+    from . import checkpoint
     from .pipeline import load_split, split_meta, train_ngram
     from .vocab import train_vocab
 

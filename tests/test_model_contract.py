@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arlm import checkpoint, scoring
+from arlm import scoring
 from arlm.data import encode_document
 from arlm.lm import LM
 from arlm.vocab import CharVocab

@@ -20,7 +20,6 @@ float64[buckets, K], in ``model.safetensors``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
