@@ -12,9 +12,9 @@ from arlm.data import encode_documents
 from arlm.vocab import ByteVocab, CharVocab
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"  # small fixtures kept in the repo (see data/README.md)
 NAMES = DATA / "names.txt"
-SHAKESPEARE = DATA / "tinyshakespeare.txt"
+SHAKESPEARE = DATA / "shakespeare.txt"
 
 
 def names_docs(n: int = 2000) -> list[str]:

@@ -19,7 +19,7 @@ from arlm.errors import ArlmError
 from arlm.vocab import CharVocab
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / ".." / "shared" / "data"
+DATA = REPO / "tests" / "data"
 
 
 def names(n: int = 400) -> list[str]:
@@ -27,7 +27,7 @@ def names(n: int = 400) -> list[str]:
 
 
 def shakespeare(n: int = 20000) -> str:
-    return (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:n]
+    return (DATA / "shakespeare.txt").read_text(encoding="utf-8")[:n]
 
 
 def make(family: str, documents: str, dropout: float = 0.1):

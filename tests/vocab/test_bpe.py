@@ -13,15 +13,12 @@ from arlm.errors import ArlmError
 from arlm.vocab import Vocab, load_vocab, train_vocab
 from arlm.vocab.bpe import DEFAULT_VOCAB_SIZE, BPEVocab
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
 def shakespeare() -> str:
-    path = DATA / "tinyshakespeare.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path.read_text(encoding="utf-8")[:60_000]
+    return (DATA / "shakespeare.txt").read_text(encoding="utf-8")[:60_000]
 
 
 @pytest.fixture(scope="module")
