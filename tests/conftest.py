@@ -68,6 +68,19 @@ def make_mixture(vocab, docs, bucketed=False, seed=0, cache=False):
     return m.eval()
 
 
+def make_backoff(vocab, docs, order):
+    """An n-gram model exported to ARPA and imported back: the back-off family on the file KenLM would read."""
+    import tempfile
+
+    from arlm.formats.arpa import export_arpa, import_arpa
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_arpa(make_ngram(vocab, docs, order), vocab, Path(tmp) / "model.arpa")
+        lm = import_arpa(Path(tmp) / "model.arpa")
+    assert lm.vocab.vocab_size == vocab.vocab_size and lm.vocab.bos_id == vocab.bos_id
+    return lm.model
+
+
 # name -> (vocab kind, builder(vocab, docs))
 FAMILY_CASES = {
     "ngram1-char": ("char", lambda v, d: make_ngram(v, d, 1)),
@@ -81,6 +94,8 @@ FAMILY_CASES = {
     "mixture-cache-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
     "mixture-char": ("char", lambda v, d: make_mixture(v, d)),
     "mixture-bucketed-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True)),
+    "backoff4-char": ("char", lambda v, d: make_backoff(v, d, 4)),
+    "backoff3-byte": ("byte", lambda v, d: make_backoff(v, d, 3)),
 }
 
 

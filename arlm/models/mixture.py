@@ -322,6 +322,8 @@ def _check_same_vocab(vocabs) -> None:
         same = v.kind == v0.kind and v.vocab_size == v0.vocab_size
         if same and v0.kind == "char":
             same = v.chars == v0.chars
+        if same and v0.kind == "word":
+            same = v.words == v0.words
         if same and v0.kind == "bpe":
             same = v.encode(probe) == v0.encode(probe)
         if not same:

@@ -1,4 +1,4 @@
-"""Vocabularies: ``char``, ``byte`` and ``bpe`` (Hugging Face tokenizers)."""
+"""Vocabularies: ``char``, ``byte``, ``bpe`` (Hugging Face tokenizers) and ``word`` (whitespace tokens + ``<unk>``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from ..errors import ArlmError
 from .base import BOS, EOS, Vocab
 from .byte import ByteVocab
 from .char import CharVocab
+from .word import WordVocab
 
-VOCAB_KINDS = ("char", "byte", "bpe")
+VOCAB_KINDS = ("char", "byte", "bpe", "word")
 
 
 def _bpe():
@@ -30,6 +31,8 @@ def train_vocab(kind: str, documents: list[str], vocab_size: int | None = None) 
         return ByteVocab.train(documents)
     if kind == "bpe":
         return _bpe().train(documents, vocab_size=vocab_size)
+    if kind == "word":
+        return WordVocab.train(documents, vocab_size=vocab_size)
     raise ArlmError(f"unknown vocab {kind!r}: choose one of {', '.join(VOCAB_KINDS)}")
 
 
@@ -41,7 +44,9 @@ def load_vocab(kind: str, directory: Path) -> Vocab:
         return ByteVocab.load(directory)
     if kind == "bpe":
         return _bpe().load(directory)
+    if kind == "word":
+        return WordVocab.load(directory)
     raise ArlmError(f"unknown vocab {kind!r} in {directory}")
 
 
-__all__ = ["BOS", "EOS", "Vocab", "CharVocab", "ByteVocab", "train_vocab", "load_vocab", "VOCAB_KINDS"]
+__all__ = ["BOS", "EOS", "Vocab", "CharVocab", "ByteVocab", "WordVocab", "train_vocab", "load_vocab", "VOCAB_KINDS"]

@@ -1,0 +1,1 @@
+"""Interchange with other tools: ``hf`` (Hugging Face transformers) and ``arpa`` (KenLM, SRILM)."""

@@ -1,0 +1,555 @@
+"""ARPA back-off files: export arlm's n-gram models, import any ARPA file (KenLM, SRILM, ours).
+
+The format (D. Paul and J. Baker 1992; SRILM's ``ngram-format(5)``; KenLM's
+``lm/read_arpa.cc``)::
+
+    # optional comment lines (KenLM accepts only '#' lines before \\data\\)
+    \\data\\
+    ngram 1=V
+    ngram 2=G2
+
+    \\1-grams:
+    log10 p <TAB> w1 [<TAB> log10 backoff]
+    ...
+    \\2-grams:
+    log10 p <TAB> w1 w2 [<TAB> log10 backoff]
+    ...
+    \\end\\
+
+**Export.** arlm's interpolated modified Kneser-Ney model is written the way
+KenLM's ``lmplz`` writes its own interpolated models: every n-gram seen in
+training is listed with its *interpolated* probability p_n(w | h) (the whole
+recursion of :mod:`arlm.models.ngram` down to the uniform distribution), and
+every n-gram that is a context with the log10 of its interpolation weight
+γ(h) as back-off weight. Since p_n(w | h) = γ(h) · p_{n-1}(w | h') for every w
+not seen after h, the back-off rule (:mod:`arlm.models.backoff`) gives back
+exactly the interpolated model, to the printed precision (6 decimals of
+log10, about 1.4e-6 relative).
+
+Token names (the table :data:`MARKERS` and :func:`token_names`):
+
+* ``<bos>`` is ``<s>`` (listed with log10 probability -99, as SRILM and KenLM's
+  own test files do: it is never predicted) and ``<eos>`` is ``</s>``.
+* ``<unk>``: the word vocabulary's unknown token is ``<unk>``. Char and byte
+  vocabularies have no unknowns; their files list ``<unk>`` with log10
+  probability -100 (KenLM's value for a missing ``<unk>``), so that KenLM
+  loads them without a warning and maps characters outside the vocab there.
+* Escape: ARPA separates fields by spaces and tabs, so a token that holds
+  whitespace or an unprintable character, is one of ``<s>``, ``</s>``,
+  ``<unk>`` without being that marker, or begins with ``<U+``, is written
+  with every character as ``<U+XXXX>`` (its code point in hex): a space in a
+  char vocabulary is ``<U+0020>``, a newline ``<U+000A>``, the word ``<s>`` is
+  ``<U+003C><U+0073><U+003E>``. Byte tokens are the printable ASCII character
+  itself (0x21-0x7E) or ``<0xNN>``. :func:`arpa_words` turns a text into the
+  words to give KenLM (``" ".join(arpa_words(vocab, text))``).
+* A header comment ``# arlm-vocab: char`` (and ``# arlm-documents: lines``)
+  tells ``import_arpa`` how to rebuild the vocabulary.
+
+**Import.** Any valid ARPA file becomes a :class:`~arlm.models.backoff.BackoffNGramModel`
+scored as KenLM scores it (module docstring there), with a ``word``
+vocabulary unless the header names another (so a file from ``lmplz`` or SRILM
+is word-level, each line of text a sentence: document mode ``lines``).
+Malformed files raise :class:`~arlm.errors.ArlmError` naming the line.
+Parsing works section by section on bytes with vectorised numpy checks, so a
+100 MB file loads in a few times KenLM's own load time (``bench/arpa.py``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArlmError
+from ..io import atomic_path
+
+#: arlm special -> ARPA marker
+MARKERS = {"<bos>": "<s>", "<eos>": "</s>", "<unk>": "<unk>"}
+BOS_LOG10 = -99.0  # the log10 probability written for <s> (never predicted)
+UNK_LOG10 = -100.0  # the log10 probability written for <unk> in vocabularies without unknowns
+PRECISION = 6  # decimals of log10 written
+VOCAB_HEADER = "# arlm-vocab:"
+DOCUMENTS_HEADER = "# arlm-documents:"
+EXPORTABLE_VOCABS = ("char", "byte", "word")
+_ESCAPED = re.compile(r"(?:<U\+[0-9A-F]{4,6}>)+")
+_BYTE_NAME = re.compile(r"<0x([0-9A-F]{2})>")
+
+
+# -- token names ------------------------------------------------------------------------------
+def escape_word(text: str) -> str:
+    """The ARPA word of a token text (see the module docstring for the rule)."""
+    plain = (
+        text != ""
+        and all(c.isprintable() and not c.isspace() for c in text)
+        and text not in ("<s>", "</s>", "<unk>")
+        and not text.startswith("<U+")
+    )
+    return text if plain else "".join(f"<U+{ord(c):04X}>" for c in text)
+
+
+def unescape_word(word: str) -> str:
+    """Inverse of :func:`escape_word`."""
+    if _ESCAPED.fullmatch(word):
+        return "".join(chr(int(h, 16)) for h in re.findall(r"<U\+([0-9A-F]{4,6})>", word))
+    return word
+
+
+def _byte_name(b: int) -> str:
+    return chr(b) if 0x21 <= b <= 0x7E else f"<0x{b:02X}>"
+
+
+def token_names(vocab) -> list[str]:
+    """The ARPA word of every token id of ``vocab`` (char, byte or word).
+
+    Raises:
+        ArlmError: another vocab kind (a BPE vocab's tokens need its tokenizer file to mean anything).
+    """
+    if vocab.kind not in EXPORTABLE_VOCABS:
+        raise ArlmError(f"ARPA export supports the {', '.join(EXPORTABLE_VOCABS)} vocabularies, not {vocab.kind!r}")
+    names = []
+    for i in range(vocab.vocab_size):
+        if i == vocab.bos_id:
+            names.append(MARKERS["<bos>"])
+        elif i == vocab.eos_id:
+            names.append(MARKERS["<eos>"])
+        elif vocab.kind == "word" and i == vocab.unk_id:
+            names.append(MARKERS["<unk>"])
+        elif vocab.kind == "byte":
+            names.append(_byte_name(i))
+        else:
+            names.append(escape_word(vocab.token_text(i)))
+    return names
+
+
+def arpa_words(vocab, text: str) -> list[str]:
+    """The ARPA words of ``text`` (no ``<s>``/``</s>``), e.g. for ``kenlm.Model.score(" ".join(...))``."""
+    names = token_names(vocab)
+    return [names[i] for i in vocab.encode(text)]
+
+
+# -- export -----------------------------------------------------------------------------------
+def _interpolated(model) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Per order n, p_n(w | h) of every stored n-gram (float64[G_n]) and γ_{n+1} of each as a
+    context (nan where it has no continuation, or n = N); plus p_1 of every token (float64[V])."""
+    cfg = model.config
+    V, N, bos = cfg.vocab_size, cfg.order, cfg.bos_id
+    levels = model.levels
+    lv1 = levels[0]
+    tot0 = lv1.totals[0] if len(lv1.totals) else 0.0
+    gamma0 = lv1.gamma_num[0] / tot0 if tot0 > 0 else 1.0
+    p_uni = np.full(V, gamma0 / (V - 1))
+    if tot0 > 0:
+        np.add.at(p_uni, lv1.words, lv1.discounted / tot0)
+    p_uni[bos] = 0.0
+    probs = [p_uni[lv1.words]]
+    suffix = np.zeros(len(lv1.keys), dtype=np.int64)  # suffix node of each order-1 n-gram: the empty history
+    for n in range(2, N + 1):
+        lv = levels[n - 1]
+        ctx = lv.keys // V
+        suf = levels[n - 2].lookup(suffix[ctx] * V + lv.words)  # w2..wn among the order n-1 n-grams
+        if (suf < 0).any():
+            raise ArlmError(f"corrupt n-gram model: an order-{n} n-gram lacks its suffix")
+        tot = lv.totals[ctx]
+        gamma = lv.gamma_num[ctx] / tot
+        probs.append(lv.discounted / tot + gamma * probs[n - 2][suf])
+        suffix = suf
+    backoffs = []
+    for n in range(1, N + 1):
+        if n < N:
+            nxt = levels[n]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = np.where(nxt.totals > 0, nxt.gamma_num / np.where(nxt.totals > 0, nxt.totals, 1.0), np.nan)
+            backoffs.append(g)
+        else:
+            backoffs.append(np.full(len(levels[n - 1].keys), np.nan))
+    return probs, backoffs, p_uni
+
+
+def _log10_field(p: np.ndarray) -> list[str]:
+    with np.errstate(divide="ignore"):
+        lp = np.log10(p)
+    lp = np.where(np.isfinite(lp), np.maximum(lp, BOS_LOG10), BOS_LOG10)
+    return [f"{x:.{PRECISION}f}" for x in lp.tolist()]
+
+
+def export_arpa(model, vocab, path: str | Path, documents: str = "file") -> dict:
+    """Write an n-gram model in ARPA back-off form (gzip-compressed when ``path`` ends in ``.gz``).
+
+    Args:
+        model: an :class:`~arlm.models.ngram.NGramModel`.
+        vocab: its char, byte or word vocab.
+        documents: the document mode recorded in the header (``import_arpa`` restores it).
+
+    Returns:
+        ``{"path", "order", "ngrams": [count per order]}``.
+
+    Raises:
+        ArlmError: another family or vocab kind, or ``path`` cannot be written.
+    """
+    from .. import __version__
+
+    if getattr(model, "family", None) != "ngram":
+        raise ArlmError(f"ARPA export is for n-gram models; a {model.family} model can be exported with "
+                        f"{'--format hf' if model.family == 'gpt' else 'no other format'}")
+    names = token_names(vocab)
+    cfg = model.config
+    V, N, bos = cfg.vocab_size, cfg.order, cfg.bos_id
+    probs, backoffs, p_uni = _interpolated(model)
+    levels = model.levels
+    extra_unk = vocab.kind != "word"
+
+    sections: list[list[str]] = []
+    # order 1: every token of the vocab, in id order
+    node_of = levels[0].lookup(np.arange(V, dtype=np.int64))  # key 0 * V + w
+    bo1 = np.where(node_of >= 0, backoffs[0][np.maximum(node_of, 0)] if N > 1 else np.nan, np.nan)
+    uni_p = _log10_field(p_uni)
+    uni_p[bos] = f"{BOS_LOG10:.0f}"
+    lines = []
+    for i in range(V):
+        b = bo1[i]
+        lines.append(f"{uni_p[i]}\t{names[i]}\t{np.log10(b):.{PRECISION}f}\n" if np.isfinite(b) and b > 0
+                     else f"{uni_p[i]}\t{names[i]}\n")
+    if extra_unk:
+        lines.append(f"{UNK_LOG10:.0f}\t{MARKERS['<unk>']}\n")
+    sections.append(lines)
+    phrase = [names[w] for w in levels[0].words.tolist()]  # by order-1 node
+    for n in range(2, N + 1):
+        lv = levels[n - 1]
+        ctx = (lv.keys // V).tolist()
+        phrase = [phrase[c] + " " + names[w] for c, w in zip(ctx, lv.words.tolist())]
+        p_field = _log10_field(probs[n - 1])
+        b = backoffs[n - 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b10 = np.log10(b)
+        has_b = np.isfinite(b10)
+        b_field = [f"\t{x:.{PRECISION}f}\n" if h else "\n" for x, h in zip(b10.tolist(), has_b.tolist())]
+        sections.append([f"{p}\t{s}{t}" for p, s, t in zip(p_field, phrase, b_field)])
+    counts = [len(s) for s in sections]
+
+    path = Path(path)
+    header = (f"# written by arlm {__version__}: interpolated modified Kneser-Ney (Chen & Goodman 1998), "
+              f"order {N}, in ARPA back-off form\n{VOCAB_HEADER} {vocab.kind}\n{DOCUMENTS_HEADER} {documents}\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            opener = (lambda p: gzip.open(p, "wt", encoding="utf-8", newline="\n", compresslevel=6)) \
+                if path.name.endswith(".gz") else (lambda p: open(p, "w", encoding="utf-8", newline="\n"))
+            with opener(tmp) as f:
+                f.write(header + "\n\\data\\\n")
+                f.writelines(f"ngram {n}={c}\n" for n, c in enumerate(counts, start=1))
+                for n, lines in enumerate(sections, start=1):
+                    f.write(f"\n\\{n}-grams:\n")
+                    f.writelines(lines)
+                f.write("\n\\end\\\n")
+    except OSError as e:
+        raise ArlmError(f"cannot write {path}: {e.strerror or e}") from None
+    return {"path": str(path), "order": N, "ngrams": counts}
+
+
+# -- import -----------------------------------------------------------------------------------
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise ArlmError(f"no such file: {path}")
+    if path.is_dir():
+        raise ArlmError(f"expected an ARPA file but {path} is a directory")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArlmError(f"cannot read {path}: {e.strerror}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise ArlmError(f"{path} is a corrupt gzip file: {e}") from None
+    return data
+
+
+class _Cursor:
+    """Line-by-line reading of the small parts (header, section titles) with line numbers."""
+
+    def __init__(self, data: bytes, path: Path):
+        self.data, self.path, self.pos, self.lineno = data, path, 0, 0
+
+    def error(self, lineno: int, msg: str) -> ArlmError:
+        return ArlmError(f"{self.path}: line {lineno}: {msg}")
+
+    def next_line(self) -> bytes | None:
+        if self.pos >= len(self.data):
+            return None
+        end = self.data.find(b"\n", self.pos)
+        end = len(self.data) if end < 0 else end
+        line = self.data[self.pos:end]
+        self.pos, self.lineno = end + 1, self.lineno + 1
+        return line
+
+    def next_nonblank(self) -> bytes | None:
+        while True:
+            line = self.next_line()
+            if line is None or line.strip():
+                return line
+
+
+def _show(b: bytes, limit: int = 40) -> str:
+    s = b.decode("utf-8", errors="replace").strip()
+    return repr(s if len(s) <= limit else s[:limit] + "…")
+
+
+def _floats(col: list[bytes], what: str, line_of, cur: _Cursor) -> np.ndarray:
+    try:
+        out = np.array(col, dtype=np.bytes_).astype(np.float64) if col else np.zeros(0)
+    except ValueError:
+        out = None
+    if out is None:
+        for j, x in enumerate(col):
+            try:
+                float(x)
+            except ValueError:
+                raise cur.error(line_of(j), f"{what} {_show(x)} is not a number") from None
+        out = np.array([float(x) for x in col])
+    bad = np.flatnonzero(np.isnan(out) | (out == np.inf))
+    if len(bad):
+        raise cur.error(line_of(int(bad[0])), f"{what} {_show(col[bad[0]])} is not a finite number")
+    return out
+
+
+def _unigram_vocab(words: list[bytes], kind: str, line_of, cur: _Cursor):
+    """(vocab, ids: arlm token id of each listed unigram or -1 to drop, unk_missing)."""
+    from ..vocab import ByteVocab, CharVocab, WordVocab
+
+    texts = []
+    for j, w in enumerate(words):
+        try:
+            texts.append(w.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise cur.error(line_of(j), f"the word {_show(w)} is not valid UTF-8") from None
+    seen: dict[str, int] = {}
+    for j, t in enumerate(texts):
+        if t in seen:
+            raise cur.error(line_of(j), f"the 1-gram {t!r} is listed twice (first at line {line_of(seen[t])})")
+        seen[t] = j
+    for marker in ("<s>", "</s>"):
+        if marker not in seen:
+            raise cur.error(line_of(0) if words else cur.lineno, f"the 1-grams lack {marker}, which every ARPA model needs")
+    plain = [(j, t) for j, t in enumerate(texts) if t not in MARKERS.values()]
+    if kind == "word":
+        vocab = WordVocab(sorted(unescape_word(t) for _, t in plain))
+        ids = [vocab.stoi[unescape_word(t)] if t not in MARKERS.values() else -1 for t in texts]
+    elif kind == "char":
+        chars = []
+        for j, t in plain:
+            c = unescape_word(t)
+            if len(c) != 1:
+                raise cur.error(line_of(j), f"{t!r} is not one character, but the header says {VOCAB_HEADER} char")
+            chars.append(c)
+        vocab = CharVocab(sorted(chars))
+        ids = [vocab.stoi[unescape_word(t)] if t not in MARKERS.values() else -1 for t in texts]
+    elif kind == "byte":
+        vocab = ByteVocab()
+        ids = []
+        for j, t in enumerate(texts):
+            if t in MARKERS.values():
+                ids.append(-1)
+                continue
+            m = _BYTE_NAME.fullmatch(t)
+            if m is None and not (len(t) == 1 and 0x21 <= ord(t) <= 0x7E):
+                raise cur.error(line_of(j), f"{t!r} is not a byte token (a printable ASCII character or <0xNN>)")
+            ids.append(int(m.group(1), 16) if m else ord(t))
+        missing = sorted(set(range(256)) - set(ids))
+        if missing:
+            raise cur.error(cur.lineno, f"the 1-grams lack the byte <0x{missing[0]:02X}>, but the header says "
+                                        f"{VOCAB_HEADER} byte")
+    else:
+        raise cur.error(1, f"unknown vocab {kind!r} in the {VOCAB_HEADER} header: choose from {', '.join(EXPORTABLE_VOCABS)}")
+    ids[seen["<s>"]] = vocab.bos_id
+    ids[seen["</s>"]] = vocab.eos_id
+    unk_missing = False
+    if kind == "word":
+        if "<unk>" in seen:
+            ids[seen["<unk>"]] = vocab.unk_id
+        else:
+            unk_missing = True
+    return vocab, ids, unk_missing
+
+
+def import_arpa(path: str | Path, out: str | Path | None = None):
+    """Read an ARPA file (plain or gzip) into an :class:`arlm.lm.LM` holding a back-off model.
+
+    The vocabulary is ``word`` unless a ``# arlm-vocab:`` header names
+    ``char`` or ``byte`` (files written by :func:`export_arpa`); the document
+    mode is ``lines`` unless a ``# arlm-documents:`` header says otherwise. A
+    word-level file without ``<unk>`` gets it with log10 probability -100, as
+    KenLM does. With ``out`` the model directory is written there.
+
+    Raises:
+        ArlmError: the file is missing or malformed (the message names the line):
+            no ``\\data\\``, a bad count line, a section missing or out of place, a
+            section whose entry count disagrees with ``\\data\\``, a line with the
+            wrong number of fields, a probability or back-off that is not a number
+            (or a positive log probability), a word absent from the 1-grams, an
+            n-gram listed twice or whose context is not listed, a missing ``\\end\\``.
+    """
+    from ..lm import LM
+    from ..models.backoff import BackoffConfig, BackoffNGramModel
+
+    path = Path(path)
+    data = _read_bytes(path)
+    cur = _Cursor(data, path)
+    kind, documents = "word", "lines"
+    # -- preamble and \data\
+    while True:
+        line = cur.next_line()
+        if line is None:
+            raise ArlmError(f"{path}: no \\data\\ line: not an ARPA file")
+        s = line.strip()
+        if s == b"\\data\\":
+            break
+        text = s.decode("utf-8", errors="replace")
+        if text.startswith(VOCAB_HEADER):
+            kind = text[len(VOCAB_HEADER):].strip()
+        elif text.startswith(DOCUMENTS_HEADER):
+            documents = text[len(DOCUMENTS_HEADER):].strip()
+            if documents not in ("lines", "file"):
+                raise cur.error(cur.lineno, f"unknown document mode {documents!r}: choose lines or file")
+    counts: list[int] = []
+    while True:
+        line = cur.next_line()
+        if line is None or not line.strip():
+            break
+        m = re.fullmatch(rb"ngram\s+(\d+)\s*=\s*(\d+)", line.strip())
+        if m is None:
+            raise cur.error(cur.lineno, f"expected a count line 'ngram N=COUNT' after \\data\\, got {_show(line)}")
+        if int(m.group(1)) != len(counts) + 1:
+            raise cur.error(cur.lineno, f"count lines must give orders 1, 2, … in turn; got order {int(m.group(1))} "
+                                        f"where {len(counts) + 1} was due")
+        counts.append(int(m.group(2)))
+    if not counts:
+        raise cur.error(cur.lineno, "\\data\\ lists no 'ngram N=COUNT' lines")
+    N = len(counts)
+
+    vocab = None
+    word_ids: dict[bytes, int] = {}
+    keys_by_order: list[np.ndarray] = []
+    lp_by_order: list[np.ndarray] = []
+    bo_by_order: list[np.ndarray] = []
+    V = 0
+    for n in range(1, N + 1):
+        head = cur.next_nonblank()
+        if head is None:
+            raise cur.error(cur.lineno, f"the file ends before the \\{n}-grams: section")
+        if head.strip() != f"\\{n}-grams:".encode():
+            if head.strip() == b"\\end\\":
+                raise cur.error(cur.lineno, f"\\end\\ where the \\{n}-grams: section was due (\\data\\ declares order {N})")
+            raise cur.error(cur.lineno, f"expected the \\{n}-grams: section, got {_show(head)}")
+        head_line = cur.lineno
+        start = cur.pos
+        nxt = data.find(b"\n\\", start - 1)
+        end = len(data) if nxt < 0 else nxt + 1
+        seg = data[start:end].split(b"\n")
+        first_line = head_line + 1
+        cur.pos, cur.lineno = end, head_line + data.count(b"\n", start, end)
+        rows = list(map(bytes.split, seg))
+        del seg
+        lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        nonblank = np.flatnonzero(lens > 0)
+        if len(nonblank) != len(rows):
+            rows = [rows[j] for j in nonblank.tolist()]
+            lens = lens[nonblank]
+
+        def line_of(j: int, nonblank=nonblank, first_line=first_line) -> int:
+            return int(first_line + nonblank[j])
+
+        if len(rows) != counts[n - 1]:
+            raise cur.error(head_line, f"the \\{n}-grams: section has {len(rows)} entries but \\data\\ declares "
+                                       f"ngram {n}={counts[n - 1]}")
+        bad = np.flatnonzero((lens != n + 1) & (lens != n + 2))
+        if len(bad):
+            j = int(bad[0])
+            raise cur.error(line_of(j), f"a {n}-gram line has a log10 probability, {n} word{'s' * (n > 1)} and an "
+                                        f"optional back-off weight; this one has {lens[j]} fields")
+        lp10 = _floats([r[0] for r in rows], "log10 probability", line_of, cur)
+        pos_bad = np.flatnonzero(lp10 > 0)
+        if len(pos_bad):
+            raise cur.error(line_of(int(pos_bad[0])), f"positive log10 probability {lp10[pos_bad[0]]} (a probability above 1)")
+        with_bo = np.flatnonzero(lens == n + 2)
+        bo10 = np.zeros(len(rows))
+        if len(with_bo):
+            bo_vals = _floats([rows[j][n + 1] for j in with_bo.tolist()], "back-off weight",
+                              lambda k: line_of(int(with_bo[k])), cur)
+            if np.isneginf(bo_vals).any():
+                k = int(np.flatnonzero(np.isneginf(bo_vals))[0])
+                raise cur.error(line_of(int(with_bo[k])), "back-off weight -inf is not a finite number")
+            if n == N and (bo_vals != 0).any():
+                k = int(np.flatnonzero(bo_vals != 0)[0])
+                raise cur.error(line_of(int(with_bo[k])), f"a {n}-gram of the highest order cannot have a back-off weight")
+            bo10[with_bo] = bo_vals
+
+        if n == 1:
+            words = [r[1] for r in rows]
+            vocab, ids, unk_missing = _unigram_vocab(words, kind, line_of, cur)
+            V = vocab.vocab_size
+            word_ids = dict(zip(words, ids))
+            tok = np.asarray(ids, dtype=np.int64)
+            if unk_missing:
+                tok = np.append(tok, vocab.unk_id)
+                lp10 = np.append(lp10, UNK_LOG10)
+                bo10 = np.append(bo10, 0.0)
+            keep = tok >= 0
+            tok, lp10, bo10 = tok[keep], lp10[keep], bo10[keep]
+            keys = tok  # context node 0
+        else:
+            cols = np.empty((len(rows), n), dtype=np.int64)
+            for k in range(n):
+                col = [r[k + 1] for r in rows]
+                try:
+                    cols[:, k] = np.fromiter(map(word_ids.__getitem__, col), dtype=np.int64, count=len(col))
+                except KeyError as e:
+                    j = col.index(e.args[0])
+                    raise cur.error(line_of(j), f"the word {_show(e.args[0])} of this {n}-gram is not among the 1-grams") from None
+            keep = (cols >= 0).all(axis=1)  # n-grams of a dropped word (<unk> in a char or byte vocab) go with it
+            ctx = np.zeros(len(rows), dtype=np.int64)
+            for k in range(n - 1):  # the context's node, order by order
+                found = keys_by_order[k].searchsorted(ctx * V + cols[:, k])
+                found_c = np.minimum(found, max(len(keys_by_order[k]) - 1, 0))
+                hit = (keys_by_order[k][found_c] == ctx * V + cols[:, k]) if len(keys_by_order[k]) else np.zeros(len(rows), bool)
+                ctx = np.where(hit & (ctx >= 0), found_c, -1)
+            missing = np.flatnonzero(keep & (ctx < 0))
+            if len(missing):
+                j = int(missing[0])
+                r = rows[j]
+                raise cur.error(line_of(j), f"the context {_show(b' '.join(r[1:n]))} of the {n}-gram "
+                                            f"{_show(b' '.join(r[1:n + 1]))} is not listed among the {n - 1}-grams")
+            keys = (ctx * V + cols[:, n - 1])[keep]
+            lp10, bo10 = lp10[keep], bo10[keep]
+            del cols
+        src_rows = np.flatnonzero(keep)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        dup = np.flatnonzero(np.diff(keys) == 0)
+        if len(dup):
+            j = int(order[dup[0] + 1])
+            j = int(src_rows[min(j, len(src_rows) - 1)])
+            raise cur.error(line_of(j), f"this {n}-gram is listed twice")
+        keys_by_order.append(keys)
+        lp_by_order.append(lp10[order])
+        bo_by_order.append(bo10[order])
+        del rows
+    tail = cur.next_nonblank()
+    if tail is None:
+        raise cur.error(cur.lineno, f"missing \\end\\ after the \\{N}-grams: section")
+    if tail.strip() != b"\\end\\":
+        raise cur.error(cur.lineno, f"expected \\end\\ after the \\{N}-grams: section (\\data\\ declares order {N}), "
+                                    f"got {_show(tail)}")
+    extra = cur.next_nonblank()
+    if extra is not None:
+        raise cur.error(cur.lineno, f"text after \\end\\: {_show(extra)}")
+
+    ln10 = np.log(10.0)
+    config = BackoffConfig(V, vocab.bos_id, vocab.eos_id, order=N, source=str(path))
+    model = BackoffNGramModel.from_tables(config, keys_by_order, [lp * ln10 for lp in lp_by_order],
+                                          [bo * ln10 for bo in bo_by_order])
+    lm = LM(model, vocab, documents)
+    if out is not None:
+        lm.save(out, {"imported_from": {"format": "arpa", "path": str(path)}})
+    return lm
