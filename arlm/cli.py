@@ -284,6 +284,65 @@ def cmd_demo(args) -> None:
     print(f"--- next: .venv/bin/arlm sample {out} --prompt 'The ' ; .venv/bin/arlm score {out} 'import os' ---")
 
 
+def _add_export_parser(sub) -> None:
+    x = sub.add_parser("export", help="write a model in another tool's format: hf (transformers) or arpa (KenLM)")
+    x.add_argument("model_dir", metavar="DIR", help="arlm model directory")
+    x.add_argument("--format", required=True, choices=["hf", "arpa"],
+                   help="hf: a transformers GPT2LMHeadModel directory (gpt family); "
+                        "arpa: an ARPA back-off file (ngram family; gzip when OUT ends in .gz)")
+    x.add_argument("--out", required=True, metavar="OUT", help="output directory (hf) or file (arpa)")
+    x.add_argument("--json", action="store_true", help="print the result as JSON")
+    x.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> None:
+    from .lm import LM
+
+    lm = LM.load(args.model_dir)
+    if args.format == "hf":
+        from .formats.hf import export_hf
+
+        result = export_hf(lm, args.out)
+    else:
+        from .formats.arpa import export_arpa
+        from .formats.hf import _refuse_family
+
+        if lm.model.family != "ngram":
+            raise _refuse_family(lm.model.family, "arpa")
+        result = export_arpa(lm.model, lm.vocab, args.out, documents=lm.documents)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{args.model_dir} -> {result['path']} ({args.format})")
+
+
+def _add_import_parser(sub) -> None:
+    i = sub.add_parser("import", help="turn a transformers GPT-2 directory or an ARPA file into an arlm model directory")
+    i.add_argument("source", metavar="SOURCE",
+                   help="Hugging Face model directory (GPT-2 architecture) or ARPA file (.arpa or .arpa.gz)")
+    i.add_argument("--out", required=True, metavar="DIR", help="arlm model directory to write")
+    i.add_argument("--json", action="store_true", help="print the result as JSON")
+    i.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args) -> None:
+    src = Path(args.source)
+    if src.is_dir():
+        from .formats.hf import import_hf
+
+        lm = import_hf(src, args.out)
+    else:
+        from .formats.arpa import import_arpa
+
+        lm = import_arpa(src, args.out)
+    result = {"model_dir": str(args.out), "family": lm.model.family, "vocab": lm.vocab.kind,
+              "vocab_size": lm.vocab.vocab_size, "num_parameters": lm.model.num_parameters()}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{src} -> {args.out} ({result['family']}, {result['vocab']} vocab of {result['vocab_size']} tokens)")
+
+
 # -- parser ----------------------------------------------------------------------------
 def _positive_int(s: str) -> int:
     try:
@@ -314,8 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="ngram",
                    help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
     t.add_argument("--order", type=int, default=5, help="n-gram or cache order, 1..10 (default 5)")
-    t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe"], help="vocabulary (default char)")
-    t.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
+    t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe", "word"],
+                   help="vocabulary (default char; word: whitespace-separated tokens, <unk> for unknown words)")
+    t.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="BPE vocabulary size; word: keep the most frequent words (specials included)")
     t.add_argument("--documents", default="file", choices=["lines", "file"],
                    help="lines: each non-empty line is a document; file: the whole file is one (default)")
     t.add_argument("--val-file", default=None, help="val text (default: split off --val-fraction of DATA)")
@@ -408,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--order", type=int, default=6)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+    _add_export_parser(sub)
+    _add_import_parser(sub)
     return p
 
 

@@ -34,7 +34,8 @@ class GPTConfig:
     ``vocab_size``, ``bos_id``, ``eos_id`` come from the vocab. ``n_embd`` must be
     divisible by ``n_head``. ``dropout`` applies to attention weights, residual
     branches and embeddings during training only. ``bias`` adds biases to the
-    Linear and LayerNorm layers (GPT-2 has them).
+    Linear and LayerNorm layers (GPT-2 has them). ``tie_word_embeddings=False``
+    gives the output head its own matrix (some imported GPT-2 checkpoints).
     """
 
     vocab_size: int
@@ -47,6 +48,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
+    tie_word_embeddings: bool = True
 
 
 class GPTState:
@@ -280,7 +282,8 @@ class GPTModel(LanguageModel):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):

@@ -1,0 +1,433 @@
+"""Hugging Face ``transformers`` checkpoints: export arlm's GPT as ``GPT2LMHeadModel``, import GPT-2 checkpoints.
+
+arlm's GPT is GPT-2's architecture (Radford et al. 2019; :mod:`arlm.models.gpt`),
+so a conversion is a renaming of parameters plus a transpose of the four
+matrices that GPT-2 keeps in its ``Conv1D`` layout ``[in, out]`` (arlm's
+``nn.Linear`` keeps ``[out, in]``): the table :data:`GPT2_NAMES` below, as in
+Hugging Face's own conversion scripts. Nothing here needs ``transformers``
+installed: the files are written and read with ``safetensors``, ``tokenizers``
+and JSON.
+
+**Export** (``arlm export DIR --format hf --out HFDIR``) writes
+``model.safetensors``, ``config.json`` (``GPT2LMHeadModel``, ``gelu_new`` =
+the tanh GELU arlm uses), ``generation_config.json`` (bos/eos ids, and
+``suppress_tokens: [<bos>]``, since arlm never predicts ``<bos>``),
+``tokenizer.json`` (built with ``tokenizers``: char vocab = one token per
+character, byte vocab = GPT-2's byte alphabet with no merges, BPE = arlm's own
+tokenizer) with ``<bos>``/``<eos>`` as special tokens and a post-processor that
+puts ``<bos>`` first, so ``tokenizer(text).input_ids`` is exactly what arlm
+feeds its model; ``split_special_tokens`` is on, so a literal ``"<eos>"`` in a
+text is ordinary text, as in arlm. A model without biases gets zero biases
+(GPT-2 always has them). The one difference left: arlm's ``logits`` put
+-inf on ``<bos>``, Hugging Face's ``logits`` a finite value there (its
+``generate`` suppresses it through the generation config).
+
+**Import** (``arlm import HFDIR --out DIR``) reads a GPT-2-architecture
+checkpoint (``model.safetensors``, sharded or not, or ``pytorch_model.bin``
+read with ``weights_only=True``) and its byte-level BPE tokenizer
+(``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``). GPT-2 uses
+one token, ``<|endoftext|>``, both to start and to end a text, but arlm needs
+two (``<bos>`` is never predicted, ``<eos>`` is). So:
+
+* arlm's ``<eos>`` *is* the checkpoint's end token (same id, renamed ``<eos>``
+  in the tokenizer), so p(<eos> | x) is GPT-2's p(<|endoftext|> | x);
+* arlm's ``<bos>`` is one new id, ``V`` (the checkpoint's vocab size), whose
+  embedding is a copy of the start token's (``bos_token_id``, i.e.
+  ``<|endoftext|>``), so conditioning on ``<bos>`` is conditioning on
+  ``<|endoftext|>`` exactly as GPT-2 does.
+
+``log_prob(x)`` is therefore GPT-2's log p(x_1 … x_n, <|endoftext|> |
+<|endoftext|>) over the canonical BPE tokens of x, and the next-token
+distributions are GPT-2's own (the extra ``<bos>`` column is -inf).
+Exporting an imported model drops the extra row and restores the original
+names: export ∘ import is the identity on weights and tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ArlmError
+from ..io import atomic_path, atomic_write_text
+from ..vocab.base import BOS, EOS
+
+#: arlm GPT parameter -> GPT2LMHeadModel parameter, and whether it is a Conv1D matrix (transposed).
+#: ``{i}`` is the layer index. ``lm_head.weight`` is written only for an untied head.
+GPT2_NAMES: list[tuple[str, str, bool]] = [
+    ("wte.weight", "transformer.wte.weight", False),
+    ("wpe.weight", "transformer.wpe.weight", False),
+    ("h.{i}.ln_1.weight", "transformer.h.{i}.ln_1.weight", False),
+    ("h.{i}.ln_1.bias", "transformer.h.{i}.ln_1.bias", False),
+    ("h.{i}.attn.c_attn.weight", "transformer.h.{i}.attn.c_attn.weight", True),
+    ("h.{i}.attn.c_attn.bias", "transformer.h.{i}.attn.c_attn.bias", False),
+    ("h.{i}.attn.c_proj.weight", "transformer.h.{i}.attn.c_proj.weight", True),
+    ("h.{i}.attn.c_proj.bias", "transformer.h.{i}.attn.c_proj.bias", False),
+    ("h.{i}.ln_2.weight", "transformer.h.{i}.ln_2.weight", False),
+    ("h.{i}.ln_2.bias", "transformer.h.{i}.ln_2.bias", False),
+    ("h.{i}.mlp.c_fc.weight", "transformer.h.{i}.mlp.c_fc.weight", True),
+    ("h.{i}.mlp.c_fc.bias", "transformer.h.{i}.mlp.c_fc.bias", False),
+    ("h.{i}.mlp.c_proj.weight", "transformer.h.{i}.mlp.c_proj.weight", True),
+    ("h.{i}.mlp.c_proj.bias", "transformer.h.{i}.mlp.c_proj.bias", False),
+    ("ln_f.weight", "transformer.ln_f.weight", False),
+    ("ln_f.bias", "transformer.ln_f.bias", False),
+    ("lm_head.weight", "lm_head.weight", False),
+]
+#: GPT-2 config fields arlm reproduces, and the values it accepts on import.
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+#: the families and the formats they export to (for the one-line refusal)
+EXPORT_FORMATS = {"gpt": "hf", "ngram": "arpa"}
+HF_META = "hf_import"  # config.json key of an imported model: what export needs to restore the original
+
+
+def _expand(n_layer: int) -> list[tuple[str, str, bool]]:
+    rows = []
+    for ours, theirs, transpose in GPT2_NAMES:
+        if "{i}" in ours:
+            rows += [(ours.format(i=i), theirs.format(i=i), transpose) for i in range(n_layer)]
+        else:
+            rows.append((ours, theirs, transpose))
+    return rows
+
+
+def _refuse_family(family: str, fmt: str) -> ArlmError:
+    supported = ", ".join(f"{f} -> --format {x}" for f, x in EXPORT_FORMATS.items())
+    return ArlmError(f"a {family} model cannot be exported as {fmt}: {family} has "
+                     f"{'no other format' if family not in EXPORT_FORMATS else '--format ' + EXPORT_FORMATS[family]} "
+                     f"(supported: {supported})")
+
+
+def _check_positions(config) -> None:
+    """GPT-2 has learned absolute positions; refuse a config that chose another scheme (e.g. rotary)."""
+    for f in dataclasses.fields(config):
+        name = f.name.lower()
+        if any(k in name for k in ("rope", "rotary", "position", "pos_emb")):
+            value = getattr(config, f.name)
+            if value not in (None, False, 0, "learned", "absolute", "gpt2", "wpe"):
+                raise ArlmError(f"--format hf exports GPT-2's learned position embeddings only; this model has "
+                                f"{f.name}={value!r}, which GPT2LMHeadModel cannot run")
+
+
+# -- tokenizers ---------------------------------------------------------------------------------
+def _byte_alphabet() -> dict[int, str]:
+    from ..vocab.bpe import _bytes_to_unicode
+
+    return _bytes_to_unicode()
+
+
+def _native_tokenizer(vocab):
+    """A ``tokenizers.Tokenizer`` giving arlm's token ids for a char, byte or BPE vocab, ``<bos>`` first."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if vocab.kind == "bpe":
+        tok = Tokenizer.from_str(vocab._tokenizer.to_str())
+    elif vocab.kind == "char":
+        table = {c: i for i, c in enumerate(vocab.chars)}
+        table.update({BOS: vocab.bos_id, EOS: vocab.eos_id})
+        tok = Tokenizer(models.WordLevel(table, unk_token="<unk>"))  # no <unk> in the table: unknown chars fail
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
+        tok.decoder = decoders.Fuse()
+    elif vocab.kind == "byte":
+        alphabet = _byte_alphabet()
+        table = {alphabet[b]: b for b in range(256)}
+        table.update({BOS: vocab.bos_id, EOS: vocab.eos_id})
+        tok = Tokenizer(models.BPE(table, []))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        raise ArlmError(f"--format hf supports char, byte and bpe vocabularies, not {vocab.kind!r}")
+    if vocab.kind != "bpe":
+        tok.add_special_tokens([AddedToken(BOS, special=True, normalized=False),
+                                AddedToken(EOS, special=True, normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                                       special_tokens=[(BOS, vocab.bos_id)])
+    if tok.token_to_id(BOS) != vocab.bos_id or tok.token_to_id(EOS) != vocab.eos_id:
+        raise ArlmError("internal error: the tokenizer's special ids differ from the vocab's")
+    return tok
+
+
+def _rename_token(spec: dict, old: str, new: str) -> None:
+    for t in spec.get("added_tokens", []):
+        if t["content"] == old:
+            t["content"] = new
+    vocab = spec.get("model", {}).get("vocab")
+    if isinstance(vocab, dict) and old in vocab:
+        vocab[new] = vocab.pop(old)
+
+
+# -- export -------------------------------------------------------------------------------------
+def export_hf(lm, out: str | Path) -> dict:
+    """Write ``lm`` (a GPT) as a Hugging Face ``GPT2LMHeadModel`` directory (see the module docstring).
+
+    Returns:
+        ``{"path", "vocab_size", "n_layer", "tied"}``.
+
+    Raises:
+        ArlmError: not a GPT, a position scheme other than GPT-2's, a word vocab,
+            or ``out`` cannot be written.
+    """
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    from ..checkpoint import prepare_dir
+
+    model, vocab = lm.model, lm.vocab
+    if model.family != "gpt":
+        raise _refuse_family(model.family, "hf")
+    cfg = model.config
+    _check_positions(cfg)
+    sd = model.state_dict()
+    if "wpe.weight" not in sd:
+        raise ArlmError("--format hf needs GPT-2's learned position embeddings (wpe); this model has none")
+    tied = model.lm_head.weight is model.wte.weight
+    meta = (lm.info or {}).get(HF_META)
+    out = prepare_dir(out)
+
+    vocab_size, bos_id, eos_id = cfg.vocab_size, cfg.bos_id, cfg.eos_id
+    if meta:  # imported from Hugging Face: drop the <bos> row arlm added, restore the names
+        vocab_size, bos_id, eos_id = meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]
+        spec = json.loads(vocab._tokenizer.to_str())
+        spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < meta["tokenizer_size"]]
+        _rename_token(spec, EOS, meta["eos_token"])
+        tokenizer = Tokenizer.from_str(json.dumps(spec))
+        specials = {"bos_token": meta["bos_token"], "eos_token": meta["eos_token"]}
+        suppress = []
+    else:
+        tokenizer = _native_tokenizer(vocab)
+        specials = {"bos_token": BOS, "eos_token": EOS}
+        suppress = [bos_id]
+
+    tensors = {}
+    for ours, theirs, transpose in _expand(cfg.n_layer):
+        if ours == "lm_head.weight" and tied:
+            continue
+        if ours in sd:
+            t = sd[ours]
+        elif ours.endswith(".bias"):  # bias=False: GPT-2 always has biases, zeros are the same function
+            w = sd[ours[: -len("bias")] + "weight"]
+            t = torch.zeros(w.shape[0], dtype=w.dtype)
+        else:
+            raise ArlmError(f"this GPT lacks the parameter {ours}; --format hf cannot map it")
+        if ours in ("wte.weight", "lm_head.weight"):
+            t = t[:vocab_size]
+        tensors[theirs] = (t.t() if transpose else t).detach().cpu().contiguous().clone()
+    dtype = str(sd["wte.weight"].dtype).replace("torch.", "")
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "tie_word_embeddings": tied,
+        "torch_dtype": dtype,
+    }
+    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+    if suppress:
+        generation["suppress_tokens"] = suppress
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "model_max_length": cfg.block_size,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": not meta,
+    }
+    try:
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        atomic_write_text(out / "tokenizer.json", tokenizer.to_str(pretty=True))
+        atomic_write_text(out / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
+        atomic_write_text(out / "special_tokens_map.json", json.dumps(specials, indent=2) + "\n")
+        atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    except OSError as e:
+        raise ArlmError(f"cannot write {out}: {e.strerror or e}") from None
+    return {"path": str(out), "vocab_size": vocab_size, "n_layer": cfg.n_layer, "tied": tied}
+
+
+# -- import -------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArlmError(f"cannot read {path}: {e}") from None
+
+
+def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    def load_one(p: Path) -> dict[str, torch.Tensor]:
+        try:
+            if p.suffix == ".safetensors":
+                return load_file(str(p))
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated or foreign files raise many types
+            raise ArlmError(f"cannot read the weights {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (d / name).is_file():
+            return load_one(d / name)
+        index = d / f"{name}.index.json"
+        if index.is_file():
+            sd: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(_read_json(index).get("weight_map", {}).values())):
+                sd.update(load_one(d / shard))
+            return sd
+    raise ArlmError(f"no weights in {d}: expected model.safetensors (or its index) or pytorch_model.bin")
+
+
+def _load_tokenizer_spec(d: Path) -> dict:
+    if (d / "tokenizer.json").is_file():
+        return _read_json(d / "tokenizer.json")
+    if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        try:
+            tok = Tokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
+        except Exception as e:  # noqa: BLE001
+            raise ArlmError(f"cannot read the tokenizer in {d}: {e}") from None
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return json.loads(tok.to_str())
+    raise ArlmError(f"no tokenizer in {d}: expected tokenizer.json, or vocab.json and merges.txt")
+
+
+def import_hf(directory: str | Path, out: str | Path | None = None):
+    """Read a GPT-2-architecture Hugging Face checkpoint directory into an :class:`arlm.lm.LM`.
+
+    See the module docstring for how ``<bos>``/``<eos>`` map onto the
+    checkpoint's special tokens. With ``out`` the model directory is written there.
+
+    Raises:
+        ArlmError: not a directory, not ``GPT2LMHeadModel`` (or a variant arlm
+            cannot run: another activation, MLP width or attention scaling),
+            missing or unreadable weights or tokenizer, or a tokenizer that is
+            not a byte-level BPE.
+    """
+    from tokenizers import Tokenizer
+
+    from ..lm import LM
+    from ..models.gpt import GPTConfig, GPTModel
+    from ..vocab.bpe import BPEVocab
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise ArlmError(f"no Hugging Face model directory at {d}")
+    if not (d / "config.json").is_file():
+        raise ArlmError(f"{d} has no config.json: not a Hugging Face model directory")
+    hc = _read_json(d / "config.json")
+    arch = (hc.get("architectures") or [hc.get("model_type", "?")])[0]
+    if hc.get("model_type") != "gpt2" or arch not in ("GPT2LMHeadModel", "GPT2Model"):
+        raise ArlmError(f"{d} holds a {arch} ({hc.get('model_type')}) model; arlm imports only GPT-2-architecture "
+                        f"checkpoints (GPT2LMHeadModel)")
+    n_embd, n_layer, n_head = hc.get("n_embd", 768), hc.get("n_layer", 12), hc.get("n_head", 12)
+    unsupported = []
+    if hc.get("activation_function", "gelu_new") not in GPT2_ACTIVATIONS:
+        unsupported.append(f"activation_function={hc.get('activation_function')!r}")
+    if hc.get("n_inner") not in (None, 4 * n_embd):
+        unsupported.append(f"n_inner={hc.get('n_inner')} (arlm's MLP is 4 x n_embd)")
+    if not hc.get("scale_attn_weights", True) or hc.get("scale_attn_by_inverse_layer_idx", False):
+        unsupported.append("non-standard attention scaling")
+    if hc.get("add_cross_attention", False):
+        unsupported.append("cross-attention")
+    if unsupported:
+        raise ArlmError(f"{d}: this GPT-2 variant has {', '.join(unsupported)}, which arlm's GPT cannot run")
+    V = int(hc["vocab_size"])
+    tied = bool(hc.get("tie_word_embeddings", True))
+
+    # -- weights
+    raw = _load_state_dict(d)
+    sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in raw.items()}
+    weights = {}
+    for ours, theirs, transpose in _expand(n_layer):
+        key = theirs[len("transformer."):] if theirs.startswith("transformer.") else theirs
+        if ours == "lm_head.weight" and tied:
+            continue
+        if key not in sd:
+            raise ArlmError(f"{d}: the weights lack {theirs}")
+        t = sd[key].float()
+        weights[ours] = t.t().contiguous() if transpose else t
+    if weights["wte.weight"].shape != (V, n_embd):
+        raise ArlmError(f"{d}: wte has shape {tuple(weights['wte.weight'].shape)}, config says ({V}, {n_embd})")
+
+    # -- tokenizer and specials
+    spec = _load_tokenizer_spec(d)
+    try:
+        probe = Tokenizer.from_str(json.dumps(spec))
+    except Exception as e:  # noqa: BLE001
+        raise ArlmError(f"cannot read the tokenizer in {d}: {e}") from None
+    size = probe.get_vocab_size(with_added_tokens=True)
+    eos_id = hc.get("eos_token_id")
+    if eos_id is None:
+        eos_id = probe.token_to_id("<|endoftext|>")
+    if eos_id is None or not 0 <= eos_id < min(size, V):
+        raise ArlmError(f"{d}: config.json names no end-of-text token (eos_token_id) that the tokenizer has")
+    start_id = hc.get("bos_token_id", eos_id)
+    start_id = eos_id if start_id is None else start_id
+    eos_name, start_name = probe.id_to_token(eos_id), probe.id_to_token(start_id)
+    if size > V:
+        raise ArlmError(f"{d}: the tokenizer has {size} tokens but the model only {V}")
+    _rename_token(spec, eos_name, EOS)
+    added = spec.setdefault("added_tokens", [])
+    if not any(t["id"] == eos_id for t in added):
+        added.append({"id": eos_id, "content": EOS, "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False, "special": True})
+    for t in added:
+        if t["id"] == eos_id:
+            t["special"] = True
+    for i in range(size, V):  # rows of a padded embedding that no text produces: keep them as tokens
+        added.append({"id": i, "content": f"<unused {i}>", "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False, "special": True})
+    added.append({"id": V, "content": BOS, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True})
+    try:
+        vocab = BPEVocab(Tokenizer.from_str(json.dumps(spec)))
+    except ArlmError as e:
+        raise ArlmError(f"{d}: {e}") from None
+    if (vocab.bos_id, vocab.eos_id, vocab.vocab_size) != (V, eos_id, V + 1):
+        raise ArlmError(f"{d}: could not give the tokenizer arlm's <bos>/<eos> (got ids {vocab.bos_id}, {vocab.eos_id})")
+
+    # -- the model: one more embedding row for <bos>, a copy of the start token's
+    weights["wte.weight"] = torch.cat([weights["wte.weight"], weights["wte.weight"][start_id : start_id + 1]])
+    if not tied:
+        weights["lm_head.weight"] = torch.cat([weights["lm_head.weight"], weights["lm_head.weight"][eos_id : eos_id + 1]])
+    config = GPTConfig(vocab_size=V + 1, bos_id=V, eos_id=eos_id, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                       block_size=int(hc.get("n_positions", hc.get("n_ctx", 1024))), dropout=0.0, bias=True,
+                       layer_norm_epsilon=float(hc.get("layer_norm_epsilon", 1e-5)))
+    if not tied:
+        config = dataclasses.replace(config, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = GPTModel(config)
+    model = model.to_empty(device="cpu")
+    if tied:
+        model.lm_head.weight = model.wte.weight
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ArlmError(f"{d}: weights do not fit arlm's GPT (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    lm = LM(model, vocab, "file")
+    meta = {"vocab_size": V, "tokenizer_size": size, "bos_token_id": start_id, "eos_token_id": eos_id,
+            "bos_token": start_name, "eos_token": eos_name, "path": str(d)}
+    lm.info = {HF_META: meta}
+    if out is not None:
+        lm.save(out, {HF_META: meta})
+    return lm

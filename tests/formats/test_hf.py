@@ -1,0 +1,160 @@
+"""Hugging Face export and import, checked by ``transformers`` itself (no hub access)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from arlm.data import encode_document
+from arlm.errors import ArlmError
+from arlm.formats.hf import _check_positions, export_hf, import_hf
+from arlm.lm import LM
+from arlm.models.gpt import GPTConfig, GPTModel
+from arlm.vocab import ByteVocab, CharVocab
+from arlm.vocab.bpe import BPEVocab
+
+from conftest import SHAKESPEARE, make_ngram, names_docs
+
+TEXT = SHAKESPEARE.read_text(encoding="utf-8")
+PROBE = TEXT[50_000:50_500]  # 500 characters
+
+
+def _gpt(vocab, seed=0) -> GPTModel:
+    """A small GPT with spread-out weights, so that greedy decoding wanders and the logits differ."""
+    torch.manual_seed(seed)
+    m = GPTModel(GPTConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, n_layer=2, n_head=2, n_embd=32,
+                           block_size=512))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("weight") and p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * 0.15)
+    return m.eval()
+
+
+def _vocab(kind):
+    docs = [TEXT[:30_000]]
+    return {"char": lambda: CharVocab.train([TEXT]), "byte": ByteVocab, "bpe": lambda: BPEVocab.train(docs, 400)}[kind]()
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_export_loads_in_transformers_with_equal_ids_logits_and_greedy_text(kind, tmp_path):
+    vocab = _vocab(kind)
+    LM(_gpt(vocab), vocab, "file").save(tmp_path / "m")
+    lm = LM.load(tmp_path / "m")
+    if kind == "char":  # the CLI once; the other vocabs call the function it calls
+        r = subprocess.run([sys.executable, "-m", "arlm", "export", str(tmp_path / "m"), "--format", "hf",
+                            "--out", str(tmp_path / "hf")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    else:
+        export_hf(lm, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(hf).__name__ == "GPT2LMHeadModel" and tok.is_fast
+    ids = tok(PROBE).input_ids
+    assert ids == encode_document(vocab, PROBE, eos=False)
+    assert tok.decode(ids, skip_special_tokens=True) == PROBE
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits[0]  # [T, V]
+        ours = lm.model.logits(torch.tensor([ids]))[0]
+    keep = [i for i in range(vocab.vocab_size) if i != vocab.bos_id]  # arlm puts -inf on <bos>
+    torch.testing.assert_close(theirs[:, keep], ours[:, keep], atol=1e-5, rtol=0)
+    # greedy decoding: transformers' generate against `arlm sample --temperature 0`
+    out = hf.generate(torch.tensor([[vocab.bos_id]]), max_new_tokens=100, do_sample=False)[0, 1:].tolist()
+    sample = lm.generate("", max_new_tokens=100, temperature=0)
+    assert out == sample.token_ids and len(out) == 100
+    assert len(set(out)) > 3  # the weights make greedy decoding wander, so the comparison means something
+    if kind == "char":
+        r = subprocess.run([sys.executable, "-m", "arlm", "sample", str(tmp_path / "m"), "--temperature", "0",
+                            "--max-new-tokens", "100", "--json"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[0]["text"] == tok.decode(out, skip_special_tokens=True)
+    assert sample.text == tok.decode(out, skip_special_tokens=True)
+
+
+def _gpt2_tokenizer(directory):
+    """A GPT-2-style byte-level BPE (one <|endoftext|> for start and end) trained here, saved by transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=350, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TEXT[:30_000]], trainer=trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                                eos_token="<|endoftext|>")
+    fast.save_pretrained(directory)
+    return fast
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_import_gpt2_checkpoint_scores_as_transformers_and_round_trips(tied, tmp_path):
+    tok = _gpt2_tokenizer(tmp_path / "gpt2")
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=tied)
+    torch.manual_seed(3)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "gpt2")
+    if tied:
+        r = subprocess.run([sys.executable, "-m", "arlm", "import", str(tmp_path / "gpt2"), "--out", str(tmp_path / "m")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    else:
+        import_hf(tmp_path / "gpt2", tmp_path / "m")
+    lm = LM.load(tmp_path / "m")
+    assert lm.vocab.eos_id == eot and lm.vocab.bos_id == len(tok)
+    for text in ["To be, or not to be", "ROMEO:\nO, she doth teach the torches", "é ☃ zzz", ""]:
+        ids = [eot, *tok(text).input_ids, eot]
+        assert lm.vocab.encode(text) == ids[1:-1]
+        with torch.no_grad():
+            log_probs = torch.log_softmax(hf(torch.tensor([ids])).logits[0].double(), -1)  # [T, V]
+        expected = log_probs[:-1].gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
+        assert lm.log_prob(text) == pytest.approx(expected, abs=1e-4), text
+    # export o import = identity on weights (and the tokenizer gives the same ids)
+    export_hf(lm, tmp_path / "again")
+    a = load_file(str(tmp_path / "gpt2" / "model.safetensors"))
+    b = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    tok2 = transformers.AutoTokenizer.from_pretrained(tmp_path / "again")
+    assert tok2("To be, or not to be").input_ids == tok("To be, or not to be").input_ids
+    assert tok2.eos_token == "<|endoftext|>"
+
+
+def test_refusals_are_one_line(tmp_path):
+    vocab = CharVocab.train(names_docs(300))
+    LM(make_ngram(vocab, names_docs(300), 3), vocab, "lines").save(tmp_path / "ng")
+    r = subprocess.run([sys.executable, "-m", "arlm", "export", str(tmp_path / "ng"), "--format", "hf", "--out",
+                        str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "ngram -> --format arpa" in r.stderr or "--format arpa" in r.stderr, r.stderr
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ArlmError, match="imports only GPT-2-architecture"):
+        import_hf(tmp_path / "llama")
+    (tmp_path / "act").mkdir()
+    (tmp_path / "act" / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                                                              "activation_function": "relu"}))
+    with pytest.raises(ArlmError, match="activation_function='relu'"):
+        import_hf(tmp_path / "act")
+
+
+def test_other_position_schemes_are_refused():
+    Rotary = dataclasses.make_dataclass("Rotary", [("vocab_size", int, 10), ("position_encoding", str, "rope")])
+    with pytest.raises(ArlmError, match="learned position embeddings"):
+        _check_positions(Rotary())
+    Learned = dataclasses.make_dataclass("Learned", [("vocab_size", int, 10), ("position_encoding", str, "learned")])
+    _check_positions(Learned())
