@@ -307,7 +307,7 @@ def _cmd_export(args) -> None:
         from .formats.arpa import export_arpa
         from .formats.hf import _refuse_family
 
-        if lm.model.family != "ngram":
+        if lm.model.family not in ("ngram", "backoff"):
             raise _refuse_family(lm.model.family, "arpa")
         result = export_arpa(lm.model, lm.vocab, args.out, documents=lm.documents)
     if args.json:

@@ -70,6 +70,7 @@ MARKERS = {"<bos>": "<s>", "<eos>": "</s>", "<unk>": "<unk>"}
 BOS_LOG10 = -99.0  # the log10 probability written for <s> (never predicted)
 UNK_LOG10 = -100.0  # the log10 probability written for <unk> in vocabularies without unknowns
 PRECISION = 6  # decimals of log10 written
+LN10 = float(np.log(10.0))
 VOCAB_HEADER = "# arlm-vocab:"
 DOCUMENTS_HEADER = "# arlm-documents:"
 EXPORTABLE_VOCABS = ("char", "byte", "word")
@@ -167,18 +168,40 @@ def _interpolated(model) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray
     return probs, backoffs, p_uni
 
 
-def _log10_field(p: np.ndarray) -> list[str]:
-    with np.errstate(divide="ignore"):
-        lp = np.log10(p)
-    lp = np.where(np.isfinite(lp), np.maximum(lp, BOS_LOG10), BOS_LOG10)
-    return [f"{x:.{PRECISION}f}" for x in lp.tolist()]
+def _log10_tables(model) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """log10 tables to write: unigram p and back-off of every token id (float64[V] each), and per
+    order n >= 2 the p and back-off of each stored n-gram; nan where no back-off is written."""
+    V, N, bos = model.config.vocab_size, model.config.order, model.config.bos_id
+    levels = model.levels
+    node_of = levels[0].lookup(np.arange(V, dtype=np.int64))  # key 0 * V + w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if model.family == "ngram":
+            probs, backoffs, p_uni = _interpolated(model)
+            uni = np.log10(p_uni)
+            p10 = [np.log10(p) for p in probs]
+            b10 = [np.log10(b) for b in backoffs]
+        else:  # a back-off model (an imported ARPA file): its own numbers
+            uni = np.full(V, -np.inf)
+            uni[levels[0].words] = levels[0].log_prob / LN10
+            p10 = [lv.log_prob / LN10 for lv in levels]
+            b10 = []
+            for n, lv in enumerate(levels, start=1):
+                has = (lv.log_backoff != 0) | ((levels[n].end > levels[n].start) if n < N else False)
+                b10.append(np.where(has & (n < N), lv.log_backoff / LN10, np.nan))
+    uni = np.where(np.isfinite(uni), np.maximum(uni, BOS_LOG10), BOS_LOG10)
+    uni[bos] = BOS_LOG10
+    uni_bo = np.where(node_of >= 0, b10[0][np.maximum(node_of, 0)], np.nan)
+    return uni, uni_bo, p10, b10
+
 
 
 def export_arpa(model, vocab, path: str | Path, documents: str = "file") -> dict:
     """Write an n-gram model in ARPA back-off form (gzip-compressed when ``path`` ends in ``.gz``).
 
     Args:
-        model: an :class:`~arlm.models.ngram.NGramModel`.
+        model: an :class:`~arlm.models.ngram.NGramModel`, or a
+            :class:`~arlm.models.backoff.BackoffNGramModel` (an imported ARPA
+            file, written back with its own numbers).
         vocab: its char, byte or word vocab.
         documents: the document mode recorded in the header (``import_arpa`` restores it).
 
@@ -190,28 +213,23 @@ def export_arpa(model, vocab, path: str | Path, documents: str = "file") -> dict
     """
     from .. import __version__
 
-    if getattr(model, "family", None) != "ngram":
+    if getattr(model, "family", None) not in ("ngram", "backoff"):
         raise ArlmError(f"ARPA export is for n-gram models; a {model.family} model can be exported with "
                         f"{'--format hf' if model.family == 'gpt' else 'no other format'}")
     names = token_names(vocab)
-    cfg = model.config
-    V, N, bos = cfg.vocab_size, cfg.order, cfg.bos_id
-    probs, backoffs, p_uni = _interpolated(model)
+    V, N = model.config.vocab_size, model.config.order
+    uni, uni_bo, p10, b10 = _log10_tables(model)
     levels = model.levels
-    extra_unk = vocab.kind != "word"
+
+    def fields(p: np.ndarray, b: np.ndarray) -> tuple[list[str], list[str]]:
+        p = np.where(np.isfinite(p), np.maximum(p, BOS_LOG10), BOS_LOG10)
+        return ([f"{x:.{PRECISION}f}" for x in p.tolist()],
+                [f"\t{x:.{PRECISION}f}\n" if np.isfinite(x) else "\n" for x in b.tolist()])
 
     sections: list[list[str]] = []
-    # order 1: every token of the vocab, in id order
-    node_of = levels[0].lookup(np.arange(V, dtype=np.int64))  # key 0 * V + w
-    bo1 = np.where(node_of >= 0, backoffs[0][np.maximum(node_of, 0)] if N > 1 else np.nan, np.nan)
-    uni_p = _log10_field(p_uni)
-    uni_p[bos] = f"{BOS_LOG10:.0f}"
-    lines = []
-    for i in range(V):
-        b = bo1[i]
-        lines.append(f"{uni_p[i]}\t{names[i]}\t{np.log10(b):.{PRECISION}f}\n" if np.isfinite(b) and b > 0
-                     else f"{uni_p[i]}\t{names[i]}\n")
-    if extra_unk:
+    p_field, b_field = fields(uni, uni_bo)  # order 1: every token of the vocab, in id order
+    lines = [f"{p}\t{s}{t}" for p, s, t in zip(p_field, names, b_field)]
+    if vocab.kind != "word":
         lines.append(f"{UNK_LOG10:.0f}\t{MARKERS['<unk>']}\n")
     sections.append(lines)
     phrase = [names[w] for w in levels[0].words.tolist()]  # by order-1 node
@@ -219,12 +237,7 @@ def export_arpa(model, vocab, path: str | Path, documents: str = "file") -> dict
         lv = levels[n - 1]
         ctx = (lv.keys // V).tolist()
         phrase = [phrase[c] + " " + names[w] for c, w in zip(ctx, lv.words.tolist())]
-        p_field = _log10_field(probs[n - 1])
-        b = backoffs[n - 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            b10 = np.log10(b)
-        has_b = np.isfinite(b10)
-        b_field = [f"\t{x:.{PRECISION}f}\n" if h else "\n" for x, h in zip(b10.tolist(), has_b.tolist())]
+        p_field, b_field = fields(p10[n - 1], b10[n - 1])
         sections.append([f"{p}\t{s}{t}" for p, s, t in zip(p_field, phrase, b_field)])
     counts = [len(s) for s in sections]
 

@@ -79,7 +79,7 @@ GPT2_NAMES: list[tuple[str, str, bool]] = [
 #: GPT-2 config fields arlm reproduces, and the values it accepts on import.
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 #: the families and the formats they export to (for the one-line refusal)
-EXPORT_FORMATS = {"gpt": "hf", "ngram": "arpa"}
+EXPORT_FORMATS = {"gpt": "hf", "ngram": "arpa", "backoff": "arpa"}
 HF_META = "hf_import"  # config.json key of an imported model: what export needs to restore the original
 
 

@@ -89,6 +89,18 @@ def test_per_token_scores_match_kenlm_full_scores(exported):
     np.testing.assert_allclose(ours, theirs, atol=2e-6, rtol=0)
 
 
+def test_an_imported_file_exports_back_to_the_same_model(exported, tmp_path):
+    kind, model, vocab, val, path, km = exported
+    lm = import_arpa(path)
+    export_arpa(lm.model, lm.vocab, tmp_path / "again.arpa", documents=lm.documents)
+    again = import_arpa(tmp_path / "again.arpa")
+    for level_a, level_b in zip(lm.model.levels, again.model.levels):
+        np.testing.assert_array_equal(level_a.keys, level_b.keys)
+        np.testing.assert_allclose(level_a.log_prob, level_b.log_prob, atol=1e-5, rtol=0)
+    for doc in val[:30]:
+        assert again.log_prob(doc) == pytest.approx(lm.log_prob(doc), abs=1e-5)
+
+
 def test_gzip_export_imports_identically(tmp_path):
     model, vocab, _, val = _case("char")
     export_arpa(model, vocab, tmp_path / "m.arpa")
