@@ -8,7 +8,7 @@ $(BIN)/arlm: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	MAX_ORDER=10 $(BIN)/pip install -q -e '.[dev]'  # MAX_ORDER: the highest n-gram order kenlm is built for (its default is 6)
 	touch $(BIN)/arlm
 
 install: $(BIN)/arlm
