@@ -26,7 +26,7 @@ def _case(kind: str):
     """(model, vocab, train docs, val docs) for a char, byte or word vocab."""
     if kind == "word":
         lines = [ln for ln in SHAKESPEARE.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        train, val = lines[:2500], lines[2500:2700]
+        train, val = lines[:2500], lines[2500:2600]
         vocab = WordVocab.train(train)
         return make_ngram(vocab, train, 4), vocab, train, val
     docs = names_docs(3000)
@@ -238,7 +238,7 @@ def test_export_refuses_other_families_and_vocabs(tmp_path):
         export_arpa(make_ngram(bv, names_docs(200), 2), bv, tmp_path / "x.arpa")
 
 
-def test_cli_export_import_and_errors(tmp_path):
+def test_cli_export_import_and_errors(tmp_path, capsys):
     model, vocab, _, val = _case("char")
     LM(model, vocab, "lines").save(tmp_path / "m")
     arlm = [sys.executable, "-m", "arlm"]
@@ -252,9 +252,12 @@ def test_cli_export_import_and_errors(tmp_path):
     assert back.model.family == "backoff" and back.documents == "lines"
     assert back.log_prob(val[0]) == pytest.approx(scoring.log_prob(model, vocab, val[0]), abs=1e-4)
     (tmp_path / "bad.arpa").write_text(BASE.replace("-0.6\tb", "abc\tb"), encoding="utf-8")
-    r = subprocess.run(arlm + ["import", str(tmp_path / "bad.arpa"), "--out", str(tmp_path / "bad")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "line 10" in r.stderr, r.stderr
-    r = subprocess.run(arlm + ["export", str(tmp_path / "back"), "--format", "hf", "--out", str(tmp_path / "hf")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot be exported as hf" in r.stderr, r.stderr
+    from arlm.cli import main  # the errors in-process: the same code path, without two more interpreter starts
+
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "bad.arpa"), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 10" in err, err
+    assert main(["export", str(tmp_path / "back"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be exported as hf" in err, err

@@ -134,13 +134,15 @@ def test_import_gpt2_checkpoint_scores_as_transformers_and_round_trips(tied, tmp
     assert tok2.eos_token == "<|endoftext|>"
 
 
-def test_refusals_are_one_line(tmp_path):
+def test_refusals_are_one_line(tmp_path, capsys):
+    from arlm.cli import main
+
     vocab = CharVocab.train(names_docs(300))
     LM(make_ngram(vocab, names_docs(300), 3), vocab, "lines").save(tmp_path / "ng")
-    r = subprocess.run([sys.executable, "-m", "arlm", "export", str(tmp_path / "ng"), "--format", "hf", "--out",
-                        str(tmp_path / "x")], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert "ngram -> --format arpa" in r.stderr or "--format arpa" in r.stderr, r.stderr
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ng"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ngram has --format arpa" in err, err
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ArlmError, match="imports only GPT-2-architecture"):
