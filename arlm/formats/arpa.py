@@ -56,6 +56,7 @@ Parsing works section by section on bytes with vectorised numpy checks, so a
 
 from __future__ import annotations
 
+import gc
 import gzip
 import re
 from pathlib import Path
@@ -70,6 +71,7 @@ MARKERS = {"<bos>": "<s>", "<eos>": "</s>", "<unk>": "<unk>"}
 BOS_LOG10 = -99.0  # the log10 probability written for <s> (never predicted)
 UNK_LOG10 = -100.0  # the log10 probability written for <unk> in vocabularies without unknowns
 PRECISION = 6  # decimals of log10 written
+CHUNK_LINES = 1 << 16  # lines parsed at a time on import (bounds the Python objects alive at once)
 LN10 = float(np.log(10.0))
 VOCAB_HEADER = "# arlm-vocab:"
 DOCUMENTS_HEADER = "# arlm-documents:"
@@ -403,6 +405,16 @@ def import_arpa(path: str | Path, out: str | Path | None = None):
             (or a positive log probability), a word absent from the 1-grams, an
             n-gram listed twice or whose context is not listed, a missing ``\\end\\``.
     """
+    was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived lists: the cyclic collector would rescan them over and over
+    try:
+        return _import_arpa(Path(path), out)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _import_arpa(path: Path, out):
     from ..lm import LM
     from ..models.backoff import BackoffConfig, BackoffNGramModel
 
@@ -462,44 +474,69 @@ def import_arpa(path: str | Path, out: str | Path | None = None):
         seg = data[start:end].split(b"\n")
         first_line = head_line + 1
         cur.pos, cur.lineno = end, head_line + data.count(b"\n", start, end)
-        rows = list(map(bytes.split, seg))
-        del seg
-        lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        nonblank = np.flatnonzero(lens > 0)
-        if len(nonblank) != len(rows):
-            rows = [rows[j] for j in nonblank.tolist()]
-            lens = lens[nonblank]
+        # in chunks of lines, so that the per-field Python objects never exist for a whole section at once
+        lp_parts, bo_parts, col_parts, nb_parts, unigram_words = [], [], [], [], []
+        for c0 in range(0, len(seg), CHUNK_LINES):
+            rows = list(map(bytes.split, seg[c0:c0 + CHUNK_LINES]))
+            lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            nb = np.flatnonzero(lens > 0)
+            if len(nb) != len(rows):
+                rows = [rows[j] for j in nb.tolist()]
+                lens = lens[nb]
+
+            def line_of(j: int, nb=nb, c0=c0, first_line=first_line) -> int:
+                return int(first_line + c0 + nb[j])
+
+            bad = np.flatnonzero((lens != n + 1) & (lens != n + 2))
+            if len(bad):
+                j = int(bad[0])
+                raise cur.error(line_of(j), f"a {n}-gram line has a log10 probability, {n} word{'s' * (n > 1)} and an "
+                                            f"optional back-off weight; this one has {lens[j]} fields")
+            lp10 = _floats([r[0] for r in rows], "log10 probability", line_of, cur)
+            pos_bad = np.flatnonzero(lp10 > 0)
+            if len(pos_bad):
+                raise cur.error(line_of(int(pos_bad[0])), f"positive log10 probability {lp10[pos_bad[0]]} (a probability above 1)")
+            with_bo = np.flatnonzero(lens == n + 2)
+            bo10 = np.zeros(len(rows))
+            if len(with_bo):
+                bo_vals = _floats([rows[j][n + 1] for j in with_bo.tolist()], "back-off weight",
+                                  lambda k, with_bo=with_bo, line_of=line_of: line_of(int(with_bo[k])), cur)
+                if np.isneginf(bo_vals).any():
+                    k = int(np.flatnonzero(np.isneginf(bo_vals))[0])
+                    raise cur.error(line_of(int(with_bo[k])), "back-off weight -inf is not a finite number")
+                if n == N and (bo_vals != 0).any():
+                    k = int(np.flatnonzero(bo_vals != 0)[0])
+                    raise cur.error(line_of(int(with_bo[k])), f"a {n}-gram of the highest order cannot have a back-off weight")
+                bo10[with_bo] = bo_vals
+            if n == 1:
+                unigram_words.extend(r[1] for r in rows)
+            else:
+                cols = np.empty((len(rows), n), dtype=np.int32)
+                for k in range(n):
+                    col = [r[k + 1] for r in rows]
+                    try:
+                        cols[:, k] = np.fromiter(map(word_ids.__getitem__, col), dtype=np.int32, count=len(col))
+                    except KeyError as e:
+                        j = col.index(e.args[0])
+                        raise cur.error(line_of(j), f"the word {_show(e.args[0])} of this {n}-gram is not among "
+                                                    f"the 1-grams") from None
+                col_parts.append(cols)
+            lp_parts.append(lp10)
+            bo_parts.append(bo10)
+            nb_parts.append(nb + c0)
+            del rows
+        nonblank = np.concatenate(nb_parts) if nb_parts else np.zeros(0, dtype=np.int64)
+        lp10 = np.concatenate(lp_parts) if lp_parts else np.zeros(0)
+        bo10 = np.concatenate(bo_parts) if bo_parts else np.zeros(0)
 
         def line_of(j: int, nonblank=nonblank, first_line=first_line) -> int:
             return int(first_line + nonblank[j])
 
-        if len(rows) != counts[n - 1]:
-            raise cur.error(head_line, f"the \\{n}-grams: section has {len(rows)} entries but \\data\\ declares "
+        if len(nonblank) != counts[n - 1]:
+            raise cur.error(head_line, f"the \\{n}-grams: section has {len(nonblank)} entries but \\data\\ declares "
                                        f"ngram {n}={counts[n - 1]}")
-        bad = np.flatnonzero((lens != n + 1) & (lens != n + 2))
-        if len(bad):
-            j = int(bad[0])
-            raise cur.error(line_of(j), f"a {n}-gram line has a log10 probability, {n} word{'s' * (n > 1)} and an "
-                                        f"optional back-off weight; this one has {lens[j]} fields")
-        lp10 = _floats([r[0] for r in rows], "log10 probability", line_of, cur)
-        pos_bad = np.flatnonzero(lp10 > 0)
-        if len(pos_bad):
-            raise cur.error(line_of(int(pos_bad[0])), f"positive log10 probability {lp10[pos_bad[0]]} (a probability above 1)")
-        with_bo = np.flatnonzero(lens == n + 2)
-        bo10 = np.zeros(len(rows))
-        if len(with_bo):
-            bo_vals = _floats([rows[j][n + 1] for j in with_bo.tolist()], "back-off weight",
-                              lambda k: line_of(int(with_bo[k])), cur)
-            if np.isneginf(bo_vals).any():
-                k = int(np.flatnonzero(np.isneginf(bo_vals))[0])
-                raise cur.error(line_of(int(with_bo[k])), "back-off weight -inf is not a finite number")
-            if n == N and (bo_vals != 0).any():
-                k = int(np.flatnonzero(bo_vals != 0)[0])
-                raise cur.error(line_of(int(with_bo[k])), f"a {n}-gram of the highest order cannot have a back-off weight")
-            bo10[with_bo] = bo_vals
-
         if n == 1:
-            words = [r[1] for r in rows]
+            words = unigram_words
             vocab, ids, unk_missing = _unigram_vocab(words, kind, line_of, cur)
             V = vocab.vocab_size
             word_ids = dict(zip(words, ids))
@@ -512,30 +549,26 @@ def import_arpa(path: str | Path, out: str | Path | None = None):
             tok, lp10, bo10 = tok[keep], lp10[keep], bo10[keep]
             keys = tok  # context node 0
         else:
-            cols = np.empty((len(rows), n), dtype=np.int64)
-            for k in range(n):
-                col = [r[k + 1] for r in rows]
-                try:
-                    cols[:, k] = np.fromiter(map(word_ids.__getitem__, col), dtype=np.int64, count=len(col))
-                except KeyError as e:
-                    j = col.index(e.args[0])
-                    raise cur.error(line_of(j), f"the word {_show(e.args[0])} of this {n}-gram is not among the 1-grams") from None
+            cols = np.concatenate(col_parts) if col_parts else np.zeros((0, n), dtype=np.int32)
+            del col_parts
             keep = (cols >= 0).all(axis=1)  # n-grams of a dropped word (<unk> in a char or byte vocab) go with it
-            ctx = np.zeros(len(rows), dtype=np.int64)
+            ctx = np.zeros(len(cols), dtype=np.int64)
             for k in range(n - 1):  # the context's node, order by order
-                found = keys_by_order[k].searchsorted(ctx * V + cols[:, k])
-                found_c = np.minimum(found, max(len(keys_by_order[k]) - 1, 0))
-                hit = (keys_by_order[k][found_c] == ctx * V + cols[:, k]) if len(keys_by_order[k]) else np.zeros(len(rows), bool)
-                ctx = np.where(hit & (ctx >= 0), found_c, -1)
+                query = ctx * V + cols[:, k]
+                lk = keys_by_order[k]
+                found = np.minimum(lk.searchsorted(query), max(len(lk) - 1, 0))
+                hit = (lk[found] == query) if len(lk) else np.zeros(len(cols), bool)
+                ctx = np.where(hit & (ctx >= 0), found, -1)
             missing = np.flatnonzero(keep & (ctx < 0))
             if len(missing):
                 j = int(missing[0])
-                r = rows[j]
+                r = seg[int(nonblank[j])].split()
                 raise cur.error(line_of(j), f"the context {_show(b' '.join(r[1:n]))} of the {n}-gram "
                                             f"{_show(b' '.join(r[1:n + 1]))} is not listed among the {n - 1}-grams")
             keys = (ctx * V + cols[:, n - 1])[keep]
             lp10, bo10 = lp10[keep], bo10[keep]
-            del cols
+            del cols, ctx
+        del seg
         src_rows = np.flatnonzero(keep)
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
@@ -547,7 +580,6 @@ def import_arpa(path: str | Path, out: str | Path | None = None):
         keys_by_order.append(keys)
         lp_by_order.append(lp10[order])
         bo_by_order.append(bo10[order])
-        del rows
     tail = cur.next_nonblank()
     if tail is None:
         raise cur.error(cur.lineno, f"missing \\end\\ after the \\{N}-grams: section")
@@ -560,8 +592,10 @@ def import_arpa(path: str | Path, out: str | Path | None = None):
 
     ln10 = np.log(10.0)
     config = BackoffConfig(V, vocab.bos_id, vocab.eos_id, order=N, source=str(path))
-    model = BackoffNGramModel.from_tables(config, keys_by_order, [lp * ln10 for lp in lp_by_order],
-                                          [bo * ln10 for bo in bo_by_order])
+    for lp, bo in zip(lp_by_order, bo_by_order):  # log10 -> ln, in place
+        lp *= ln10
+        bo *= ln10
+    model = BackoffNGramModel.from_tables(config, keys_by_order, lp_by_order, bo_by_order)
     lm = LM(model, vocab, documents)
     if out is not None:
         lm.save(out, {"imported_from": {"format": "arpa", "path": str(path)}})

@@ -70,7 +70,6 @@ class BackoffLevel:
         self.log_norm = np.zeros(G) if log_norm is None else np.asarray(log_norm, dtype=np.float64)
         V = vocab_size
         self.words = self.keys % V  # int64[G]
-        self.ctx = self.keys // V  # int64[G]
         self.start = np.searchsorted(self.keys, np.arange(n_contexts, dtype=np.int64) * V)
         self.end = np.searchsorted(self.keys, np.arange(1, n_contexts + 1, dtype=np.int64) * V)
 
@@ -156,7 +155,7 @@ class BackoffNGramModel(LanguageModel):
         suffix = np.zeros(len(lv1.keys), dtype=np.int64)  # order 1: the empty history (node 0)
         for n in range(1, N):  # contexts of order n, children of order n+1
             level, child = self.levels[n - 1], self.levels[n]
-            w, c = child.words, child.ctx
+            w, c = child.words, child.keys // V
             # the child's suffix: (suffix of its context) extended by w
             sc = suffix[c]
             child_suffix = np.where(sc >= 0, self.levels[n - 1].lookup(np.maximum(sc, 0) * V + w), -1)

@@ -10,6 +10,7 @@ import sys
 import kenlm
 import numpy as np
 import pytest
+import torch
 
 from arlm import scoring
 from arlm.errors import ArlmError
@@ -156,7 +157,7 @@ def test_foreign_kenlm_style_file(tmp_path):
     assert lm.vocab.kind == "word" and lm.documents == "lines"
     for sentence in ["a b", "c", "a c b", "b b a", "zz a"]:
         ids = [lm.vocab.bos_id, *lm.vocab.encode(sentence), lm.vocab.eos_id]
-        lp = lm.model.sequence_log_probs(__import__("torch").tensor(ids)).numpy()
+        lp = lm.model.sequence_log_probs(torch.tensor(ids)).numpy()
         theirs = [p for p, _, _ in km.full_scores(sentence, bos=True, eos=True)]
         # arlm divides by Z(h) so that each distribution sums to 1; KenLM reports the file's numbers as they are
         ctx_norm = []
