@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
-from .base import BOS, EOS
+from .base import BOS, EOS, is_surrogate, surrogate_error
 
 
 class CharVocab:
@@ -43,6 +43,8 @@ class CharVocab:
         except KeyError:
             pos = next(i for i, c in enumerate(text) if c not in stoi)
             c = text[pos]
+            if is_surrogate(c):
+                raise surrogate_error(text, pos) from None
             raise ArlmError(
                 f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in this model's char vocab; "
                 "train with --vocab byte to accept any text"
