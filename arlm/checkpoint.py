@@ -186,8 +186,10 @@ def new_model_dir(out: str | Path, replace: bool):
         raise ArlmError(f"cannot write to output directory {d}: {os_reason(e)}") from None
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ArlmError) and str(tmp) in str(e):  # name the directory the user knows
+            raise ArlmError(str(e).replace(str(tmp), str(d))) from None
         raise
     trash = _trash_name(d)
     try:

@@ -41,10 +41,11 @@ class CharVocab:
         try:
             return [stoi[c] for c in text]
         except KeyError:
+            bad = next((i for i, c in enumerate(text) if is_surrogate(c)), None)
+            if bad is not None:  # not text at all: the error every vocab gives
+                raise surrogate_error(text, bad) from None
             pos = next(i for i, c in enumerate(text) if c not in stoi)
             c = text[pos]
-            if is_surrogate(c):
-                raise surrogate_error(text, pos) from None
             raise ArlmError(
                 f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in this model's char vocab; "
                 "train with --vocab byte to accept any text"
