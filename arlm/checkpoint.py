@@ -53,6 +53,8 @@ def prepare_dir(directory: str | Path) -> Path:
 # -- output directories: never a mix of two runs ---------------------------------------
 
 STATE_FILE = "training_state.safetensors"  # arlm.train's resumable state (kept in step with it)
+#: What a neural run writes before its first checkpoint (arlm.train's file names).
+RUN_LEFTOVERS = frozenset({"training_data.safetensors", "train_log.jsonl", "loss.png"})
 
 
 def _describe(d: Path) -> tuple[str, dict | None]:
@@ -124,6 +126,9 @@ def check_output_dir(out: str | Path, force: bool = False, family: str | None = 
         return False
     if force:
         return True
+    names = [p.name for p in d.iterdir()]
+    if all(n in RUN_LEFTOVERS or (n.startswith(".") and n.endswith(".tmp")) for n in names):
+        return True  # a run killed before its first checkpoint: no model, nothing to resume
     what, cfg = _describe(d)
     if cfg is not None and family is not None and cfg.get("family") == family and cfg.get("vocab") == vocab:
         unfinished = _unfinished_run(d)

@@ -1091,6 +1091,8 @@ def cli_resume(args, out_dir: Path) -> None:
     tensors, st = read_state(out_dir / STATE_FILE)
     if st.get("version") != STATE_VERSION:
         raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    for stale in out_dir.glob(".*.tmp"):  # half-written files of a killed process (never renamed into place)
+        stale.unlink(missing_ok=True)
     if (out_dir / checkpoint.CONFIG).is_file():
         cfg = checkpoint.read_config(out_dir)
         if cfg.get("family") != st["family"] or cfg.get("vocab") != st["vocab"]:
