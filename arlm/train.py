@@ -273,7 +273,7 @@ class ThreadGovernor:
         self.best_max = math.inf
         now = clock()
         self.backoff = self.backoff_start
-        self.next_probe = now + 2.0  # a start below all cores (a busy moment at launch) is re-checked soon
+        self.next_probe = now + self.backoff  # a start below all cores (a busy moment at launch): the idle check comes first
         self.idle_gap = self.idle_gap_start
         self.next_idle_check = now + 1.0
         self.next_idle_probe = now
