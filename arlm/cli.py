@@ -52,6 +52,7 @@ def cmd_train(args) -> None:
                            sp.get("val_fraction", 0.1), sp.get("seed", 1337))
         _report_training(out, split, args)
         return
+    _check_train_flags_apply(args)
     out = Path(args.out or f"runs/{args.model}-{args.vocab}")
     replace = checkpoint.check_output_dir(out, args.force, family=args.model, vocab=args.vocab,
                                           inputs=[("DATA", args.data), ("--val-file", args.val_file)])
@@ -91,6 +92,25 @@ def cmd_train(args) -> None:
     if not args.json and args.model not in NEURAL:
         print(f"trained {args.model} in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
     _report_training(out, split, args, val_metrics)
+
+
+#: ``arlm train`` flags that only some models or vocabs use: given elsewhere they are refused, not ignored.
+_NEURAL_ONLY = ("n_layer", "n_embd", "block_size", "dropout", "batch_size", "lr", "warmup_steps", "max_steps",
+                "max_time", "eval_interval", "eval_iters", "compile")
+_FLAG_FAMILIES = {**{f: NEURAL for f in _NEURAL_ONLY}, "n_head": ("gpt",), "n_hidden": ("lstm",),
+                  "order": ("ngram", "cache"), "no_refit": ("ngram",)}
+
+
+def _check_train_flags_apply(args) -> None:
+    """Refuse a typed flag that the chosen model or vocab would ignore (one line naming it)."""
+    given = getattr(args, "given_flags", None) or set()
+    unused = sorted(f"--{f.replace('_', '-')}" for f, fams in _FLAG_FAMILIES.items()
+                    if f in given and args.model not in fams)
+    if unused:
+        raise ArlmError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --model "
+                        f"{args.model}: drop {'it' if len(unused) == 1 else 'them'}")
+    if "vocab_size" in given and args.vocab != "bpe":
+        raise ArlmError(f"--vocab-size applies to --vocab bpe only, not --vocab {args.vocab}")
 
 
 def _report_training(out: Path, split, args, val_metrics: dict | None = None) -> None:

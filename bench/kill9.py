@@ -94,6 +94,7 @@ def campaign(work: Path, kills: int = 20, steps: int = 60, seed: int = 0, data: 
     """Run the campaign in ``work``; True when every check passed."""
     import torch
 
+    t_start = time.time()
     rng = random.Random(seed)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     ref, run = work / "ref", work / "run"
@@ -164,9 +165,10 @@ def campaign(work: Path, kills: int = 20, steps: int = 60, seed: int = 0, data: 
     mb, _, _ = checkpoint.load(run)
     same = same and all(torch.equal(p, q) for p, q in zip(ma.parameters(), mb.parameters()))
     same = same and sb["step"] == steps and sb["stopped"] == "max_steps"
-    log(f"kill -9 campaign: {done} kills, {loaded} left a checkpoint that loads (the rest came before the first "
-        f"checkpoint), every directory with a checkpoint loaded; final weights, optimiser state and "
-        f"{len(lb)} losses bit-identical to the uninterrupted run: {'yes' if same else 'NO'}")
+    early = f" ({done - loaded} came before the first checkpoint)" if loaded < done else ""
+    log(f"kill -9 campaign: {loaded}/{done} kills left a directory that loads{early}; final weights, best "
+        f"weights, optimiser state and {len(lb)} losses bit-identical to the uninterrupted run: "
+        f"{'yes' if same else 'NO'} ({time.time() - t_start:.0f} s)")
     return same
 
 

@@ -299,3 +299,15 @@ def test_8_interrupted_training_saves_then_exits_130_or_143(tmp_path, text20k):
     res = subprocess.run(f"{sys.executable} -m arlm train --resume {d} --max-steps {st['step']} && echo next",
                          shell=True, capture_output=True, text=True)
     assert res.returncode == 0 and "next" in res.stdout  # a finished resume still chains
+
+
+def test_4_sibling_flags_the_chosen_model_would_ignore_are_refused(tmp_path, text20k, capsys):
+    for argv, needle in ((["--model", "ngram", "--lr", "0.5", "--n-embd", "64"], "--lr, --n-embd do not apply to --model ngram"),
+                         (["--model", "gpt", "--order", "3"], "--order does not apply to --model gpt"),
+                         (["--model", "lstm", "--n-head", "2"], "--n-head does not apply to --model lstm"),
+                         (["--model", "gpt", "--n-hidden", "8"], "--n-hidden does not apply"),
+                         (["--model", "cache", "--no-refit"], "--no-refit does not apply"),
+                         (["--vocab", "byte", "--vocab-size", "300"], "--vocab-size applies to --vocab bpe only")):
+        assert main("train", text20k, *argv, "--out", tmp_path / "x") == 2
+        assert needle in one_line(capsys.readouterr().err)
+        assert not (tmp_path / "x").exists()
