@@ -9,7 +9,6 @@ stderr) run ``python -m arlm`` in a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arlm import checkpoint, cli
+from arlm import cli
 from arlm import train as T
 from arlm.lm import LM
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,6 @@ import pytest
 from arlm import checkpoint
 from arlm.errors import ArlmError
 from arlm.io import atomic_path, atomic_write_text, check_distinct_files, os_reason
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_disk_full_names_path_and_reason_and_keeps_old_file(tmp_path, monkeypatch):
@@ -155,7 +152,3 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
-
-
-def test_rlimit_module_available():
-    assert resource.RLIMIT_FSIZE >= 0  # the CLI test of `ulimit -f` below relies on it
