@@ -29,23 +29,33 @@ def load(path: str | Path) -> LM:
 
 def fit(data: str | Path | None = None, model: str = "ngram", out: str | Path = "runs/model", *,
           order: int = 5, vocab: str = "char", vocab_size: int | None = None, documents: str = "file",
-          val_file: str | Path | None = None, val_fraction: float = 0.1, seed: int = 1337) -> LM:
+          val_file: str | Path | None = None, val_fraction: float = 0.1, seed: int = 1337,
+          force: bool = False) -> LM:
     """Train a model on the text file ``data`` (the built-in corpus when None) and save it to ``out``.
 
     Named ``fit`` rather than ``train`` because ``arlm.train`` is the neural
     training-loop module. This entry point covers the n-gram family; neural
     families train through ``arlm train --model gpt|lstm``.
 
+    ``out`` may be absent, empty, or hold an n-gram model of the same vocab
+    (replaced as a whole); anything else needs ``force=True``, as with
+    ``arlm train --force``.
+
     Raises:
-        ArlmError: bad input (see ``arlm train --help`` for the options).
+        ArlmError: bad input (see ``arlm train --help`` for the options), or an
+            ``out`` that holds another model.
     """
+    from . import checkpoint
     from .pipeline import load_split, split_meta, train_ngram
 
     if model != "ngram":
         raise ArlmError(f"arlm.fit() fits n-gram models; train {model!r} with `arlm train --model {model}`")
+    replace = checkpoint.check_output_dir(out, force, family="ngram", vocab=vocab,
+                                          inputs=[("data", data), ("val_file", val_file)], flag="out")
     split = load_split(data, documents, val_file, val_fraction, seed)
-    lm, _ = train_ngram(split, out, order=order, vocab=vocab, vocab_size=vocab_size,
-                        meta=split_meta(split, val_file, val_fraction, seed))
+    with checkpoint.new_model_dir(out, replace) as where:
+        lm, _ = train_ngram(split, where, order=order, vocab=vocab, vocab_size=vocab_size,
+                            meta=split_meta(split, val_file, val_fraction, seed))
     return lm
 
 

@@ -11,11 +11,15 @@ an interrupted save never leaves a directory that loads as a different model.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import ArlmError
-from .io import atomic_write_text
+from .io import atomic_write_text, os_reason
 from .models.base import config_from_dict, config_to_dict
 from .models.registry import get_family
 from .vocab import load_vocab
@@ -44,6 +48,161 @@ def prepare_dir(directory: str | Path) -> Path:
     except OSError as e:
         raise ArlmError(f"cannot write to output directory {d}: {e.strerror or e}") from None
     return d
+
+
+# -- output directories: never a mix of two runs ---------------------------------------
+
+STATE_FILE = "training_state.safetensors"  # arlm.train's resumable state (kept in step with it)
+#: What a neural run writes before its first checkpoint (arlm.train's file names).
+RUN_LEFTOVERS = frozenset({"training_data.safetensors", "train_log.jsonl", "loss.png"})
+
+
+def _describe(d: Path) -> tuple[str, dict | None]:
+    """What a non-empty directory holds, in words, and its config when it is an arlm model."""
+    try:
+        cfg = read_config(d)
+    except ArlmError:
+        names = sorted(p.name for p in d.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"files that are not an arlm model ({shown})", None
+    return f"a {cfg.get('family')} model ({cfg.get('vocab')} vocab)", cfg
+
+
+def _unfinished_run(d: Path) -> str | None:
+    """``"step N"`` when ``d`` holds a neural run that was interrupted (resumable), else None."""
+    f = d / STATE_FILE
+    if not f.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as h:
+            st = json.loads((h.metadata() or {})["arlm_training_state"])
+    except Exception:  # an unreadable state resumes nothing
+        return None
+    return f"step {st.get('step')}" if st.get("stopped") in (None, "interrupted") else None
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    p, d = Path(path).resolve(), Path(directory).resolve()
+    return p == d or d in p.parents
+
+
+def check_output_dir(out: str | Path, force: bool = False, family: str | None = None, vocab: str | None = None,
+                     inputs: list[tuple[str, str | Path]] = (), flag: str = "--out") -> bool:
+    """Decide whether a command may write a new model into ``out``, before it writes anything.
+
+    ``out`` may be absent or empty. A directory that holds a model of the same
+    ``family`` and ``vocab`` (a rerun of the same command) is replaced as a
+    whole, unless it holds an interrupted run that ``--resume`` could continue.
+    Anything else (another family or vocab, files that are not a model) is
+    refused unless ``force``. A replaced directory never keeps a file of the
+    old run: see :func:`new_model_dir` and :func:`clear_dir`.
+
+    Args:
+        inputs: ``(label, path)`` of the files and directories the command
+            reads; none may be ``out`` or lie inside it.
+
+    Returns:
+        True when ``out`` holds something that must be replaced, False when it is absent or empty.
+
+    Raises:
+        ArlmError: one line naming ``out``, what it holds, and ``--force``.
+    """
+    d = Path(out)
+    for label, path in inputs:
+        if path is not None and _inside(Path(path), d):
+            raise ArlmError(f"{label} {path} is {'' if Path(path).resolve() == d.resolve() else 'inside '}"
+                            f"{flag} {d}, which this command writes: choose another {flag}")
+    if not d.exists():
+        return False
+    if not d.is_dir():
+        raise ArlmError(f"{flag} {d} is a file, not a directory")
+    try:
+        empty = not any(d.iterdir())
+    except OSError as e:
+        raise ArlmError(f"cannot read output directory {d}: {os_reason(e)}") from None
+    if empty:
+        return False
+    if force:
+        return True
+    names = [p.name for p in d.iterdir()]
+    if all(n in RUN_LEFTOVERS or (n.startswith(".") and n.endswith(".tmp")) for n in names):
+        return True  # a run killed before its first checkpoint: no model, nothing to resume
+    what, cfg = _describe(d)
+    if cfg is not None and family is not None and cfg.get("family") == family and cfg.get("vocab") == vocab:
+        unfinished = _unfinished_run(d)
+        if unfinished is None:
+            return True
+        raise ArlmError(f"{flag} {d} holds an interrupted {family} run ({unfinished}): continue it with "
+                        f"`arlm train --resume {d}`, or pass --force to start over (its files are removed)")
+    raise ArlmError(f"{flag} {d} already holds {what}; pass --force to replace it (its files are removed), "
+                    f"or choose another {flag}")
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _trash_name(d: Path) -> Path:
+    return d.parent / f".{d.name}.arlm-old-{os.getpid()}"
+
+
+def clear_dir(out: str | Path) -> Path:
+    """Empty ``out`` for a new run in one rename (crash-safe: the old files are
+    moved aside whole, never mixed with new ones), then delete them.
+
+    Raises:
+        ArlmError: the directory cannot be moved or created.
+    """
+    d = Path(out)
+    trash = _trash_name(d)
+    try:
+        os.rename(d, trash)
+        d.mkdir()
+    except OSError as e:
+        raise ArlmError(f"cannot clear output directory {d}: {os_reason(e)}") from None
+    shutil.rmtree(trash, ignore_errors=True)
+    return d
+
+
+@contextmanager
+def new_model_dir(out: str | Path, replace: bool):
+    """Yield the directory to write a new model into; ``out`` itself unless ``replace``.
+
+    With ``replace`` the model is built in a hidden sibling directory and
+    swapped in only when the block succeeds (two renames), so a failed command
+    (a full disk, a bad input found late) leaves the old model as it was, and a
+    crash leaves the old or the new model under ``out``, never a mix.
+
+    Raises:
+        ArlmError: ``out`` cannot be written.
+    """
+    d = Path(out)
+    if not replace:
+        yield prepare_dir(d)
+        return
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.arlm-new-", dir=d.parent))
+        os.chmod(tmp, _umask_mode())
+    except OSError as e:
+        raise ArlmError(f"cannot write to output directory {d}: {os_reason(e)}") from None
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ArlmError) and str(tmp) in str(e):  # name the directory the user knows
+            raise ArlmError(str(e).replace(str(tmp), str(d))) from None
+        raise
+    trash = _trash_name(d)
+    try:
+        os.rename(d, trash)
+        os.rename(tmp, d)
+    except OSError as e:
+        raise ArlmError(f"cannot replace output directory {d}: {os_reason(e)}") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def save(directory: str | Path, model, vocab, meta: dict[str, Any] | None = None) -> Path:

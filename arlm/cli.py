@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 import warnings
@@ -21,7 +22,9 @@ NEURAL = ("gpt", "lstm")
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    # a surrogate (an undecodable byte of an argument) has no UTF-8 form: keep it as a JSON \u escape
+    print(re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 def _fmt_metrics(m: dict) -> str:
@@ -42,15 +45,18 @@ def cmd_train(args) -> None:
         from .train import cli_resume
 
         out = Path(args.resume)
-        cli_resume(args, out)
+        cli_resume(args, out)  # refuses flags that would change the run
         cfg = checkpoint.read_config(out)
         sp = cfg.get("split", {})
         split = load_split(cfg.get("data_path"), cfg.get("documents", "file"), sp.get("val_file"),
                            sp.get("val_fraction", 0.1), sp.get("seed", 1337))
         _report_training(out, split, args)
         return
-    split = load_split(args.data, args.documents, args.val_file, args.val_fraction, args.seed)
+    _check_train_flags_apply(args)
     out = Path(args.out or f"runs/{args.model}-{args.vocab}")
+    replace = checkpoint.check_output_dir(out, args.force, family=args.model, vocab=args.vocab,
+                                          inputs=[("DATA", args.data), ("--val-file", args.val_file)])
+    split = load_split(args.data, args.documents, args.val_file, args.val_fraction, args.seed)
     meta = split_meta(split, args.val_file, args.val_fraction, args.seed)
     meta["data_path"] = None if args.data is None else str(Path(args.data).resolve())
     if args.val_file is not None:
@@ -58,21 +64,25 @@ def cmd_train(args) -> None:
     t0 = time.time()
     val_metrics = None
     if args.model == "ngram":
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, checkpoint.new_model_dir(out, replace) as where:
             warnings.simplefilter("always")
-            _, val_metrics = train_ngram(split, out, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
+            _, val_metrics = train_ngram(split, where, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
                                          meta=meta, refit=not args.no_refit)
         for w in {str(w.message) for w in caught}:
             print(f"arlm: warning: {w}", file=sys.stderr)
     elif args.model == "cache":
         from .pipeline import make_cache
 
-        _, val_metrics = make_cache(split, out, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size, meta=meta)
+        with checkpoint.new_model_dir(out, replace) as where:
+            _, val_metrics = make_cache(split, where, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
+                                        meta=meta)
     elif args.model in NEURAL:
         from .train import cli_train
 
-        checkpoint.prepare_dir(out)
         vocab = train_vocab(args.vocab, split.train_docs, args.vocab_size)
+        if replace:  # a run writes its directory as it goes (to resume): empty it first, in one rename
+            checkpoint.clear_dir(out)
+        checkpoint.prepare_dir(out)
         cli_train(args, args.model, vocab, split.train_docs, split.val_docs, split.documents, out, meta)
     else:
         from .models.registry import get_family
@@ -82,6 +92,25 @@ def cmd_train(args) -> None:
     if not args.json and args.model not in NEURAL:
         print(f"trained {args.model} in {time.time() - t0:.1f} s -> {out}", file=sys.stderr)
     _report_training(out, split, args, val_metrics)
+
+
+#: ``arlm train`` flags that only some models or vocabs use: given elsewhere they are refused, not ignored.
+_NEURAL_ONLY = ("n_layer", "n_embd", "block_size", "dropout", "batch_size", "lr", "warmup_steps", "max_steps",
+                "max_time", "eval_interval", "eval_iters", "compile")
+_FLAG_FAMILIES = {**{f: NEURAL for f in _NEURAL_ONLY}, "n_head": ("gpt",), "n_hidden": ("lstm",),
+                  "order": ("ngram", "cache"), "no_refit": ("ngram",)}
+
+
+def _check_train_flags_apply(args) -> None:
+    """Refuse a typed flag that the chosen model or vocab would ignore (one line naming it)."""
+    given = getattr(args, "given_flags", None) or set()
+    unused = sorted(f"--{f.replace('_', '-')}" for f, fams in _FLAG_FAMILIES.items()
+                    if f in given and args.model not in fams)
+    if unused:
+        raise ArlmError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --model "
+                        f"{args.model}: drop {'it' if len(unused) == 1 else 'them'}")
+    if "vocab_size" in given and args.vocab != "bpe":
+        raise ArlmError(f"--vocab-size applies to --vocab bpe only, not --vocab {args.vocab}")
 
 
 def _report_training(out: Path, split, args, val_metrics: dict | None = None) -> None:
@@ -148,7 +177,9 @@ def cmd_sample(args) -> None:
 
     lm = LM.load(args.model_dir)
     if args.device:
-        lm.to(_device(args.device))
+        from .device import resolve_device
+
+        lm.to(resolve_device(args.device))
     stop = [_unescape(x) for x in args.stop] if args.stop else None
     samples = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop,
@@ -168,6 +199,9 @@ def cmd_split(args) -> None:
     from .corpus import read_text, train_val_split
     from .io import atomic_write_text
 
+    from .io import check_distinct_files
+
+    check_distinct_files([("DATA", args.data)], [("--train-out", args.train_out), ("--val-out", args.val_out)])
     text = read_text(args.data)
     train, val = train_val_split(text, args.documents, args.val_fraction, args.seed)
     if args.documents == "file":
@@ -175,7 +209,12 @@ def cmd_split(args) -> None:
     else:
         train_text, val_text = "".join(d + "\n" for d in train), "".join(d + "\n" for d in val)
     for path in (args.train_out, args.val_out):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from .io import write_error
+
+            raise write_error(path, e) from None
     atomic_write_text(args.train_out, train_text)
     atomic_write_text(args.val_out, val_text)
     print(f"{args.train_out}: {len(train_text):,} characters; {args.val_out}: {len(val_text):,} characters")
@@ -186,11 +225,17 @@ def cmd_mix(args) -> None:
     from .lm import LM
     from .models.mixture import build_mixture
 
-    lms = [LM.load(d) for d in args.model_dirs]
-    documents = args.documents or lms[0].documents
-    t0 = time.time()
+    from . import checkpoint
+
     if (args.fit_on is None) == (args.weights_from is None):
         raise ArlmError("give exactly one of --fit-on FILE (fit the weights by EM) and --weights-from DIR")
+    lms = [LM.load(d) for d in args.model_dirs]
+    inputs = [("model directory", d) for d in args.model_dirs] + [("--fit-on", args.fit_on),
+                                                                 ("--weights-from", args.weights_from)]
+    replace = checkpoint.check_output_dir(args.out, args.force, family="mixture", vocab=lms[0].vocab.kind,
+                                          inputs=inputs)
+    documents = args.documents or lms[0].documents
+    t0 = time.time()
     if args.fit_on is not None:
         lm, history = build_mixture(lms, read_text(args.fit_on), documents, bucketed=args.bucketed)
         source = {"fit_on": str(args.fit_on)}
@@ -200,8 +245,9 @@ def cmd_mix(args) -> None:
         lm, history = reuse_weights(lms, LM.load(args.weights_from), documents)
         source = {"weights_from": str(args.weights_from)}
         args.bucketed = bool(lm.model.config.bucket_components)
-    lm.save(args.out, {"mixture_fit_nll_history": history, **source,
-                       "component_sources": [str(d) for d in args.model_dirs]})
+    with checkpoint.new_model_dir(args.out, replace) as where:
+        lm.save(where, {"mixture_fit_nll_history": history, **source,
+                        "component_sources": [str(d) for d in args.model_dirs]})
     w = lm.model.weights
     result = {"model_dir": str(args.out), "weights": w.tolist() if args.bucketed else w[0].tolist(),
               "em_iterations": max(len(history) - 1, 0), "seconds": time.time() - t0}
@@ -231,9 +277,19 @@ def cmd_compare(args) -> None:
     for v in vocabs:
         if v not in ("char", "byte", "bpe"):
             raise ArlmError(f"unknown vocab {v!r} in --vocab: choose from char, byte, bpe")
+    from . import checkpoint
+
     log = (lambda *a: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    result = run_compare(args.data, specs, vocabs, parse_duration(args.max_time), Path(args.out), args.documents,
-                         args.val_file, args.val_fraction, args.seed, args.mix, args.vocab_size, log=log)
+    out = Path(args.out)
+    inputs = [("DATA", args.data), ("--val-file", args.val_file)]
+    if (out / "compare.json").is_file():  # the results of an earlier compare: replaced as a whole
+        replace = checkpoint.check_output_dir(out, True, inputs=inputs)
+    else:
+        replace = checkpoint.check_output_dir(out, args.force, inputs=inputs)
+    budget = parse_duration(args.max_time)
+    with checkpoint.new_model_dir(out, replace) as where:
+        result = run_compare(args.data, specs, vocabs, budget, where, args.documents, args.val_file,
+                             args.val_fraction, args.seed, args.mix, args.vocab_size, log=log, report_dir=out)
     if args.json:
         _print_json(result)
         return
@@ -256,26 +312,22 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def cmd_demo(args) -> None:
     from .pipeline import load_split, split_meta, train_ngram
 
+    from . import checkpoint
+
     t0 = time.time()
-    split = load_split(None, "file", None, 0.1, 1337)
     out = Path(args.out)
+    replace = checkpoint.check_output_dir(out, args.force, family="ngram", vocab="char")
+    split = load_split(None, "file", None, 0.1, 1337)
     print(f"built-in corpus: Python's pydoc topics, {sum(map(len, split.train_docs)):,} train / "
           f"{len(split.val_text):,} val characters")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lm, m = train_ngram(split, out, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
-                            refit=False)
+        with checkpoint.new_model_dir(out, replace) as where:
+            lm, m = train_ngram(split, where, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
+                                refit=False)
     print(f"trained a char {args.order}-gram (interpolated modified Kneser-Ney) in {time.time() - t0:.1f} s -> {out}")
     print(f"val: {_fmt_metrics(m)}")
     for i, s in enumerate(lm.generate("", max_new_tokens=240, temperature=0.8, seed=args.seed, num_samples=3)):
@@ -471,34 +523,75 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     _add_export_parser(sub)
     _add_import_parser(sub)
+    _add_safety_flags(sub)
     return p
 
 
-def _inference_threads() -> None:
-    """Use only the idle cores: PyTorch's one-thread-per-core default collapses
-    when another process keeps a core busy (see arlm.train.default_threads)."""
-    import torch
+def _add_safety_flags(sub) -> None:
+    """--force on the commands that write a model directory, --threads on those that run a model."""
+    for name in ("train", "mix", "compare", "demo"):
+        sub.choices[name].add_argument(
+            "--force", action="store_true",
+            help="replace an output directory that holds another model or other files (they are removed)")
+    for name in ("eval", "score", "sample", "mix", "compare"):
+        sub.choices[name].add_argument(
+            "--threads", type=int, default=None,
+            help="CPU threads (default: OMP_NUM_THREADS if set, else the idle cores)")
 
-    from .train import default_threads
 
-    torch.set_num_threads(default_threads())
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str], command: str) -> set[str]:
+    """The dests of the options (and positionals) the user typed for ``command``, defaults aside."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cmd = sub.choices[command]
+    saved = [(a, a.default) for a in cmd._actions]
+    saved_defaults = dict(cmd._defaults)
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        cmd._defaults.clear()
+        typed = vars(parser.parse_args(argv))
+    finally:
+        for a, default in saved:
+            a.default = default
+        cmd._defaults.update(saved_defaults)
+    return set(typed) - {"command", "help"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import Interrupted
+    from .io import os_reason
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if args.command != "train":
-        _inference_threads()
+    if hasattr(sys.stdout, "reconfigure"):  # an argument's undecodable bytes are printed back as those bytes
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
+        args.given_flags = _given_flags(parser, argv, args.command)
+        if getattr(args, "device", None) is not None:
+            from .device import resolve_device
+
+            resolve_device(args.device)  # every command's --device, checked here before any work
+        if args.command != "train":
+            from .threads import set_inference_threads
+
+            set_inference_threads(getattr(args, "threads", None))
         args.func(args)
     except ArlmError as e:
         print(f"arlm: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"arlm: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("arlm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # any read or write the modules did not name themselves
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"arlm: error: {where}{os_reason(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

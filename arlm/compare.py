@@ -63,18 +63,21 @@ def carve_dev(split: Split, dev_fraction: float) -> tuple[list[str], list[str], 
 
 def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file", val_file=None,
                 val_fraction=0.1, seed=1337, mix=False, vocab_size=None, dev_fraction=0.05,
-                log=print) -> dict:
+                log=print, report_dir: Path | None = None) -> dict:
     """Train, evaluate and (optionally) mix; write compare.json, compare.md, compare.png into ``out``.
 
     Returns the JSON-ready result: ``{"setup": {...}, "rows": [...]}``; each row has
     ``model``, ``vocab``, ``parameters``, ``train_seconds``, ``mean_nll`` (nats per
-    token of that vocab), ``bits_per_char``, ``bits_per_byte``, ``model_dir``.
+    token of that vocab), ``bits_per_char``, ``bits_per_byte``, ``model_dir``
+    (under ``report_dir``, default ``out``: the CLI builds in a temporary
+    directory that replaces ``report_dir`` at the end).
     """
     from . import checkpoint
     from .models.mixture import build_mixture
     from .vocab import train_vocab
 
     out = checkpoint.prepare_dir(out)
+    report_dir = Path(report_dir) if report_dir is not None else out
     split = load_split(data, documents, val_file, val_fraction, seed)
     if not split.val_docs:
         raise ArlmError("compare needs val text: give --val-file or a --val-fraction above 0")
@@ -112,7 +115,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
                           split_meta(sub, None, dev_fraction, seed))
                 lm = LM.load(mdir)
             seconds = time.time() - t0
-            rows.append(_row(name, vocab_kind, lm, seconds, split, mdir))
+            rows.append(_row(name, vocab_kind, lm, seconds, split, report_dir / mdir.name))
             lms.append(lm)
             log(_line(rows[-1]))
         if mix and len(lms) >= 2:
@@ -122,7 +125,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
             mdir = out / f"mixture-{vocab_kind}"
             mlm.save(mdir, {"mixture_fit_nll_history": history})
             row = _row("mixture", vocab_kind, mlm, time.time() - t0 + sum(r["train_seconds"] for r in rows[-len(lms):]),
-                       split, mdir)
+                       split, report_dir / mdir.name)
             row["weights"] = mlm.model.weights.mean(0).tolist()
             rows.append(row)
             log(_line(row))

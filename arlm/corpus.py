@@ -1,7 +1,10 @@
 """Read text, split it into documents, split documents into train and val.
 
 Text is read as strict UTF-8 (an invalid byte is an error naming its byte
-offset); line endings are kept as they are. Two document modes:
+offset); one leading UTF-8 byte-order mark (``EF BB BF``, which Windows editors
+write) is dropped, as Python's ``utf-8-sig`` codec does; line endings are kept
+as they are. Every text file arlm reads (train, val, eval, mix --fit-on,
+compare, split) goes through :func:`read_text`. Two document modes:
 
 * ``lines``: every non-empty line is one i.i.d. document (a list of names).
   ``\\n`` and ``\\r\\n`` both end a line; the terminator is not part of the document.
@@ -18,12 +21,21 @@ from .errors import ArlmError
 DOCUMENT_MODES = ("lines", "file")
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_text(path: str | Path) -> str:
-    """Return the contents of ``path`` decoded as strict UTF-8.
+    """Return the contents of ``path`` decoded as strict UTF-8, without one leading byte-order mark.
+
+    The mark (U+FEFF at offset 0) says how the file is encoded, it is not
+    text: kept, it would become a character of the vocab and the first
+    character of the first document. Only one is dropped; a U+FEFF anywhere
+    else is text.
 
     Raises:
-        ArlmError: the file is missing, unreadable, empty, or not valid UTF-8
-            (the message gives the byte offset of the first invalid byte).
+        ArlmError: the file is missing, unreadable, empty (a lone mark counts as
+            empty), or not valid UTF-8 (the message gives the byte offset of the
+            first invalid byte, and names UTF-16 when the file starts with its mark).
     """
     p = Path(path)
     if not p.exists():
@@ -34,13 +46,17 @@ def read_text(path: str | Path) -> str:
         raw = p.read_bytes()
     except OSError as e:
         raise ArlmError(f"cannot read {p}: {e.strerror}") from None
-    if not raw:
+    skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+    if len(raw) == skip:
         raise ArlmError(f"file is empty: {p}")
     try:
-        return raw.decode("utf-8", errors="strict")
+        return raw[skip:].decode("utf-8", errors="strict")
     except UnicodeDecodeError as e:
+        hint = ""
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it starts with a UTF-16 byte-order mark: save it as UTF-8)"
         raise ArlmError(
-            f"{p} is not valid UTF-8: invalid byte 0x{raw[e.start]:02x} at byte offset {e.start}"
+            f"{p} is not valid UTF-8: invalid byte 0x{raw[skip + e.start]:02x} at byte offset {skip + e.start}{hint}"
         ) from None
 
 

@@ -7,3 +7,16 @@ problem; the CLI prints it to stderr and exits with status 2, never a traceback.
 
 class ArlmError(ValueError):
     """Bad input or a bad model directory; the message is one line naming the problem."""
+
+
+class Interrupted(Exception):
+    """A command stopped by SIGINT or SIGTERM after saving its work.
+
+    The CLI prints the message as one line and exits ``128 + signum`` (130 for
+    Ctrl-C, 143 for SIGTERM), as shell tools do, so ``arlm train ... && next``
+    does not carry on.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = int(signum)

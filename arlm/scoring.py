@@ -28,6 +28,7 @@ import torch
 from .corpus import split_documents
 from .data import encode_document
 from .errors import ArlmError
+from .vocab.base import text_bytes
 
 LN2 = math.log(2.0)
 
@@ -128,7 +129,7 @@ def evaluate(model, vocab, text: str, documents: str = "file", stride: int | Non
 def metrics(nll: float, n_tokens: int, text: str, n_documents: int = 1) -> dict[str, float]:
     """The metric dict of ``evaluate`` from a total ``nll`` (nats) over ``n_tokens`` predicted tokens of ``text``."""
     n_chars = len(text)
-    n_bytes = len(text.encode("utf-8"))
+    n_bytes = len(text_bytes(text))
     if n_tokens == 0 or n_chars == 0:
         raise ArlmError("nothing to evaluate: the text is empty")
     mean_nll = nll / n_tokens

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from .errors import ArlmError
-from .io import atomic_path
+from .io import atomic_path, write_error
 
 STATE_FILE = "training_state.safetensors"
 DATA_FILE = "training_data.safetensors"
@@ -96,6 +96,10 @@ class TrainSettings:
     device: str = "auto"
     compile: bool = False
     threads: int | None = None
+    #: ``[step, elapsed_s, progress]`` where a resume changed the budget: the cosine
+    #: continues from ``progress`` at that point over the rest of the new budget
+    #: (see :func:`lr_at`), so the learning rate does not jump.
+    schedule_anchor: list[float] | None = None
 
 
 # -- argument parsing -----------------------------------------------------------
@@ -151,51 +155,10 @@ def _arg(args, name: str):
 
 # -- devices and threads --------------------------------------------------------
 
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu.
-
-    Raises:
-        ArlmError: an explicitly requested device that is not available.
-    """
-    name = name or "auto"
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ArlmError("--device cuda requested but CUDA is not available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ArlmError("--device mps requested but MPS is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ArlmError(f"unknown device {name!r}: choose auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-def default_threads() -> int:
-    """The number of CPU threads a run starts with (unless ``--threads`` is given).
-
-    The cores that are idle when training starts: the CPU count (affinity)
-    minus the other runnable processes (``/proc/loadavg``), at least 1. While
-    training, :class:`ThreadGovernor` adapts the count to the load.
-    """
-    busy = 0
-    try:
-        # field 4 is "running/total"; running counts this process too
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        busy = max(0, running - 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return max(1, cpu_count() - busy)
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+# One place checks --device for every command (arlm.device); one place knows the
+# user's thread cap (arlm.threads). Re-exported here for callers of arlm.train.
+from .device import resolve_device  # noqa: E402,F401
+from .threads import cpu_count, default_threads, explicit_threads  # noqa: E402,F401
 
 
 def keep_freed_memory():
@@ -223,36 +186,111 @@ def keep_freed_memory():
     return lambda: mallopt(M_TRIM_THRESHOLD, 128 * 1024)
 
 
+class IdleCores:
+    """How many of this process's CPUs were idle since the last call, from ``/proc/stat``.
+
+    Calling the object returns idle cores (a float, e.g. 0.97 of one core) over
+    the interval since the previous call, or None where ``/proc/stat`` cannot
+    be read (not Linux) or no time has passed.
+    """
+
+    def __init__(self):
+        try:
+            self.cpus = os.sched_getaffinity(0)
+        except AttributeError:
+            self.cpus = None
+        self.last = self._read()
+
+    def _read(self) -> tuple[int, int, int] | None:
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        idle = total = n = 0
+        for line in lines:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            parts = line.split()
+            try:
+                cpu = int(parts[0][3:])
+                ticks = [int(x) for x in parts[1:9]]
+            except ValueError:
+                continue
+            if self.cpus is not None and cpu not in self.cpus:
+                continue
+            idle += ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+            total += sum(ticks)
+            n += 1
+        return (idle, total, n) if n else None
+
+    def __call__(self) -> float | None:
+        cur, prev = self._read(), self.last
+        self.last = cur
+        if cur is None or prev is None or cur[1] <= prev[1]:
+            return None
+        return (cur[0] - prev[0]) / (cur[1] - prev[1]) * cur[2]
+
+
 class ThreadGovernor:
-    """Adapts the CPU thread count to the load while training (used unless ``--threads`` is given).
+    """Adapts the CPU thread count to the load while training (used unless the user fixed a count).
 
     PyTorch's threads spin-wait for each other at every operation, so when
     another process takes a core, a step with one thread per core can become
-    tens of times slower, while a single thread only loses its share of one
-    core. The governor watches the time per token: when it rises above
-    ``collapse`` times the best seen with all cores, it drops to one thread;
-    at one thread it probes all cores again after a back-off (20 s, doubling
-    after every failed probe; a probe is abandoned after one slow step).
+    tens of times slower, while fewer threads only lose their share of a core.
+    The governor records the time per token of every step (the first step
+    after a switch is a warm-up and is not judged):
+
+    * at all cores, when the median of the last 5 steps rises above
+      ``collapse`` times the best median seen, it steps down (to 1 thread on
+      a 2-core machine, to one thread fewer on bigger ones);
+    * below all cores it probes all cores again: at once when ``/proc/stat``
+      shows the other cores idle for a second (the disturbance has ended;
+      at most every 3 s, backing off to 30 s while such probes fail), and in
+      any case after a back-off (10 s, doubling after each failed probe, at
+      most 60 s). A probe keeps all cores when the median of its 3 judged
+      steps beats the lower count by 5 %, and is abandoned after the first
+      step slower than ``collapse`` times it.
+
+    So a short disturbance (an eval pass, another short process) costs a few
+    seconds at the lower count, a lasting one costs at most a collapsed step
+    or two per back-off, and a quiet machine runs at all cores.
     """
 
     collapse = 2.0
+    backoff_start, backoff_max = 10.0, 60.0
+    idle_gap_start, idle_gap_max = 3.0, 30.0
+    probe_steps = 3
 
-    def __init__(self, start: int, max_threads: int, enabled: bool = True):
+    def __init__(self, start: int, max_threads: int, enabled: bool = True, clock=time.perf_counter,
+                 idle_cores=None):
         self.max = max(1, max_threads)
         self.enabled = enabled and self.max > 1
-        self.current = start
+        self.clock = clock
+        self.idle_cores = idle_cores if idle_cores is not None else (IdleCores() if self.enabled else None)
+        self.current = min(max(1, start), self.max) if self.enabled else max(1, start)
+        self.low = self.current if self.current < self.max else self._lower(self.max)
         self.hist: dict[int, list[float]] = {}
         self.best_max = math.inf
-        self.backoff = 20.0
-        self.next_probe = time.perf_counter() + self.backoff
+        now = clock()
+        self.backoff = self.backoff_start
+        self.next_probe = now + self.backoff  # a start below all cores (a busy moment at launch): the idle check comes first
+        self.idle_gap = self.idle_gap_start
+        self.next_idle_check = now + 1.0
+        self.next_idle_probe = now
         self.probing: list[float] | None = None
+        self.probe_reason = ""
+        self.warmup = 0
         self.switches = 0
-        torch.set_num_threads(start)
+        torch.set_num_threads(self.current)
+
+    def _lower(self, n: int) -> int:
+        return 1 if n <= 2 else n - 1
 
     def _set(self, n: int) -> None:
         if n != self.current:
             self.current = n
             self.switches += 1
+            self.warmup = 1  # the first step after a switch wakes or parks the thread pool
             torch.set_num_threads(n)
 
     @staticmethod
@@ -260,42 +298,77 @@ class ThreadGovernor:
         ys = sorted(xs)
         return ys[len(ys) // 2]
 
+    def _ref_low(self) -> float:
+        h = self.hist.get(self.low)
+        return self._median(h[-5:]) if h else math.inf
+
     def record(self, seconds_per_token: float) -> None:
+        """Take the time per token (seconds) of the step just done; may change the thread count."""
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = self.clock()
+        if self.warmup:
+            self.warmup -= 1
+            if self.probing is not None and seconds_per_token > 4 * self.collapse * self._ref_low():
+                self._end_probe(ok=False, now=now)  # hopeless: all cores are fought over
+            return
+        if self.probing is not None:
+            self.probing.append(seconds_per_token)
+            ref = self._ref_low()
+            if seconds_per_token > self.collapse * ref:
+                self._end_probe(ok=False, now=now)
+            elif len(self.probing) >= self.probe_steps:
+                self._end_probe(ok=self._median(self.probing) < 0.95 * ref, now=now)
+            return
         h = self.hist.setdefault(self.current, [])
         h.append(seconds_per_token)
         del h[:-9]
-        one = self._median(self.hist[1]) if self.hist.get(1) else math.inf
-        if self.probing is not None:  # trying all cores again
-            self.probing.append(seconds_per_token)
-            if seconds_per_token > self.collapse * one:
-                self._end_probe(ok=False, now=now)
-            elif len(self.probing) >= 5:
-                self._end_probe(ok=self._median(self.probing) < 0.9 * one, now=now)
-            return
         if self.current == self.max:
             if len(h) >= 5:
                 recent = self._median(h[-5:])
                 self.best_max = min(self.best_max, recent)
                 if recent > self.collapse * self.best_max:
-                    self._set(1)
+                    self.low = self._lower(self.max)
+                    self.hist[self.low] = []
+                    self._set(self.low)
+                    self.backoff = self.backoff_start
                     self.next_probe = now + self.backoff
-        elif now >= self.next_probe and len(h) >= 5:
+                    self.next_idle_probe = now + 1.0
+            return
+        if len(h) < 3:
+            return
+        reason = ""
+        if now >= self.next_probe:
+            reason = "backoff"
+        elif now >= self.next_idle_check:
+            self.next_idle_check = now + 1.0
+            idle = self.idle_cores() if self.idle_cores is not None else None
+            if idle is not None and idle >= 0.6 * (self.max - self.current) and now >= self.next_idle_probe:
+                reason = "idle"
+        if reason:
+            self.low = self.current
             self.probing = []
-            self._set(self.max)
+            self.probe_reason = reason
             self.hist[self.max] = []
+            self._set(self.max)
 
     def _end_probe(self, ok: bool, now: float) -> None:
         self.probing = None
         if ok:
-            self.backoff = 20.0
+            self.backoff = self.backoff_start
+            self.idle_gap = self.idle_gap_start
             self.best_max = math.inf
+            return
+        self._set(self.low)
+        if self.probe_reason == "idle":
+            self.idle_gap = min(self.idle_gap * 2, self.idle_gap_max)
+            self.next_idle_probe = now + self.idle_gap
         else:
-            self._set(1)
-            self.backoff *= 2
+            self.backoff = min(self.backoff * 2, self.backoff_max)
             self.next_probe = now + self.backoff
+        if self.idle_cores is not None:
+            self.idle_cores()  # measure idleness afresh, without the probe in it
+        self.next_idle_check = now + 1.0
 
 
 # -- data ------------------------------------------------------------------------
@@ -416,17 +489,34 @@ def lr_at(s: TrainSettings, step: int, elapsed: float) -> float:
     Linear warm-up over ``warmup_steps``, then cosine decay from ``lr`` to
     ``lr * min_lr_ratio`` as progress goes from 0 to 1, where progress is the
     larger of the step fraction (after warm-up) and the time fraction.
+
+    After a resume that changed the budget (``s.schedule_anchor = [k, e, p]``)
+    progress is ``p`` at step ``k`` / ``e`` seconds and reaches 1 at the end of
+    the new budget: the rate is continuous, decaying from where it was.
     """
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
-    progress = 0.0
+    step0, time0, p0 = (s.warmup_steps, 0.0, 0.0) if s.schedule_anchor is None else s.schedule_anchor
+    frac = 0.0
     if s.max_steps is not None:
-        progress = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
+        frac = (step - step0) / max(1, s.max_steps - step0)
     if s.max_time is not None:
-        progress = max(progress, elapsed / s.max_time)
+        frac = max(frac, (elapsed - time0) / max(s.max_time - time0, 1e-9))
+    progress = p0 + (1.0 - p0) * min(max(frac, 0.0), 1.0)
     progress = min(max(progress, 0.0), 1.0)
     floor = s.lr * s.min_lr_ratio
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - floor)
+
+
+def schedule_progress(s: TrainSettings, step: int, elapsed: float) -> float:
+    """The cosine's progress (0..1) that :func:`lr_at` uses at ``step`` / ``elapsed``."""
+    if step < s.warmup_steps:
+        return 0.0
+    floor = s.lr * s.min_lr_ratio
+    if s.lr == floor:
+        return 0.0
+    c = (lr_at(s, step, elapsed) - floor) / (0.5 * (s.lr - floor)) - 1.0
+    return math.acos(min(max(c, -1.0), 1.0)) / math.pi
 
 
 # -- state files -------------------------------------------------------------------
@@ -504,6 +594,7 @@ class _StopFlag:
 
     def __init__(self):
         self.stop = False
+        self.signum: int | None = None
         self._old = {}
 
     def __enter__(self):
@@ -518,6 +609,7 @@ class _StopFlag:
         if self.stop:  # second Ctrl-C: give up at once
             raise KeyboardInterrupt
         self.stop = True
+        self.signum = signum
 
     def __exit__(self, *exc):
         for sig, h in self._old.items():
@@ -599,8 +691,9 @@ def run_training(
         raise ArlmError(f"--threads must be >= 1, got {s.threads}")
     device = resolve_device(s.device)
     threads_before = torch.get_num_threads()
-    governor = ThreadGovernor(s.threads or default_threads(), cpu_count(),
-                              enabled=s.threads is None and device.type == "cpu")
+    fixed_threads = explicit_threads(s.threads)  # --threads, OMP_NUM_THREADS or torch.set_num_threads
+    governor = ThreadGovernor(fixed_threads or default_threads(), cpu_count(),
+                              enabled=fixed_threads is None and device.type == "cpu")
     model.to(device)
     model.train()
     autocast = (
@@ -652,7 +745,10 @@ def run_training(
         _save_model_dir(model, vocab, out_dir, meta, best_weights, best_step, best_val)
     else:
         _write_data(out_dir, train_data, val_data if has_val else None)
-        (out_dir / LOG_FILE).write_text("", encoding="utf-8")
+        try:
+            (out_dir / LOG_FILE).write_text("", encoding="utf-8")
+        except OSError as e:
+            raise write_error(out_dir / LOG_FILE, e) from None
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
@@ -683,13 +779,25 @@ def run_training(
             "stopped": stopped,
             "optimizer": {"param_groups": groups, "keys": keys},
         }
-        log_f.flush()
+        flush_log()
         write_state(out_dir / STATE_FILE, tensors, st, _hook=lambda: _checkpoint_write_hook(step))
 
-    log_f = open(out_dir / LOG_FILE, "a", encoding="utf-8")
+    try:
+        log_f = open(out_dir / LOG_FILE, "a", encoding="utf-8")
+    except OSError as e:
+        raise write_error(out_dir / LOG_FILE, e) from None
 
     def log(record: dict) -> None:
-        log_f.write(json.dumps(record) + "\n")
+        try:
+            log_f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise write_error(out_dir / LOG_FILE, e) from None
+
+    def flush_log() -> None:
+        try:
+            log_f.flush()
+        except OSError as e:
+            raise write_error(out_dir / LOG_FILE, e) from None
 
     last_eval_step = step if resume_state is not None else -1
 
@@ -790,7 +898,10 @@ def run_training(
                 save_state(stopped)  # record why it stopped
     finally:
         bar.close()
-        log_f.close()
+        try:
+            log_f.close()
+        except OSError:  # a full disk: the error that stopped the run is the one to report
+            pass
         torch.set_num_threads(threads_before)
         restore_malloc()
         try:
@@ -807,6 +918,7 @@ def run_training(
         "elapsed_s": elapsed,
         "tokens_per_s": tok_s,
         "stopped": stopped,
+        "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
     }
 
 
@@ -916,6 +1028,7 @@ def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[st
 
     Raises:
         ArlmError: bad flags, too little data, or a diverged (non-finite) loss.
+        Interrupted: SIGINT or SIGTERM stopped the run after it saved its checkpoint.
     """
     seed = _arg(args, "seed") if _arg(args, "seed") is not None else 1337
     torch.manual_seed(seed)
@@ -925,23 +1038,68 @@ def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[st
     val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
     summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta)
     _print_summary(summary, model, out_dir)
+    _raise_if_interrupted(summary, out_dir)
+
+
+#: What may change when a run is resumed: its budget and where it runs (and how
+#: the result is printed). Every other flag defines the run and is refused.
+RESUME_FLAGS = frozenset({"resume", "max_steps", "max_time", "device", "threads", "compile", "json"})
+
+
+def check_resume_flags(given, out_dir: Path, out: str | None = None) -> None:
+    """Refuse flags given with ``--resume`` that would change the run (data, model, vocab, optimiser...).
+
+    ``given`` holds the argparse dests the user typed (``arlm.cli`` finds them);
+    ``data`` is the DATA positional.
+
+    Raises:
+        ArlmError: one line naming every refused flag.
+    """
+    refused = set(given) - RESUME_FLAGS
+    if "out" in refused and out is not None and Path(out).resolve() == Path(out_dir).resolve():
+        refused.discard("out")
+    if refused:
+        names = sorted("DATA" if d == "data" else "--" + d.replace("_", "-") for d in refused)
+        raise ArlmError(
+            f"--resume continues the run in {out_dir} with its own data and settings; {', '.join(names)} cannot "
+            "change on resume (only --max-steps, --max-time, --device, --threads, --compile may): "
+            "drop them, or train a new run into another --out"
+        )
 
 
 def cli_resume(args, out_dir: Path) -> None:
     """Continue the interrupted run in ``out_dir`` from its last checkpoint.
 
     ``args`` may carry new ``--max-steps`` / ``--max-time`` (totals for the
-    whole run, counted from its start), ``--device``, ``--threads``, ``--compile``.
-    On CPU the continuation is exact: the same losses and final weights as an
-    uninterrupted run with the same limits (time limits are not deterministic).
+    whole run, counted from its start), ``--device``, ``--threads``, ``--compile``;
+    any other flag the user typed (``args.given_flags``, filled by the CLI) is
+    refused. A changed budget keeps the learning rate continuous: the cosine
+    continues from the rate reached so far down to the floor at the end of the
+    new budget (said on stderr). On CPU the continuation with an unchanged
+    budget is exact: the same losses and final weights as an uninterrupted run
+    with the same limits and a fixed thread count (time limits are not deterministic).
 
     Raises:
-        ArlmError: no or corrupt training state in ``out_dir``.
+        ArlmError: no or corrupt training state in ``out_dir``, a model directory
+            whose model is not the run's, or a flag that cannot change on resume.
+        Interrupted: SIGINT or SIGTERM stopped the run again after it saved.
     """
     out_dir = Path(out_dir)
+    given = getattr(args, "given_flags", None)
+    if given is not None:
+        check_resume_flags(given, out_dir, _arg(args, "out"))
     tensors, st = read_state(out_dir / STATE_FILE)
     if st.get("version") != STATE_VERSION:
         raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    for stale in out_dir.glob(".*.tmp"):  # half-written files of a killed process (never renamed into place)
+        stale.unlink(missing_ok=True)
+    if (out_dir / checkpoint.CONFIG).is_file():
+        cfg = checkpoint.read_config(out_dir)
+        if cfg.get("family") != st["family"] or cfg.get("vocab") != st["vocab"]:
+            raise ArlmError(
+                f"cannot resume: {out_dir} holds a {cfg.get('family')} model ({cfg.get('vocab')} vocab) but the "
+                f"training state of a {st['family']} run ({st['vocab']} vocab); resuming would replace that model"
+            )
     from .models.registry import get_family
     from .vocab import load_vocab
 
@@ -950,8 +1108,11 @@ def cli_resume(args, out_dir: Path) -> None:
     vocab = load_vocab(st["vocab"], out_dir)
     train_data, val_data = _read_data(out_dir)
     s = TrainSettings(**st["settings"])
+    old = dataclasses.replace(s)
     if _arg(args, "max_steps") is not None:
         s.max_steps = _arg(args, "max_steps")
+        if s.max_steps < 1:
+            raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
     if _arg(args, "max_time") is not None:
         s.max_time = parse_duration(_arg(args, "max_time"))
     for name in ("device", "threads"):
@@ -959,8 +1120,45 @@ def cli_resume(args, out_dir: Path) -> None:
             setattr(s, name, _arg(args, name))
     if _arg(args, "compile"):
         s.compile = True
+    step, elapsed = st["step"], st["elapsed_s"]
+    if (s.max_steps, s.max_time) != (old.max_steps, old.max_time):
+        _continue_schedule(old, s, step, elapsed)
     summary = run_training(model, vocab, train_data, val_data, s, out_dir, st["meta"], resume_state=(tensors, st))
     _print_summary(summary, model, out_dir)
+    _raise_if_interrupted(summary, out_dir)
+
+
+def _continue_schedule(old: TrainSettings, new: TrainSettings, step: int, elapsed: float) -> None:
+    """Anchor ``new``'s cosine at the point ``old`` had reached, and say so on stderr."""
+    def budget(x: TrainSettings) -> str:
+        parts = ([f"{x.max_steps} steps"] if x.max_steps is not None else []) + (
+            [f"{x.max_time:g} s"] if x.max_time is not None else [])
+        return " / ".join(parts) or "none"
+
+    lr_now = lr_at(old, step, elapsed)
+    floor = new.lr * new.min_lr_ratio
+    if step >= new.warmup_steps:
+        new.schedule_anchor = [step, elapsed, schedule_progress(old, step, elapsed)]
+    done = (new.max_steps is not None and step >= new.max_steps) or (new.max_time is not None and elapsed >= new.max_time)
+    if done:
+        print(f"resume: the run is already at step {step}, {elapsed:.0f} s, past its budget ({budget(new)}); "
+              "nothing to train: raise --max-steps or --max-time", file=sys.stderr)
+        return
+    if lr_now <= floor * (1 + 1e-9):
+        how = f"the run had already decayed to its floor learning rate {floor:.3g}: it continues at that rate"
+    else:
+        how = (f"the learning rate continues from {lr_now:.3g} at step {step} and decays to {floor:.3g} at the "
+               "end of the new budget (no jump)")
+    print(f"resume: budget {budget(old)} -> {budget(new)}; {how}", file=sys.stderr)
+
+
+def _raise_if_interrupted(summary: dict, out_dir: Path) -> None:
+    signum = summary.get("signal")
+    if summary.get("stopped") == "interrupted" and signum is not None:
+        from .errors import Interrupted
+
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at step {summary['step']}: "
+                                  f"{out_dir} holds its checkpoint; continue with: arlm train --resume {out_dir}")
 
 
 def _print_summary(summary: dict, model, out_dir: Path) -> None:

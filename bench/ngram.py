@@ -22,6 +22,7 @@ import numpy as np
 
 from arlm import scoring
 from arlm.data import encode_documents
+from arlm.corpus import read_text
 from arlm.models.ngram import NGramConfig, NGramModel
 from arlm.vocab import CharVocab
 
@@ -34,7 +35,7 @@ def main() -> int:
     ap.add_argument("--orders", type=int, nargs="+", default=[5, 7])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    text = Path(args.data).read_text(encoding="utf-8")
+    text = read_text(args.data)  # strict UTF-8, one leading BOM dropped, like arlm train
     n = int(0.9 * len(text))
     train, val = text[:n], text[n:]
     vocab = CharVocab.train([train])

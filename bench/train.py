@@ -141,7 +141,8 @@ from arlm import train as T
 from arlm.models.gpt import GPTConfig, GPTModel
 from arlm.vocab import CharVocab
 
-text = open(spec["data"], encoding="utf-8").read()
+from arlm.corpus import read_text
+text = read_text(spec["data"])
 vocab = CharVocab.train([text])
 data = T.TokenData.from_documents(vocab, [text])
 m = spec["model"]

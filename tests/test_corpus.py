@@ -52,3 +52,30 @@ def test_lines_split_is_seeded_shuffle():
 def test_builtin_corpus_is_english_text():
     text = builtin_corpus()
     assert len(text) > 100_000 and "the" in text
+
+
+# -- byte-order marks (issue 9, fault 2) -----------------------------------------------
+
+
+def test_one_leading_utf8_bom_is_dropped(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes(b"\xef\xbb\xbfanna\r\nbob\n")
+    assert read_text(f) == "anna\r\nbob\n"
+    assert split_documents(read_text(f), "lines")[0] == "anna"
+    f.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbfx")  # only one: a second mark is text
+    assert read_text(f) == "\ufeffx"
+    f.write_bytes(b"a\xef\xbb\xbfb")  # not leading: text
+    assert read_text(f) == "a\ufeffb"
+    f.write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(ArlmError, match="empty"):
+        read_text(f)
+    f.write_bytes(b"\xef\xbb\xbfab\xff")
+    with pytest.raises(ArlmError, match="byte offset 5"):  # offsets count the file's bytes, mark included
+        read_text(f)
+
+
+def test_utf16_file_is_named(tmp_path):
+    f = tmp_path / "u16.txt"
+    f.write_bytes("hello".encode("utf-16"))
+    with pytest.raises(ArlmError, match="UTF-16 byte-order mark"):
+        read_text(f)

@@ -228,35 +228,27 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(tmp_path):
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def test_thread_governor_drops_to_one_thread_on_collapse_and_probes_back():
-    before = torch.get_num_threads()
-    g = T.ThreadGovernor(start=2, max_threads=2)
-    try:
-        for _ in range(10):
-            g.record(1.0)
-        assert g.current == 2
-        for _ in range(5):
-            g.record(10.0)  # another process took a core: all-core steps collapse
-        assert g.current == 1
-        for _ in range(5):
-            g.record(2.0)
-        g.next_probe = 0.0  # time for a probe
-        g.record(2.0)
-        assert g.current == 2 and g.probing is not None
-        g.record(50.0)  # still collapsed: the probe is abandoned after one step
-        assert g.current == 1 and g.backoff == 40.0
-        g.next_probe = 0.0
-        g.record(2.0)
-        for _ in range(5):
-            g.record(1.0)  # the other process is gone: all cores are faster again
-        assert g.current == 2 and g.probing is None
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_cpu_training_helpers():
     undo = T.keep_freed_memory()  # glibc: raises malloc's thresholds; elsewhere a no-op
     undo()
     model, vocab, train, val = make("gpt", "file", dropout=0.0)
     opt = T.make_optimizer(model, settings("file"), torch.device("cpu"))
     assert opt.defaults.get("fused") in (True, None)  # fused where this torch has the CPU kernel
+
+
+def test_lr_stays_continuous_when_a_resume_changes_the_budget():
+    s = settings("file", lr=1.0, max_steps=100, warmup_steps=10)
+    for k in (5, 40, 100):  # in warm-up, mid-decay, at the end
+        new = settings("file", lr=1.0, max_steps=300, warmup_steps=10)
+        if k >= new.warmup_steps:
+            new.schedule_anchor = [k, 0.0, T.schedule_progress(s, k, 0.0)]
+        assert T.lr_at(new, k, 0.0) == pytest.approx(T.lr_at(s, k, 0.0), rel=1e-9)
+        lrs = [T.lr_at(new, i, 0.0) for i in range(max(k, 10), 301)]
+        assert all(a >= b - 1e-12 for a, b in zip(lrs, lrs[1:]))  # decays from where it was, no jump up
+        assert lrs[-1] == pytest.approx(0.1)  # the floor at the end of the new budget
+    # time budgets too
+    s = settings("file", lr=1.0, max_steps=None, max_time=100.0, warmup_steps=0)
+    new = settings("file", lr=1.0, max_steps=None, max_time=200.0, warmup_steps=0)
+    new.schedule_anchor = [50, 60.0, T.schedule_progress(s, 50, 60.0)]
+    assert T.lr_at(new, 50, 60.0) == pytest.approx(T.lr_at(s, 50, 60.0))
+    assert T.lr_at(new, 90, 200.0) == pytest.approx(0.1)

@@ -32,7 +32,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
-from .base import BOS, EOS
+from .base import BOS, EOS, is_surrogate, surrogate_error
 
 N_SPECIALS = 2
 MIN_VOCAB_SIZE = 256 + N_SPECIALS
@@ -215,9 +215,9 @@ class BPEVocab:
     def _encode_error(text, e: Exception) -> ArlmError:
         if not isinstance(text, str):
             return ArlmError(f"can only encode text (str), got {type(text).__name__}")
-        pos = next((i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), None)
+        pos = next((i for i, c in enumerate(text) if is_surrogate(c)), None)
         if pos is not None:
-            return ArlmError(f"character U+{ord(text[pos]):04X} at position {pos} is a lone surrogate, which is not text")
+            return surrogate_error(text, pos)
         return ArlmError(f"cannot encode text: {_one_line(e)}")
 
     def decode(self, token_ids) -> str:

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 from ..io import atomic_write_text
-from .base import BOS, EOS
+from .base import BOS, EOS, text_bytes
 
 
 class ByteVocab:
     """Token id ``b`` is the byte ``b`` (0..255); ``bos_id = 256``, ``eos_id = 257``.
+
+    Text given as ``str`` is scored as its UTF-8 bytes; an argument that arrived
+    with bytes that are not UTF-8 (``arlm score DIR $'it\\x92s'``) is scored as
+    those very bytes (Python keeps them as surrogate escapes, PEP 383).
 
     ``decode`` joins the bytes and decodes UTF-8 with replacement, so a sample
     cut inside a multi-byte character still gives text.
@@ -27,7 +31,13 @@ class ByteVocab:
         return cls()
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        """The UTF-8 bytes of ``text``; a surrogate escape (an undecodable byte of a
+        command-line argument, U+DC80..U+DCFF) is that original byte.
+
+        Raises:
+            ArlmError: a lone surrogate, which has no bytes (the same error as every vocab).
+        """
+        return list(text_bytes(text))
 
     def decode(self, token_ids) -> str:
         return bytes(i for i in token_ids if i < 256).decode("utf-8", errors="replace")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
-from .base import BOS, EOS
+from .base import BOS, EOS, is_surrogate, surrogate_error
 
 
 class CharVocab:
@@ -41,6 +41,9 @@ class CharVocab:
         try:
             return [stoi[c] for c in text]
         except KeyError:
+            bad = next((i for i, c in enumerate(text) if is_surrogate(c)), None)
+            if bad is not None:  # not text at all: the error every vocab gives
+                raise surrogate_error(text, bad) from None
             pos = next(i for i, c in enumerate(text) if c not in stoi)
             c = text[pos]
             raise ArlmError(

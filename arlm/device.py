@@ -1,0 +1,52 @@
+"""The ``--device`` of every command, checked in one place.
+
+``auto`` picks cuda if available, else mps, else cpu; a device that was asked
+for by name must exist on this machine, or the command stops with one line
+naming it (never a PyTorch traceback from deep inside a model).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ArlmError
+
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def resolve_device(name: str | None):
+    """``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; None means auto) -> a ``torch.device``.
+
+    Raises:
+        ArlmError: an unknown name, or a device this machine does not have.
+    """
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", name)
+    if not m:
+        raise ArlmError(f"unknown device {name!r}: choose {', '.join(DEVICE_NAMES)} (or cuda:N)")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ArlmError(f"--device {name} requested but CUDA is not available on this machine (use cpu or auto)")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise ArlmError(f"--device {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif kind == "mps" and not _mps_available():
+        raise ArlmError(f"--device {name} requested but MPS is not available on this machine (use cpu or auto)")
+    elif kind == "cpu" and index is not None:
+        raise ArlmError(f"unknown device {name!r}: the CPU takes no index")
+    return torch.device(name)
