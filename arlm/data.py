@@ -411,7 +411,7 @@ def split_token_dir(tokens: TokenDir, val_fraction: float = 0.1, seed: int = 133
         else:
             parts.append(None)
         return parts[0], parts[1]
-    offsets = torch.from_numpy(np.asarray(tokens.offsets, dtype=np.int64))
+    offsets = torch.from_numpy(np.array(tokens.offsets, dtype=np.int64))
     n_docs = tokens.n_documents
     whole = TokenStream(tokens.ids, 0, tokens.n_tokens)
     lengths = offsets[1:] - offsets[:-1]
