@@ -391,6 +391,10 @@ def _cmd_train_from_disk(args) -> bool:
         return True
     if args.model != "ngram":
         raise ArlmError(f"--model {args.model} needs a text file as DATA, not a token directory")
+    if memory is not None:
+        from .models.ngram_count import parse_memory
+
+        memory = parse_memory(memory)
     if memory is not None and args.no_refit:
         raise ArlmError("--no-refit needs in-memory counting: --memory fits on all of DATA (score val with --val-file)")
     with tempfile.TemporaryDirectory(prefix="arlm-tokens-") as tmp:
@@ -408,14 +412,14 @@ def _cmd_train_from_disk(args) -> bool:
     return True
 
 
-def _train_ngram_from_tokens(args, tokens, memory) -> None:
+def _train_ngram_from_tokens(args, tokens, memory: int | None) -> None:
     import numpy as np
 
     from . import checkpoint
     from .corpus import read_text
     from .lm import LM
     from .models.ngram import NGramConfig, NGramModel
-    from .models.ngram_count import fit_budgeted, parse_memory
+    from .models.ngram_count import fit_budgeted
 
     vocab = tokens.vocab()
     out = Path(args.out or f"runs/ngram-{vocab.kind}")
@@ -426,9 +430,8 @@ def _train_ngram_from_tokens(args, tokens, memory) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if memory is not None:
-            budget = parse_memory(memory)
-            model = fit_budgeted(config, tokens.iter_chunks(1 << 20), budget, stats=stats)
-            stats["memory"] = budget
+            model = fit_budgeted(config, tokens.iter_chunks(1 << 20), memory, stats=stats)
+            stats["memory"] = memory
         else:
             off = np.asarray(tokens.offsets)
             model = NGramModel.fit(config, [np.asarray(tokens.ids[a:b], dtype=np.int64) for a, b in zip(off[:-1], off[1:])])
