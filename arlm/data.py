@@ -131,9 +131,8 @@ class _Encoder:
     def __init__(self, vocab):
         self.vocab = vocab
         self.lut = None
-        if vocab.kind == "char":
-            top = max(map(ord, vocab.chars)) + 1
-            self.lut = np.full(top, -1, dtype=np.int64)
+        if vocab.kind == "char":  # code point -> id, -1 outside the vocab (4.4 MB)
+            self.lut = np.full(N_CODE_POINTS, -1, dtype=np.int32)
             self.lut[[ord(c) for c in vocab.chars]] = np.arange(len(vocab.chars))
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -142,11 +141,9 @@ class _Encoder:
         kind = self.vocab.kind
         if kind == "char":
             joined = "".join(texts)
-            cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-            ids = self.lut[np.minimum(cps, len(self.lut) - 1)]
-            bad = np.flatnonzero((ids < 0) | (cps >= len(self.lut)))
-            if len(bad):
-                c = joined[bad[0]]
+            ids = self.lut[_code_points(joined)]  # int32
+            if ids.min(initial=0) < 0:
+                c = joined[int(np.argmax(ids < 0))]
                 raise ArlmError(f"character {c!r} (U+{ord(c):04X}) is not in the char vocab; "
                                 "use --vocab byte to accept any text")
             return ids, np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
@@ -173,22 +170,29 @@ def _frame(ids: np.ndarray, lengths: np.ndarray, bos_id: int, eos_id: int) -> np
     return out
 
 
+N_CODE_POINTS = 0x110000
+
+
+def _code_points(text: str) -> np.ndarray:
+    """The code points of ``text``: uint32[len(text)] (lone surrogates included)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
 def collect_chars(path, documents: str = "file", chunk_bytes: int = CHUNK_BYTES, progress=None) -> list[str]:
     """The sorted distinct characters of the documents of ``path`` (one streaming pass)."""
-    chars: set[str] = set()
+    seen = np.zeros(N_CODE_POINTS, dtype=bool)
     carry = ""
     for text, n in iter_text_chunks(path, chunk_bytes):
         if documents == "lines":
             docs, carry = _split_lines(text, carry, final=False)
-            chars.update(*map(set, docs))
-        else:
-            chars.update(text)
+            text = "".join(docs)
+        seen[_code_points(text)] = True
         if progress is not None:
             progress(n)
     if documents == "lines":
         docs, _ = _split_lines("", carry, final=True)
-        chars.update(*map(set, docs))
-    return sorted(chars)
+        seen[_code_points("".join(docs))] = True
+    return [chr(c) for c in np.flatnonzero(seen)]
 
 
 def tokenize_file(path, out_dir, vocab, documents: str = "file", chunk_bytes: int = CHUNK_BYTES,
