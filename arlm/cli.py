@@ -115,8 +115,13 @@ def cmd_eval(args) -> None:
     from .lm import LM
 
     lm = LM.load(args.model_dir)
-    text = read_text(args.file)
-    m = lm.evaluate(text, args.documents, stride=args.stride)
+    documents = args.documents or lm.documents
+    if _stream_eval(lm, args.file, documents):
+        from .scoring import evaluate_file
+
+        m = evaluate_file(lm.model, lm.vocab, args.file, documents)
+    else:
+        m = lm.evaluate(read_text(args.file), args.documents, stride=args.stride)
     if args.json:
         _print_json(m)
     else:
@@ -300,9 +305,19 @@ def _add_tokenize_parser(sub) -> None:
                    help="reuse the vocab of this model or token directory (needed for bpe)")
     k.add_argument("--documents", default="file", choices=["lines", "file"],
                    help="lines: each non-empty line is a document; file: the whole file is one")
-    k.add_argument("--chunk-size", default="16M", help="text read and encoded at a time (e.g. 16M)")
+    k.add_argument("--chunk-size", default="4M", help="text read and encoded at a time (about 25 bytes of memory per byte)")
     k.add_argument("--json", action="store_true", help="print the header and the throughput as JSON")
     k.set_defaults(func=_cmd_tokenize)
+
+
+STREAM_EVAL_BYTES = 256 << 20
+
+
+def _stream_eval(lm, path, documents: str) -> bool:
+    """Evaluate a file this big piece by piece (``scoring.evaluate_file``) where the model allows it."""
+    p = Path(path)
+    big = p.is_file() and p.stat().st_size > STREAM_EVAL_BYTES
+    return big and (documents == "lines" or lm.model.family == "ngram")
 
 
 def _add_scale_train_arguments(t) -> None:
@@ -406,7 +421,7 @@ def _cmd_train_from_disk(args) -> bool:
             if args.vocab == "bpe":
                 raise ArlmError("--memory with --vocab bpe needs a token directory: arlm tokenize DATA --vocab bpe "
                                 "--vocab-from DIR --out TOKENS, then arlm train TOKENS --memory ...")
-            _tokenize(args.data, tmp, args.vocab, None, args.documents, 16 << 20, progress=not args.json)
+            _tokenize(args.data, tmp, args.vocab, None, args.documents, 4 << 20, progress=not args.json)
             tokens = TokenDir(tmp)
         _train_ngram_from_tokens(args, tokens, memory)
     return True

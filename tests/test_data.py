@@ -109,3 +109,39 @@ def test_split_token_dir_matches_text_split(tmp_path, documents, path):
         want = encode_documents(vocab, docs)
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert split_token_dir(TokenDir(tmp_path / "tok"), 0.0)[1] is None
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("documents,path", [("file", SHAKESPEARE), ("lines", NAMES)])
+@pytest.mark.parametrize("order", [1, 4])
+def test_streaming_evaluation_equals_in_memory(documents, path, order):
+    from arlm.models.ngram import NGramConfig, NGramModel
+    from arlm.scoring import evaluate, evaluate_file
+
+    text = read_text(path)
+    docs = split_documents(text, documents)
+    vocab = CharVocab.train(docs)
+    model = NGramModel.fit(NGramConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=order),
+                           encode_documents(vocab, docs[: max(1, len(docs) // 2)]))
+    want = evaluate(model, vocab, text, documents)
+    got = evaluate_file(model, vocab, path, documents, chunk_bytes=10_007, window_tokens=3_001)
+    for k in ("n_documents", "n_tokens", "n_chars", "n_bytes"):
+        assert got[k] == want[k], k
+    assert got["nll"] == pytest.approx(want["nll"], rel=1e-12)
+    if documents == "lines":
+        assert got["nll"] == want["nll"]
+
+
+def test_streaming_evaluation_of_one_document_needs_an_ngram(tmp_path):
+    from conftest import make_gpt
+
+    from arlm.scoring import evaluate_file
+
+    vocab = ByteVocab()
+    (tmp_path / "a.txt").write_text("hello")
+    with pytest.raises(ArlmError, match="n-gram"):
+        evaluate_file(make_gpt(vocab), vocab, tmp_path / "a.txt", "file")
+    got = evaluate_file(make_gpt(vocab), vocab, NAMES, "lines", chunk_bytes=5000)
+    from arlm.scoring import evaluate
+
+    assert got["nll"] == pytest.approx(evaluate(make_gpt(vocab), vocab, read_text(NAMES), "lines")["nll"], rel=1e-9)
