@@ -372,11 +372,34 @@ class TokenDir:
 
         return load_vocab(self.header["vocab"], self.path)
 
+    @property
+    def tokens_path(self):
+        return self.path / self.header["tokens_file"]
+
+    def open_ids(self) -> np.ndarray:
+        """A fresh read-only memmap of the ids (see :class:`TokenStream` for why fresh), advised
+        for random access (no read-ahead around each page touched)."""
+        import mmap
+
+        mm = np.memmap(self.tokens_path, dtype=self.ids.dtype, mode="r")
+        raw = getattr(mm, "_mmap", None)
+        if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            raw.madvise(mmap.MADV_RANDOM)
+        return mm
+
     def iter_chunks(self, chunk_tokens: int, start: int = 0, stop: int | None = None):
-        """Yield int64 copies of ``ids[start:stop]`` in pieces of at most ``chunk_tokens``."""
+        """Yield int64 copies of ``ids[start:stop]`` in pieces of at most ``chunk_tokens``.
+
+        Read with plain file reads, not through the memmap: pages of a mapping
+        stay in the process's resident set, so a pass over a mapped file would
+        count the whole file as resident memory.
+        """
         stop = self.n_tokens if stop is None else stop
-        for a in range(start, stop, chunk_tokens):
-            yield np.asarray(self.ids[a : min(a + chunk_tokens, stop)], dtype=np.int64)
+        dtype = self.ids.dtype
+        with open(self.tokens_path, "rb") as f:
+            f.seek(start * dtype.itemsize)
+            for a in range(start, stop, chunk_tokens):
+                yield np.fromfile(f, dtype=dtype, count=min(chunk_tokens, stop - a)).astype(np.int64)
 
 
 class TokenStream:
@@ -384,9 +407,14 @@ class TokenStream:
 
     ``stream[idx]`` for a LongTensor (any shape), an int or a slice returns a
     LongTensor of the same shape; only the pages touched are read from disk.
+    ``ids`` is an array, or a callable returning one: a :class:`TokenDir`'s
+    ``open_ids``, which maps the file afresh for every batch (as nanoGPT does):
+    the kernel reads ahead around every page touched and the pages of a
+    mapping stay resident until it is closed, so one long-lived mapping would
+    grow to the whole file over a few hundred random batches.
     """
 
-    def __init__(self, ids: np.ndarray, start: int, stop: int, head=(), tail=()):
+    def __init__(self, ids, start: int, stop: int, head=(), tail=()):
         self.mm, self.start, self.stop = ids, int(start), int(stop)
         self.head = np.asarray(head, dtype=np.int64)
         self.tail = np.asarray(tail, dtype=np.int64)
@@ -409,7 +437,9 @@ class TokenStream:
             idx = idx.numpy()
         i = np.asarray(idx, dtype=np.int64)
         h, body = len(self.head), self.stop - self.start
-        out = np.asarray(self.mm[self.start + np.clip(i - h, 0, max(body - 1, 0))], dtype=np.int64)
+        mm = self.mm() if callable(self.mm) else self.mm
+        out = np.asarray(mm[self.start + np.clip(i - h, 0, max(body - 1, 0))], dtype=np.int64)
+        del mm
         if h:
             out = np.where(i < h, self.head[np.clip(i, 0, h - 1)], out)
         if len(self.tail):
@@ -446,17 +476,17 @@ def split_token_dir(tokens: TokenDir, val_fraction: float = 0.1, seed: int = 133
         k = int((1.0 - val_fraction) * n)
         if k < 1:
             raise ArlmError("too little text to split into train and val")
-        train = TokenStream(tokens.ids, 0, 1 + k, tail=[eos])
+        train = TokenStream(tokens.open_ids, 0, 1 + k, tail=[eos])
         parts = [(train, torch.tensor([0]), torch.tensor([k + 2]))]
         if k < n:
-            val = TokenStream(tokens.ids, 1 + k, tokens.n_tokens, head=[bos])
+            val = TokenStream(tokens.open_ids, 1 + k, tokens.n_tokens, head=[bos])
             parts.append((val, torch.tensor([0]), torch.tensor([n - k + 2])))
         else:
             parts.append(None)
         return parts[0], parts[1]
     offsets = torch.from_numpy(np.array(tokens.offsets, dtype=np.int64))
     n_docs = tokens.n_documents
-    whole = TokenStream(tokens.ids, 0, tokens.n_tokens)
+    whole = TokenStream(tokens.open_ids, 0, tokens.n_tokens)
     lengths = offsets[1:] - offsets[:-1]
     if val_fraction == 0.0:
         return (whole, offsets[:-1], lengths), None

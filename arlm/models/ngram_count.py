@@ -159,8 +159,10 @@ def fit_budgeted(config: NGramConfig, chunks: Iterable[np.ndarray], memory: int,
     if V ** N >= 2**63:
         raise ArlmError(f"counting in a memory budget packs an n-gram into 64 bits, which needs vocab_size ** order "
                         f"< 2**63 (here {V} ** {N}); lower --order or count in memory (no --memory)")
+    # a quarter of the budget for the chunk being counted; the buffered counts are
+    # spilled at an eighth, as sorting them for the run takes about 2.5 times their size
     chunk_tokens = max(256, memory // (4 * BYTES_PER_TOKEN_ORDER * N))
-    spill_at = memory // 2
+    spill_at = memory // 8
     with tempfile.TemporaryDirectory(prefix="arlm-ngram-", dir=tmp_dir) as tmp:
         counters = [RunCounter(Path(tmp), f"order{n}") for n in range(1, N + 1)]
         carry = np.zeros(0, np.int64)  # the last N-1 tokens and their positions in their document
