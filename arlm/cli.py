@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)")
-    t.add_argument("data", nargs="?", metavar="DATA", help="UTF-8 text file (default: the built-in corpus)")
+    t.add_argument("data", nargs="?", metavar="DATA",
+                   help="UTF-8 text file or token directory from arlm tokenize (default: the built-in corpus)")
     t.add_argument("--model", default="ngram",
                    help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
     t.add_argument("--order", type=int, default=5, help="n-gram or cache order, 1..10 (default 5)")
@@ -561,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file")
     e.add_argument("model_dir", metavar="DIR")
-    e.add_argument("file", metavar="FILE")
+    e.add_argument("file", metavar="FILE", help="UTF-8 text to score (over 256 MB: read in pieces where the model allows)")
     e.add_argument("--documents", default=None, choices=["lines", "file"],
                    help="document mode (default: the one the model was trained with)")
     e.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride for windowed models")

@@ -1,4 +1,9 @@
-"""Documents -> token ids with <bos>/<eos> -> training windows and batches."""
+"""Documents -> token ids with <bos>/<eos>; token directories on disk for corpora bigger than memory.
+
+``tokenize_file`` streams a text file into a token directory (ids as a flat
+uint16/uint32 file, document offsets, a JSON header); ``TokenDir`` and
+``TokenStream`` read it back through ``np.memmap`` without loading it.
+"""
 
 from __future__ import annotations
 

@@ -85,3 +85,13 @@ def test_token_errors_are_one_line(tmp_path, capsys):
         rc, _, err = run(capsys, *args, check=False)
         lines = err.strip().splitlines()
         assert rc != 0 and len(lines) == 1 and needle in lines[0], (args, err)
+
+
+def test_eval_reads_a_big_file_in_pieces(tmp_path, capsys, monkeypatch):
+    import arlm.cli
+
+    run(capsys, "train", NAMES, "--documents", "lines", "--order", "3", "--out", tmp_path / "m")
+    whole = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
+    monkeypatch.setattr(arlm.cli, "STREAM_EVAL_BYTES", 0)  # every file counts as big
+    pieces = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
+    assert pieces == whole
