@@ -24,7 +24,6 @@ documents ``[<bos>, x_1 … x_n, <eos>]`` concatenated; an n-gram never crosses 
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from pathlib import Path
