@@ -41,12 +41,17 @@ def cmd_train(args) -> None:
     from .pipeline import load_split, split_meta, train_ngram
     from .vocab import train_vocab
 
+    if _cmd_train_from_disk(args):
+        return
     if args.resume is not None:
         from .train import cli_resume
 
         out = Path(args.resume)
         cli_resume(args, out)  # refuses flags that would change the run
         cfg = checkpoint.read_config(out)
+        if cfg.get("token_dir"):
+            _report_token_training(out, args)
+            return
         sp = cfg.get("split", {})
         split = load_split(cfg.get("data_path"), cfg.get("documents", "file"), sp.get("val_file"),
                            sp.get("val_fraction", 0.1), sp.get("seed", 1337))
@@ -139,8 +144,13 @@ def cmd_eval(args) -> None:
     from .lm import LM
 
     lm = LM.load(args.model_dir)
-    text = read_text(args.file)
-    m = lm.evaluate(text, args.documents, stride=args.stride)
+    documents = args.documents or lm.documents
+    if _stream_eval(lm, args.file, documents):
+        from .scoring import evaluate_file
+
+        m = evaluate_file(lm.model, lm.vocab, args.file, documents)
+    else:
+        m = lm.evaluate(read_text(args.file), args.documents, stride=args.stride)
     if args.json:
         _print_json(m)
     else:
@@ -393,6 +403,217 @@ def _cmd_import(args) -> None:
         _print_json(result)
     else:
         print(f"{src} -> {args.out} ({result['family']}, {result['vocab']} vocab of {result['vocab_size']} tokens)")
+# -- corpora bigger than memory: token directories and budgeted n-gram counting ---------------
+def _add_tokenize_parser(sub) -> None:
+    k = sub.add_parser("tokenize", help="encode a text file into a token directory on disk (for corpora bigger than memory)")
+    k.add_argument("data", metavar="DATA", help="UTF-8 text file to encode")
+    k.add_argument("--out", required=True, help="token directory to write (tokens.bin, offsets.bin, tokens.json, vocab)")
+    k.add_argument("--vocab", default=None, choices=["char", "byte", "bpe"],
+                   help="vocabulary (char when no --vocab-from; char collects the characters in a first pass)")
+    k.add_argument("--vocab-from", default=None, metavar="DIR",
+                   help="reuse the vocab of this model or token directory (needed for bpe)")
+    k.add_argument("--documents", default="file", choices=["lines", "file"],
+                   help="lines: each non-empty line is a document; file: the whole file is one")
+    k.add_argument("--chunk-size", default="4M", help="text read and encoded at a time (about 25 bytes of memory per byte)")
+    k.add_argument("--json", action="store_true", help="print the header and the throughput as JSON")
+    k.set_defaults(func=_cmd_tokenize)
+
+
+STREAM_EVAL_BYTES = 256 << 20
+
+
+def _stream_eval(lm, path, documents: str) -> bool:
+    """Evaluate a file this big piece by piece (``scoring.evaluate_file``) where the model allows it."""
+    p = Path(path)
+    big = p.is_file() and p.stat().st_size > STREAM_EVAL_BYTES
+    return big and (documents == "lines" or lm.model.family == "ngram")
+
+
+def _add_scale_train_arguments(t) -> None:
+    t.add_argument("--memory", default=None, metavar="SIZE",
+                   help="n-gram: count in chunks within SIZE bytes (e.g. 2G), spilling sorted runs to $TMPDIR; "
+                        "fits on all of DATA, val only from --val-file")
+
+
+def _vocab_from(directory):
+    from . import checkpoint
+    from .data import TokenDir, is_token_dir
+    from .vocab import load_vocab
+
+    if is_token_dir(directory):
+        return TokenDir(directory).vocab()
+    return load_vocab(checkpoint.read_config(directory).get("vocab", "char"), Path(directory))
+
+
+def _byte_bar(total: int, desc: str, enabled: bool = True):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc, dynamic_ncols=True,
+                mininterval=0.5, file=sys.stderr, disable=None if enabled else True)
+
+
+def _tokenize(data, out, kind, vocab_from, documents, chunk_bytes: int, progress: bool = True) -> dict:
+    """Build or load the vocab, encode ``data`` into the token directory ``out``; returns the header plus timings."""
+    from .data import collect_chars, tokenize_file
+    from .vocab import ByteVocab, CharVocab
+
+    path = Path(data)
+    size = path.stat().st_size if path.is_file() else 0
+    t0 = time.perf_counter()
+    if vocab_from is not None:
+        vocab = _vocab_from(vocab_from)
+        if kind is not None and vocab.kind != kind:
+            raise ArlmError(f"--vocab {kind} disagrees with the {vocab.kind} vocab of {vocab_from}")
+    elif kind in (None, "char"):
+        with _byte_bar(size, "characters", progress) as bar:
+            vocab = CharVocab(collect_chars(path, documents, chunk_bytes, bar.update))
+    elif kind == "byte":
+        vocab = ByteVocab()
+    else:
+        raise ArlmError("--vocab bpe needs --vocab-from DIR (a model or token directory whose tokenizer to use), "
+                        "e.g. one trained with `arlm train SAMPLE.txt --vocab bpe`")
+    t1 = time.perf_counter()
+    with _byte_bar(size, "tokenize", progress) as bar:
+        header = tokenize_file(path, out, vocab, documents, chunk_bytes, bar.update)
+    t2 = time.perf_counter()
+    mb = size / 1e6
+    return {**header, "seconds": round(t2 - t0, 3), "vocab_seconds": round(t1 - t0, 3),
+            "mb_per_s": round(mb / max(t2 - t0, 1e-9), 2), "encode_mb_per_s": round(mb / max(t2 - t1, 1e-9), 2)}
+
+
+def _cmd_tokenize(args) -> None:
+    from .models.ngram_count import parse_memory
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ArlmError(f"--out {out} exists and is not a directory")
+    r = _tokenize(args.data, out, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size),
+                  progress=not args.json)
+    if args.json:
+        _print_json(r)
+        return
+    print(f"tokenized {args.data}: {r['n_tokens']:,} tokens ({r['dtype']}, {r['vocab']} vocab of {r['vocab_size']}), "
+          f"{r['n_documents']:,} documents, {r['n_bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s "
+          f"({r['mb_per_s']:.1f} MB/s; encoding alone {r['encode_mb_per_s']:.1f} MB/s) -> {out}")
+
+
+def _cmd_train_from_disk(args) -> bool:
+    """``arlm train`` on a token directory, or an n-gram with ``--memory``; False when neither applies."""
+    import tempfile
+
+    from .data import TokenDir, is_token_dir
+
+    memory = getattr(args, "memory", None)
+    from_tokens = args.data is not None and args.resume is None and is_token_dir(args.data)
+    if memory is not None and args.model != "ngram":
+        raise ArlmError("--memory bounds n-gram counting; neural training reads batches from a token directory "
+                        "(arlm tokenize) without holding it")
+    if not from_tokens and memory is None:
+        return False
+    if args.model in NEURAL:
+        _train_neural_from_tokens(args)
+        return True
+    if args.model != "ngram":
+        raise ArlmError(f"--model {args.model} needs a text file as DATA, not a token directory")
+    if memory is not None:
+        from .models.ngram_count import parse_memory
+
+        memory = parse_memory(memory)
+    if memory is not None and args.no_refit:
+        raise ArlmError("--no-refit needs in-memory counting: --memory fits on all of DATA (score val with --val-file)")
+    with tempfile.TemporaryDirectory(prefix="arlm-tokens-") as tmp:
+        if from_tokens:
+            tokens = TokenDir(args.data)
+        else:
+            if args.data is None:
+                raise ArlmError("--memory needs DATA (a text file or a token directory)")
+            if args.vocab == "bpe":
+                raise ArlmError("--memory with --vocab bpe needs a token directory: arlm tokenize DATA --vocab bpe "
+                                "--vocab-from DIR --out TOKENS, then arlm train TOKENS --memory ...")
+            _tokenize(args.data, tmp, args.vocab, None, args.documents, 4 << 20, progress=not args.json)
+            tokens = TokenDir(tmp)
+        _train_ngram_from_tokens(args, tokens, memory)
+    return True
+
+
+def _train_ngram_from_tokens(args, tokens, memory: int | None) -> None:
+    import numpy as np
+
+    from . import checkpoint
+    from .corpus import read_text
+    from .lm import LM
+    from .models.ngram import NGramConfig, NGramModel
+    from .models.ngram_count import fit_budgeted
+
+    vocab = tokens.vocab()
+    out = Path(args.out or f"runs/ngram-{vocab.kind}")
+    checkpoint.prepare_dir(out)
+    config = NGramConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=args.order)
+    t0 = time.time()
+    stats: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if memory is not None:
+            model = fit_budgeted(config, tokens.iter_chunks(1 << 20), memory, stats=stats)
+            stats["memory"] = memory
+        else:
+            off = np.asarray(tokens.offsets)
+            model = NGramModel.fit(config, [np.asarray(tokens.ids[a:b], dtype=np.int64) for a, b in zip(off[:-1], off[1:])])
+    for w in {str(w.message) for w in caught}:
+        print(f"arlm: warning: {w}", file=sys.stderr)
+    lm = LM(model, vocab, tokens.documents)
+    lm.save(out, {"data": str(args.data), "data_path": str(Path(args.data).resolve()),
+                  "split": {"val_file": str(Path(args.val_file).resolve()) if args.val_file else None,
+                            "val_fraction": 0.0, "seed": args.seed},
+                  "refit_on_val": False, "counting": stats or None})
+    if not args.json:
+        runs = f", {max(stats['runs'])} sorted runs per order spilled" if stats.get("runs") else ""
+        print(f"trained ngram in {time.time() - t0:.1f} s{runs} -> {out}", file=sys.stderr)
+    val = None
+    if args.val_file is not None:
+        val = lm.evaluate(read_text(args.val_file), tokens.documents)
+    result = {"model_dir": str(out), "family": "ngram", "vocab": vocab.kind, "num_parameters": model.num_parameters(),
+              "counting": stats or None}
+    if val is not None:
+        result["val"] = val
+    if args.json:
+        _print_json(result)
+    elif val is not None:
+        print(f"val: {_fmt_metrics(val)}")
+    else:
+        print("fitted on all of DATA; no val text (give --val-file to score one)")
+
+
+def _train_neural_from_tokens(args) -> None:
+    from . import checkpoint
+    from .train import cli_train, token_data_from_dir
+
+    if args.val_file is not None:
+        raise ArlmError("--val-file takes text; with a token directory as DATA, val is its last --val-fraction")
+    train, val, tokens = token_data_from_dir(args.data, args.val_fraction, args.seed)
+    vocab = tokens.vocab()
+    out = Path(args.out or f"runs/{args.model}-{vocab.kind}")
+    checkpoint.prepare_dir(out)
+    meta = {"documents": tokens.documents, "data": str(args.data), "data_path": str(Path(args.data).resolve()),
+            "token_dir": True, "split": {"val_file": None, "val_fraction": args.val_fraction, "seed": args.seed}}
+    cli_train(args, args.model, vocab, [], [], tokens.documents, out, meta, token_data=(train, val))
+    _report_token_training(out, args)
+
+
+def _report_token_training(out: Path, args) -> None:
+    """After training from a token directory: the loop's val estimate (the val text is not held as text)."""
+    from . import checkpoint
+
+    cfg = checkpoint.read_config(out)
+    best = (cfg.get("training") or {}).get("best_val_loss")
+    if args.json:
+        _print_json({"model_dir": str(out), "family": cfg["family"], "vocab": cfg.get("vocab"),
+                     "best_val_loss": best, "training": cfg.get("training")})
+    elif best is not None:
+        print(f"val: mean_nll {best:.4f} nats/token (estimated over --eval-iters batches; "
+              f"`arlm eval {out} FILE` scores a text exactly)")
+    else:
+        print("no val tokens (val fraction 0): nothing to report")
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -421,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)")
-    t.add_argument("data", nargs="?", metavar="DATA", help="UTF-8 text file (default: the built-in corpus)")
+    t.add_argument("data", nargs="?", metavar="DATA",
+                   help="UTF-8 text file or token directory from arlm tokenize (default: the built-in corpus)")
     t.add_argument("--model", default="ngram",
                    help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
     t.add_argument("--order", type=int, default=5, help="n-gram or cache order, 1..10 (default 5)")
@@ -445,11 +667,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_arguments = None
     if add_train_arguments is not None:
         add_train_arguments(t)
+    _add_scale_train_arguments(t)
     t.set_defaults(func=cmd_train)
+    _add_tokenize_parser(sub)
 
     e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file")
     e.add_argument("model_dir", metavar="DIR")
-    e.add_argument("file", metavar="FILE")
+    e.add_argument("file", metavar="FILE", help="UTF-8 text to score (over 256 MB: read in pieces where the model allows)")
     e.add_argument("--documents", default=None, choices=["lines", "file"],
                    help="document mode (default: the one the model was trained with)")
     e.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride for windowed models")

@@ -128,8 +128,10 @@ def evaluate(model, vocab, text: str, documents: str = "file", stride: int | Non
 
 def metrics(nll: float, n_tokens: int, text: str, n_documents: int = 1) -> dict[str, float]:
     """The metric dict of ``evaluate`` from a total ``nll`` (nats) over ``n_tokens`` predicted tokens of ``text``."""
-    n_chars = len(text)
-    n_bytes = len(text_bytes(text))
+    return _metrics(nll, n_tokens, len(text), len(text_bytes(text)), n_documents)
+
+
+def _metrics(nll: float, n_tokens: int, n_chars: int, n_bytes: int, n_documents: int) -> dict[str, float]:
     if n_tokens == 0 or n_chars == 0:
         raise ArlmError("nothing to evaluate: the text is empty")
     mean_nll = nll / n_tokens
@@ -144,3 +146,52 @@ def metrics(nll: float, n_tokens: int, text: str, n_documents: int = 1) -> dict[
         "bits_per_byte": nll / (LN2 * n_bytes),
         "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
     }
+
+
+def evaluate_file(model, vocab, path, documents: str = "file", chunk_bytes: int = 4 << 20,
+                  window_tokens: int = 1 << 20) -> dict[str, float]:
+    """``evaluate`` of the text file ``path``, read and scored piece by piece (files bigger than memory).
+
+    ``lines``: any model; the documents of each piece are scored together
+    (``documents_log_probs``). ``file``: n-gram models (a history of at most
+    ``order - 1`` tokens): each window of ``window_tokens`` is scored with the
+    last ``order - 1`` tokens before it as context, so every token gets the
+    same probability as in ``evaluate``. The nll equals ``evaluate``'s up to
+    the order of float summation (``lines``: exactly, for the n-gram).
+
+    Raises:
+        ArlmError: ``file`` mode with a model that is not an n-gram (its
+            history is unbounded or windowed: use ``evaluate``), empty or invalid text.
+    """
+    import numpy as np
+
+    from .data import iter_encoded
+
+    if documents == "file" and getattr(model, "family", None) != "ngram":
+        raise ArlmError(f"streaming evaluation of one long document needs an n-gram model, not {model.family}")
+    n_tokens, n_chars, n_bytes, n_docs = 0, 0, 0, 0
+    total = 0.0  # sum of log-probs, nats
+    context = np.zeros(0, dtype=np.int64)
+    keep = max(getattr(model, "block_size", 1) or 1, 1)
+    for piece in iter_encoded(path, vocab, documents, chunk_bytes):
+        n_chars += piece.n_chars
+        n_bytes += piece.n_bytes
+        if documents == "lines":
+            if len(piece.doc_sizes):
+                docs = torch.split(torch.from_numpy(piece.ids.astype(np.int64)), piece.doc_sizes.tolist())
+                for lp in model.documents_log_probs(list(docs)):
+                    total += float(lp.double().sum())
+                    n_tokens += lp.numel()
+                n_docs += len(piece.doc_sizes)
+            continue
+        n_docs = 1
+        for a in range(0, len(piece.ids), window_tokens):
+            window = np.concatenate([context, piece.ids[a : a + window_tokens]])
+            if len(window) >= 2:
+                p = model.target_probs(window[None, :-1], window[None, 1:])[0]
+                new = p[max(len(context) - 1, 0) :]  # targets not scored with the previous window
+                with np.errstate(divide="ignore"):
+                    total += float(np.log(new).sum())
+                n_tokens += len(new)
+            context = window[-keep:]
+    return _metrics(-total, n_tokens, n_chars, n_bytes, n_docs)

@@ -377,14 +377,22 @@ class ThreadGovernor:
 class TokenData:
     """Encoded documents as one flat LongTensor and document offsets.
 
-    ``ids``: LongTensor[N] (all documents, each ``[<bos>, ..., <eos>]``, concatenated);
-    ``offsets``: LongTensor[n_docs + 1].
+    ``ids``: LongTensor[N] (all documents, each ``[<bos>, ..., <eos>]``, concatenated),
+    or an ``arlm.data.TokenStream`` over a token file on disk (``source`` then
+    says how to reopen it: ``{"path", "val_fraction", "seed"}``);
+    ``offsets``: LongTensor[n_docs + 1], or None with explicit ``starts`` and
+    ``lengths`` (LongTensor[n_docs] each; documents need not be contiguous).
     """
 
-    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor):
+    def __init__(self, ids, offsets: torch.Tensor | None, starts: torch.Tensor | None = None,
+                 lengths: torch.Tensor | None = None, source: dict | None = None):
         self.ids = ids.long()
-        self.offsets = offsets.long()
-        self.lengths = self.offsets[1:] - self.offsets[:-1]  # [n_docs]
+        self.source = source
+        if offsets is not None:
+            self.offsets = offsets.long()
+            starts, lengths = self.offsets[:-1], self.offsets[1:] - self.offsets[:-1]
+        self.starts = starts.long()  # [n_docs]
+        self.lengths = lengths.long()  # [n_docs]
 
     @classmethod
     def from_documents(cls, vocab, docs: list[str]) -> "TokenData":
@@ -431,7 +439,7 @@ def get_batch(data: TokenData, documents: str, batch_size: int, block_size: int,
     off = (torch.rand(batch_size, generator=gen) * (room + 1).double()).long().clamp(max=room)  # [B]
     T = int(span.max())
     ar = torch.arange(T + 1)  # [T+1]
-    idx = (data.offsets[doc] + off)[:, None] + ar  # [B, T+1]
+    idx = (data.starts[doc] + off)[:, None] + ar  # [B, T+1]
     valid = ar[None, :] <= span[:, None]  # [B, T+1]
     chunk = torch.where(valid, data.ids[idx.clamp(max=data.n_tokens - 1)], 0)
     x = chunk[:, :-1]
@@ -448,19 +456,30 @@ def eval_batches(data: TokenData, documents: str, batch_size: int, block_size: i
     if documents == "lines" and data.n_docs <= n_batches * batch_size:
         out = []
         for s in range(0, data.n_docs, batch_size):
-            sub_lens = data.lengths[s : s + batch_size]
-            sub = TokenData(data.ids[data.offsets[s] : data.offsets[s] + int(sub_lens.sum())],
-                            torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sub_lens, 0)]))
             # deterministic: every document of the slice, first window
-            T = int(torch.clamp(sub.lengths - 1, max=block_size).max())
-            ar = torch.arange(T + 1)
-            span = torch.clamp(sub.lengths - 1, max=block_size)
-            idx = sub.offsets[:-1, None] + ar
+            span = torch.clamp(data.lengths[s : s + batch_size] - 1, max=block_size)
+            ar = torch.arange(int(span.max()) + 1)
+            idx = data.starts[s : s + batch_size, None] + ar
             valid = ar[None, :] <= span[:, None]
-            chunk = torch.where(valid, sub.ids[idx.clamp(max=sub.n_tokens - 1)], 0)
+            chunk = torch.where(valid, data.ids[idx.clamp(max=data.n_tokens - 1)], 0)
             out.append((chunk[:, :-1], torch.where(valid[:, 1:], chunk[:, 1:], IGNORE)))
         return out
     return [get_batch(data, documents, batch_size, block_size, gen) for _ in range(n_batches)]
+
+
+def token_data_from_dir(path, val_fraction: float = 0.1, seed: int = 1337):
+    """Train and val :class:`TokenData` over the token directory ``path`` (``arlm tokenize``),
+    split as ``arlm.data.split_token_dir``; returns ``(train, val or None, TokenDir)``."""
+    from .data import TokenDir, split_token_dir
+
+    tokens = TokenDir(path)
+    train, val = split_token_dir(tokens, val_fraction, seed)
+    source = {"path": str(Path(path).resolve()), "val_fraction": val_fraction, "seed": seed}
+
+    def make(part):
+        return None if part is None else TokenData(part[0], None, starts=part[1], lengths=part[2], source=source)
+
+    return make(train), make(val), tokens
 
 
 # -- optimisation ----------------------------------------------------------------
@@ -573,6 +592,9 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _write_data(out_dir: Path, train: TokenData, val: TokenData | None) -> None:
+    if train.source is not None:  # a token directory on disk: store where it is, not the data
+        write_state(out_dir / DATA_FILE, {}, {"version": STATE_VERSION, "token_dir": train.source})
+        return
     t = {"train.ids": train.ids.int(), "train.offsets": train.offsets}
     if val is not None:
         t.update({"val.ids": val.ids.int(), "val.offsets": val.offsets})
@@ -580,7 +602,9 @@ def _write_data(out_dir: Path, train: TokenData, val: TokenData | None) -> None:
 
 
 def _read_data(out_dir: Path) -> tuple[TokenData, TokenData | None]:
-    t, _ = read_state(out_dir / DATA_FILE)
+    t, meta = read_state(out_dir / DATA_FILE)
+    if "token_dir" in meta:
+        return token_data_from_dir(**meta["token_dir"])[:2]
     train = TokenData(t["train.ids"], t["train.offsets"])
     val = TokenData(t["val.ids"], t["val.offsets"]) if "val.ids" in t else None
     return train, val
@@ -1019,7 +1043,7 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
 
 
 def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[str], documents: str,
-              out_dir: Path, meta: dict) -> None:
+              out_dir: Path, meta: dict, token_data: tuple | None = None) -> None:
     """Train a gpt or lstm from parsed ``arlm train`` args into the model directory ``out_dir``.
 
     Writes the ``arlm.checkpoint`` model directory (best weights) plus
@@ -1034,8 +1058,11 @@ def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[st
     torch.manual_seed(seed)
     model, block = build_model(family, vocab, args)
     s = settings_from_args(args, family, block, documents)
-    train_data = TokenData.from_documents(vocab, train_docs)
-    val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
+    if token_data is not None:  # already encoded (a token directory): (train, val or None)
+        train_data, val_data = token_data
+    else:
+        train_data = TokenData.from_documents(vocab, train_docs)
+        val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
     summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta)
     _print_summary(summary, model, out_dir)
     _raise_if_interrupted(summary, out_dir)

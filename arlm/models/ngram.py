@@ -181,7 +181,7 @@ class NGramModel(LanguageModel):
             node_prev = node
 
         # adjusted counts; n-grams ending at <bos> (position 0) are never predicted
-        discounts, fallback, levels_counts = [], [], []
+        levels_counts = []
         for n in range(1, N + 1):
             node = raw_inverse[n - 1]
             G = len(raw_keys[n - 1])
@@ -202,20 +202,28 @@ class NGramModel(LanguageModel):
                 starts = target & (pos == n - 1)
                 bos_initial[node[starts]] = True
                 adj[bos_initial] = raw[bos_initial]
+            levels_counts.append(adj)
+        return cls.from_adjusted_counts(config, raw_keys, levels_counts)
+
+    @classmethod
+    def from_adjusted_counts(cls, config: NGramConfig, keys: list[np.ndarray], counts: list[np.ndarray]) -> "NGramModel":
+        """Estimate the discounts and build the model from the sorted keys and adjusted counts of
+        every order (as ``fit`` computes them; ``arlm.models.ngram_count`` computes the same on disk)."""
+        discounts, fallback = [], []
+        for n, adj in enumerate(counts, start=1):
             d, ok = estimate_discounts(adj[adj > 0])
             discounts.append(d)
             if not ok:
                 fallback.append(n)
-            levels_counts.append(adj)
         if fallback:
             warnings.warn(
                 f"Kneser-Ney discount estimate out of range for order(s) {fallback} (a count of counts n1..n4 "
                 f"is zero or a discount falls outside (0, k]; usual for order 1 of a small alphabet); "
                 f"using KenLM's fallback discounts {list(FALLBACK_DISCOUNTS)} there",
-                stacklevel=2,
+                stacklevel=3,
             )
         config = dataclasses.replace(config, discounts=discounts, fallback_orders=fallback)
-        return cls(config, cls._build_levels(config, raw_keys, levels_counts))
+        return cls(config, cls._build_levels(config, keys, counts))
 
     @staticmethod
     def _build_levels(config: NGramConfig, keys: list[np.ndarray], counts: list[np.ndarray]) -> list[_Level]:

@@ -1,0 +1,97 @@
+"""`arlm tokenize` and `arlm train` on a token directory / with --memory.
+
+One real subprocess checks the command line end to end; the rest call
+``arlm.cli.main`` in this process (the same code, without a second torch import).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import NAMES, SHAKESPEARE
+
+TINY_GPT = ["--model", "gpt", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+            "--batch-size", "4", "--max-steps", "8", "--eval-interval", "4", "--eval-iters", "2", "--threads", "1"]
+
+
+def arlm(*args, check=True):
+    res = subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"arlm {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
+    return res
+
+
+def run(capsys, *args, check=True):
+    """``arlm ARGS`` in this process: (exit status, stdout, stderr)."""
+    from arlm.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    if check and rc != 0:
+        raise AssertionError(f"arlm {' '.join(map(str, args))} failed ({rc}):\n{err}")
+    return rc, out, err
+
+
+def _log(path):
+    skip = ("elapsed_s", "tokens_per_s", "threads")
+    return [{k: v for k, v in json.loads(line).items() if k not in skip} for line in path.read_text().splitlines()]
+
+
+def test_training_from_tokenize_output_equals_training_from_text(tmp_path, capsys):
+    for documents, data in (("file", SHAKESPEARE), ("lines", NAMES)):
+        tok = tmp_path / f"tok-{documents}"
+        if documents == "file":  # the real command line once
+            r = json.loads(arlm("tokenize", data, "--documents", documents, "--out", tok, "--json").stdout)
+        else:
+            r = json.loads(run(capsys, "tokenize", data, "--documents", documents, "--out", tok, "--json")[1])
+        assert r["dtype"] == "uint16" and r["mb_per_s"] > 0
+        a, b = tmp_path / f"a-{documents}", tmp_path / f"b-{documents}"
+        run(capsys, "train", tok, *TINY_GPT, "--out", a)
+        run(capsys, "train", data, "--documents", documents, *TINY_GPT, "--out", b)
+        # same seed, same batches, same val estimates: the same weights, byte for byte
+        assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+        assert _log(a / "train_log.jsonl") == _log(b / "train_log.jsonl")
+        # the run directory refers to the token file instead of copying it
+        assert (a / "training_data.safetensors").stat().st_size < 1000
+
+
+def test_ngram_memory_budget_gives_the_in_memory_model(tmp_path, capsys):
+    run(capsys, "train", SHAKESPEARE, "--order", "5", "--out", tmp_path / "ram")
+    out = run(capsys, "train", SHAKESPEARE, "--order", "5", "--memory", "200K", "--out", tmp_path / "disk", "--json")[1]
+    stats = json.loads(out)["counting"]
+    assert min(stats["runs"]) >= 8
+    assert (tmp_path / "ram" / "model.safetensors").read_bytes() == (tmp_path / "disk" / "model.safetensors").read_bytes()
+    run(capsys, "tokenize", SHAKESPEARE, "--out", tmp_path / "tok")
+    run(capsys, "train", tmp_path / "tok", "--order", "5", "--memory", "200K", "--out", tmp_path / "tokdisk")
+    assert (tmp_path / "ram" / "model.safetensors").read_bytes() == (tmp_path / "tokdisk" / "model.safetensors").read_bytes()
+    assert "nats" in run(capsys, "score", tmp_path / "tokdisk", "To be")[1]
+
+
+def test_token_errors_are_one_line(tmp_path, capsys):
+    run(capsys, "tokenize", NAMES, "--documents", "lines", "--out", tmp_path / "tok")
+    cases = [
+        (["tokenize", SHAKESPEARE, "--vocab-from", tmp_path / "tok", "--out", tmp_path / "x"], "U+"),
+        (["tokenize", SHAKESPEARE, "--vocab", "bpe", "--out", tmp_path / "x"], "--vocab-from"),
+        (["tokenize", tmp_path / "missing.txt", "--out", tmp_path / "x"], "no such file"),
+        (["train", tmp_path / "tok", "--model", "gpt", "--memory", "1G"], "--memory"),
+        (["train", tmp_path / "tok", "--model", "cache"], "text file"),
+        (["train", NAMES, "--memory", "lots"], "memory size"),
+        (["train", NAMES, "--memory", "1G", "--no-refit"], "--no-refit"),
+    ]
+    for args, needle in cases:
+        rc, _, err = run(capsys, *args, check=False)
+        lines = err.strip().splitlines()
+        assert rc != 0 and len(lines) == 1 and needle in lines[0], (args, err)
+
+
+def test_eval_reads_a_big_file_in_pieces(tmp_path, capsys, monkeypatch):
+    import arlm.cli
+
+    run(capsys, "train", NAMES, "--documents", "lines", "--order", "3", "--out", tmp_path / "m")
+    whole = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
+    monkeypatch.setattr(arlm.cli, "STREAM_EVAL_BYTES", 0)  # every file counts as big
+    pieces = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
+    assert pieces == whole
