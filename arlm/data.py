@@ -59,6 +59,8 @@ def token_dtype(vocab_size: int):
 def iter_text_chunks(path, chunk_bytes: int = CHUNK_BYTES):
     """Yield ``(text, n_bytes)`` pieces of the file ``path`` decoded as strict UTF-8, cut between characters.
 
+    One leading UTF-8 byte-order mark is dropped, as ``corpus.read_text`` does (``n_bytes`` still counts it).
+
     Raises:
         ArlmError: missing, a directory, empty, unreadable, or not valid UTF-8
             (the message gives the byte offset of the first invalid byte, as ``corpus.read_text``).
@@ -99,6 +101,8 @@ def iter_text_chunks(path, chunk_bytes: int = CHUNK_BYTES):
                 raise ArlmError(
                     f"{p} is not valid UTF-8: invalid byte 0x{data[e.start]:02x} at byte offset {offset + e.start}"
                 ) from None
+            if offset == 0 and text.startswith("\ufeff"):
+                text = text[1:]
             yield text, cut
             offset += cut
             pending = data[cut:]
