@@ -1,18 +1,48 @@
 """A decoder-only Transformer language model in the GPT-2 style, with a KV cache.
 
 Architecture (Radford et al. 2019, "Language Models are Unsupervised Multitask
-Learners"; layout as in Karpathy's nanoGPT): token + learned position
-embeddings, ``n_layer`` pre-LayerNorm blocks of causal multi-head
-self-attention (``torch.nn.functional.scaled_dot_product_attention``) and a
-4x-wide MLP with the tanh-approximated GELU, a final LayerNorm, and an output
-head tied to the token embedding. Parameter names and shapes follow PyTorch
-``nn.Linear`` conventions (``weight`` is ``[out, in]``).
+Learners"; layout as in Karpathy's nanoGPT): token embeddings plus a position
+scheme, ``n_layer`` pre-LayerNorm blocks of causal multi-head self-attention
+(``torch.nn.functional.scaled_dot_product_attention``) and a 4x-wide MLP with
+the tanh-approximated GELU, a final LayerNorm, and an output head tied to the
+token embedding. Parameter names and shapes follow PyTorch ``nn.Linear``
+conventions (``weight`` is ``[out, in]``).
 
-The model sees at most ``block_size`` tokens (learned positions), so it is
-``windowed``: ``sequence_log_probs`` scores longer texts with the sliding
-window of DESIGN.md §3, and ``step`` keeps a KV cache that is rebuilt from
-the last ``block_size`` tokens whenever it is full, so that generation past
-``block_size`` gives exactly the scores ``logits`` gives on the last window.
+Two position schemes (``GPTConfig.pos_emb``):
+
+* ``"learned"`` (the default, GPT-2's): learned absolute position embeddings
+  ``wpe`` for positions ``0 .. block_size - 1``. The model sees at most
+  ``block_size`` tokens, so it is ``windowed``: ``logits`` refuses longer
+  inputs, ``sequence_log_probs`` scores longer texts with the sliding window of
+  DESIGN.md §3, and ``step`` past ``block_size`` recomputes the whole window of
+  the last ``block_size`` tokens (the positions of every cached key shift when
+  the window slides, so no cache stays valid).
+* ``"rotary"``: rotary position embeddings (Su et al. 2021, "RoFormer:
+  Enhanced Transformer with Rotary Position Embedding"): queries and keys are
+  rotated by angles proportional to their absolute position, so ``q_m · k_n``
+  depends only on ``m - n``, and no position parameters exist. Attention is
+  *sliding-window* attention of width ``block_size`` in every layer (as in
+  Longformer, Beltagy et al. 2020, and Mistral 7B, Jiang et al. 2023): in each
+  layer the query at position t attends to the keys at positions
+  ``max(0, t - block_size + 1) .. t``, whatever the length of the input. For
+  inputs of at most ``block_size`` tokens this is plain causal attention (the
+  training case). Longer inputs get this banded causal mask over the whole
+  sequence (computed in chunks of ``block_size``), so the model is not
+  ``windowed``: ``logits`` takes any length, every token is predicted once with
+  everything before it, and ``step`` past ``block_size`` costs one token's
+  forward over a cache of the last ``block_size - 1`` keys and values per layer
+  (cached keys keep their absolute rotation: only relative angles matter).
+  Because hidden states in layer l at position j already summarise positions
+  down to ``j - l (block_size - 1)``, the prediction at t depends on the last
+  ``n_layer (block_size - 1) + 1`` tokens (the receptive field), not only on
+  the last ``block_size``: recomputing the last ``block_size`` tokens from
+  scratch gives the same scores only for ``n_layer = 1``; recomputing the
+  receptive field gives them for any depth (tests/models/test_gpt.py holds both).
+
+Rotary layout: the pairs rotated together are dimensions ``(i, i + D/2)`` of
+each head (the "rotate half" layout of GPT-NeoX), with frequencies
+``rotary_base ** (-2i / D)``, i < D/2; RoFormer's paper pairs ``(2i, 2i + 1)``,
+which is the same function up to a fixed permutation of the projection rows.
 """
 
 from __future__ import annotations
@@ -26,6 +56,9 @@ import torch.nn.functional as F
 
 from .base import LanguageModel
 
+#: The position schemes of :class:`GPTConfig` (``pos_emb``).
+POS_EMBS = ("learned", "rotary")
+
 
 @dataclass
 class GPTConfig:
@@ -34,7 +67,10 @@ class GPTConfig:
     ``vocab_size``, ``bos_id``, ``eos_id`` come from the vocab. ``n_embd`` must be
     divisible by ``n_head``. ``dropout`` applies to attention weights, residual
     branches and embeddings during training only. ``bias`` adds biases to the
-    Linear and LayerNorm layers (GPT-2 has them).
+    Linear and LayerNorm layers (GPT-2 has them). ``pos_emb`` is the position
+    scheme, ``"learned"`` or ``"rotary"`` (see the module docstring);
+    ``rotary_base`` is the RoFormer frequency base (10,000 in the paper), used by
+    ``"rotary"`` only, which also needs an even head size ``n_embd / n_head``.
     """
 
     vocab_size: int
@@ -47,26 +83,96 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
+    pos_emb: str = "learned"
+    rotary_base: float = 10000.0
+
+
+class _KVBuffer:
+    """Preallocated keys and values of every layer, filled left to right.
+
+    ``k``, ``v``: FloatTensor[n_layer, B, n_head, capacity, head_dim]; index j
+    holds absolute position ``offset + j``; ``tip`` is the absolute length of the
+    longest state written into it. Entries below ``tip - offset`` are never
+    overwritten, so every state that points here stays valid; a state behind the
+    tip (a second branch) or at the end of the capacity continues in a new
+    buffer holding its last ``block_size - 1`` entries.
+    """
+
+    __slots__ = ("k", "v", "offset", "tip")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, offset: int, tip: int):
+        self.k, self.v, self.offset, self.tip = k, v, offset, tip
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def window(self, length: int, keep: int, capacity: int) -> "_KVBuffer":
+        """A new buffer of ``capacity`` with the last ``keep`` entries before absolute position ``length``."""
+        lo = max(self.offset, length - keep)
+        a, b = lo - self.offset, length - self.offset
+        shape = (*self.k.shape[:3], capacity, self.k.shape[4])
+        k = self.k.new_empty(shape)  # [n_layer, B, H, capacity, D]
+        v = self.v.new_empty(shape)
+        k[:, :, :, : b - a] = self.k[:, :, :, a:b]
+        v[:, :, :, : b - a] = self.v[:, :, :, a:b]
+        return _KVBuffer(k, v, lo, length)
 
 
 class GPTState:
-    """The decoding state of a :class:`GPTModel`: the KV cache and the tokens it covers.
+    """The decoding state of a :class:`GPTModel` after ``length`` tokens.
 
-    ``kv``: one ``(k, v)`` pair per layer, each FloatTensor[B, n_head, L, head_dim];
-    ``ids``: LongTensor[B, L], the tokens of the cache (needed to rebuild it
-    when the window slides). States are never modified in place, so one state
-    can be extended along several branches.
+    ``buffer``: the KV cache (a ``_KVBuffer``; None for a learned-position
+    model past its window, which is recomputed from ``ids`` at every step);
+    ``ids``: LongTensor[B, <= block_size], the last tokens (learned positions
+    only; None for rotary). A state is never changed by a later ``step``, so one
+    state can be extended along several branches (the second branch copies the
+    window it needs). All B rows have the same length.
     """
 
-    __slots__ = ("kv", "ids")
+    __slots__ = ("buffer", "length", "ids")
 
-    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], ids: torch.Tensor):
-        self.kv = kv
+    def __init__(self, buffer: _KVBuffer | None, length: int, ids: torch.Tensor | None = None):
+        self.buffer = buffer
+        self.length = length
         self.ids = ids
 
-    @property
-    def length(self) -> int:
-        return self.ids.shape[1]
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of rotary position embeddings (Su et al. 2021), rotate-half layout.
+
+    Args:
+        positions: absolute positions, any integer tensor [T].
+        head_dim: D (even).
+        base: frequency base; pair i (dimensions i and i + D/2) turns by
+            ``position * base ** (-2i / D)`` radians.
+
+    Returns:
+        (cos [T, D], signed sin [T, D]) in ``dtype``: ``[cos, cos]`` and
+        ``[-sin, sin]`` over the two halves, so that ``_rotate(x) = x * cos +
+        roll(x, D/2) * sin``. Angles are computed in float64 (exact enough for
+        positions in the millions) and rounded once.
+    """
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [D/2]
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
+    cos, sin = angles.cos(), angles.sin()
+    return (torch.cat([cos, cos], 1).to(device=device, dtype=dtype),
+            torch.cat([-sin, sin], 1).to(device=device, dtype=dtype))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (i, i + D/2) of x [..., T, D] by the angles of ``rotary_tables`` [T, D]."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
+
+
+def _band_mask(t: int, past: int, block: int, device) -> torch.Tensor:
+    """The sliding-window mask, BoolTensor[t, past + t] (True = may attend).
+
+    Query i stands at key index ``past + i`` and sees key indices ``past + i -
+    block + 1 .. past + i``: a causal band of width ``block``.
+    """
+    return torch.ones(t, past + t, dtype=torch.bool, device=device).tril(past).triu(past - block + 1)
 
 
 #: Use the hand-written CPU training kernels below (tests switch them off to compare).
@@ -129,27 +235,35 @@ class _CausalAttention(torch.autograd.Function):
     forward and backward, takes about 1.3x as long (measured on 2 cores), and
     the split/view/transpose of q, k, v and of their gradients costs extra copies.
     Saves the probabilities ``[B*H, T, T]`` for backward (no recomputation).
+    With rotary tables ``cos``, ``sin`` [T, D] (``rotary_tables``), q and k are
+    rotated first (in the copy above) and the gradients of the rotated q and k
+    are turned back by the inverse rotation.
     """
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    def forward(ctx, qkv: torch.Tensor, n_head: int, cos: torch.Tensor | None = None,
+                sin: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C3 = qkv.shape
         C = C3 // 3
         D = C // n_head
         heads = qkv.view(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, D)  # copy
+        if cos is not None:
+            if heads.data_ptr() == qkv.data_ptr():  # reshape made a view (T = 1, H = 1): never write into qkv
+                heads = heads.clone()
+            heads[:2] = _rotate(heads[:2], cos, sin)  # [2, B*H, T, D]: q and k
         q, k, v = heads[0], heads[1], heads[2]  # [B*H, T, D] each, contiguous
         mask = torch.full((T, T), float("-inf"), dtype=qkv.dtype, device=qkv.device).triu_(1)  # [T, T]
         scale = 1.0 / math.sqrt(D)
         p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)  # [B*H, T, T] scores
         torch._softmax(p, -1, False, out=p)  # in place (row by row), while the scores are in cache
         y = torch.bmm(p, v)  # [B*H, T, D]
-        ctx.save_for_backward(heads, p)
+        ctx.save_for_backward(heads, p, cos, sin)
         ctx.scale = scale
         return y.view(B, n_head, T, D).transpose(1, 2).reshape(B, T, C)  # [B, T, C]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        heads, p = ctx.saved_tensors
+        heads, p, cos, sin = ctx.saved_tensors
         q, k, v = heads[0], heads[1], heads[2]
         _, BH, T, D = heads.shape
         B = grad.shape[0]
@@ -161,7 +275,9 @@ class _CausalAttention(torch.autograd.Function):
         ds = torch._softmax_backward_data(dp, p, -1, p.dtype, grad_input=dp).mul_(ctx.scale)  # [B*H, T, T], in place
         torch.bmm(ds, k, out=dheads[0])  # dq
         torch.bmm(ds.transpose(1, 2), q, out=dheads[1])  # dk
-        return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None
+        if cos is not None:  # the rotation's transpose is the rotation by minus the angle
+            dheads[:2] = _rotate(dheads[:2], cos, -sin)
+        return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None, None, None
 
 
 class LayerNorm(nn.Module):
@@ -195,30 +311,31 @@ class CausalSelfAttention(nn.Module):
         # [B, H, T, D] each
         return (t.view(shape).transpose(1, 2) for t in (q, k, v))
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """x: [B, T, C]; past: cached (k, v) [B, H, L, D] or None.
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, attn_mask: torch.Tensor | None = None):
+        """x: [B, T, C]; past: (k, v) [B, H, P, D] of the P positions before x, or None;
+        rope: rotary (cos, sin) [T, D] of x's positions, or None (learned positions);
+        attn_mask: BoolTensor[T, P + T], required with ``past``; None means causal.
 
-        Returns ([B, T, C], (k, v) [B, H, L + T, D]). With a cache, the T new
-        queries attend to all L cached keys and causally among themselves.
+        Returns ([B, T, C], (k, v) [B, H, P + T, D]; None on the CPU training path).
         """
         B, T, C = x.shape
-        if past is None and (self.dropout == 0.0 or not self.training) and _cpu_training_path(x):
+        if (past is None and attn_mask is None and (self.dropout == 0.0 or not self.training)
+                and _cpu_training_path(x)):
             qkv = self.c_attn(x)  # [B, T, 3C]
-            y = _CausalAttention.apply(qkv, self.n_head)  # [B, T, C]
+            y = _CausalAttention.apply(qkv, self.n_head, *(rope or (None, None)))  # [B, T, C]
             return self.resid_dropout(self.c_proj(y)), None
         q, k, v = self._qkv(x)
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
         if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # [B, H, L+T, D]
+            k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, D]
             v = torch.cat([past[1], v], dim=2)
-        L = k.shape[2] - T
         p = self.dropout if self.training else 0.0
-        if L == 0:
+        if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # one query sees everything
         else:
-            mask = torch.ones(T, L + T, dtype=torch.bool, device=x.device).tril(diagonal=L)  # [T, L+T]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
@@ -244,11 +361,15 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past=None):
-        a, kv = self.attn(self.ln_1(x), past)
+    def forward(self, x: torch.Tensor, past=None, rope=None, attn_mask=None):
+        a, kv = self.attn(self.ln_1(x), past, rope, attn_mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
+
+
+#: Rotary tables are kept for positions below this (grown by doubling); beyond, computed per call.
+_ROPE_TABLE_MAX = 1 << 16
 
 
 class GPTModel(LanguageModel):
@@ -260,11 +381,11 @@ class GPTModel(LanguageModel):
     used, so ``torch.manual_seed`` makes the initialisation reproducible.
 
     Raises:
-        ValueError: ``n_embd`` not divisible by ``n_head``, or a non-positive size.
+        ValueError: ``n_embd`` not divisible by ``n_head``, a non-positive size,
+            an unknown ``pos_emb``, or an odd head size with ``pos_emb="rotary"``.
     """
 
     family = "gpt"
-    windowed = True
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -273,9 +394,16 @@ class GPTModel(LanguageModel):
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+        if config.pos_emb not in POS_EMBS:
+            raise ValueError(f"pos_emb must be one of {', '.join(POS_EMBS)}; got {config.pos_emb!r}")
+        if config.pos_emb == "rotary" and (config.n_embd // config.n_head) % 2:
+            raise ValueError(f"pos_emb='rotary' needs an even head size n_embd / n_head, got "
+                             f"{config.n_embd} / {config.n_head}")
         self.config = config
+        self.rotary = config.pos_emb == "rotary"
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if not self.rotary:
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
@@ -285,6 +413,7 @@ class GPTModel(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self._rope_tables: dict = {}  # (device, dtype) -> (cos, sin) [N, D]; not parameters, not saved
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -299,9 +428,36 @@ class GPTModel(LanguageModel):
     def block_size(self) -> int:
         return self.config.block_size
 
+    @property
+    def windowed(self) -> bool:
+        """True for learned positions (``logits`` takes at most ``block_size`` tokens); False for rotary."""
+        return not self.rotary
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.n_embd // self.config.n_head
+
+    def _rope(self, start: int, T: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary (cos, sin) [T, D] of positions start .. start + T - 1 (see ``rotary_tables``)."""
+        end = start + T
+        key = (device, dtype)
+        tables = self._rope_tables.get(key)
+        if tables is None or tables[0].shape[0] < end:
+            if end > _ROPE_TABLE_MAX:
+                return rotary_tables(torch.arange(start, end), self.head_dim, self.config.rotary_base, dtype, device)
+            n = min(_ROPE_TABLE_MAX, max(256, 1 << (end - 1).bit_length()))
+            tables = rotary_tables(torch.arange(n), self.head_dim, self.config.rotary_base, dtype, device)
+            self._rope_tables[key] = tables
+        return tables[0][start:end], tables[1][start:end]
+
     # -- forward passes ---------------------------------------------------------
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.ln_f(x))  # [B, T, V]
+        logits[..., self.config.bos_id] = float("-inf")  # <bos> is never a next token
+        return logits
+
     def _forward(self, ids: torch.Tensor, past: list | None, start: int, last_only: bool = False):
-        """ids [B, T] at positions start..start+T-1 -> (logits [B, T or 1, V], kv list)."""
+        """Learned positions: ids [B, T] at positions start..start+T-1 -> (logits [B, T or 1, V], kv list)."""
         T = ids.shape[1]
         pos = torch.arange(start, start + T, device=ids.device)  # [T]
         x = self.drop(self.wte(ids) + self.wpe(pos))  # [B, T, C]
@@ -311,19 +467,51 @@ class GPTModel(LanguageModel):
             kv.append(layer_kv)
         if last_only:
             x = x[:, -1:]
-        x = self.ln_f(x)
-        logits = self.lm_head(x)  # [B, T, V]
-        logits[..., self.config.bos_id] = float("-inf")  # <bos> is never a next token
-        return logits, kv
+        return self._head(x), kv
+
+    def _forward_rotary(self, ids: torch.Tensor, last_only: bool = False):
+        """Rotary, sliding-window attention over ids [B, T] at positions 0..T-1, in chunks of ``block_size``.
+
+        Returns (logits [B, T or 1, V], per layer (k, v) [B, H, P, D] of the
+        last P = min(T, block_size - 1) positions, what the next step needs).
+        """
+        B, T = ids.shape
+        W = self.config.block_size
+        keep = W - 1
+        past = None
+        hidden = []
+        for s in range(0, T, W):
+            chunk = ids[:, s : s + W]  # [B, t]
+            t = chunk.shape[1]
+            rope = self._rope(s, t, ids.device, self.wte.weight.dtype)
+            P = 0 if past is None else past[0][0].shape[2]
+            # one chunk: plain causal attention (the training path); several: the band of width W
+            mask = None if T <= W else _band_mask(t, P, W, ids.device)  # [t, P + t]
+            x = self.drop(self.wte(chunk))  # [B, t, C]
+            kv = []
+            for i, block in enumerate(self.h):
+                x, layer_kv = block(x, None if past is None else past[i], rope, mask)
+                if layer_kv is not None:  # None on the CPU training path (one chunk: nothing to carry)
+                    k, v = layer_kv
+                    n = min(keep, k.shape[2])
+                    kv.append((k[:, :, k.shape[2] - n :], v[:, :, v.shape[2] - n :]))  # [B, H, n, D]
+            hidden.append(x[:, -1:] if last_only and s + W >= T else x)
+            past = kv
+        x = hidden[-1] if last_only else torch.cat(hidden, dim=1)  # [B, T or 1, C]
+        return self._head(x), past
 
     def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced scores: LongTensor[B, T] (T <= block_size) -> FloatTensor[B, T, V].
+        """Teacher-forced scores: LongTensor[B, T] -> FloatTensor[B, T, V].
 
-        Row t scores the token after ``token_ids[:, :t+1]``; column ``bos_id`` is -inf.
+        Row t scores the token after ``token_ids[:, :t+1]``; column ``bos_id`` is
+        -inf. Learned positions take T <= block_size; rotary takes any T, with
+        sliding-window attention of width ``block_size`` in every layer.
 
         Raises:
-            ValueError: T > block_size (score longer texts with ``sequence_log_probs``).
+            ValueError: T > block_size with learned positions (score longer texts with ``sequence_log_probs``).
         """
+        if self.rotary:
+            return self._forward_rotary(token_ids)[0]
         T = token_ids.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
@@ -331,17 +519,66 @@ class GPTModel(LanguageModel):
 
     forward = logits
 
+    # -- decoding -----------------------------------------------------------------
+    def _new_buffer(self, kv: list, length: int, capacity: int) -> _KVBuffer:
+        """A buffer of ``capacity`` holding kv (per layer (k, v) [B, H, n, D], the n positions before ``length``)."""
+        k0 = kv[0][0]
+        B, H, n, D = k0.shape
+        k = k0.new_empty((len(kv), B, H, capacity, D))  # [n_layer, B, H, capacity, D]
+        v = k0.new_empty((len(kv), B, H, capacity, D))
+        if n:
+            k[:, :, :, :n] = torch.stack([a for a, _ in kv])  # [n_layer, B, H, n, D]
+            v[:, :, :, :n] = torch.stack([b for _, b in kv])
+        return _KVBuffer(k, v, length - n, length)
+
     @torch.no_grad()
     def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, GPTState]:
-        """Process a prompt LongTensor[B, T] in one forward pass.
+        """Process a prompt LongTensor[B, T] (T >= 1) in one forward pass.
 
-        Returns (FloatTensor[B, V] scores of the next token, state). A prompt
-        longer than ``block_size`` keeps only its last ``block_size`` tokens,
-        the context the model can see.
+        Returns (FloatTensor[B, V] scores of the next token, state). With
+        learned positions a prompt longer than ``block_size`` keeps only its
+        last ``block_size`` tokens, the context the model can see; with rotary
+        the whole prompt is read (sliding-window attention, in chunks).
         """
-        ids = token_ids[:, -self.config.block_size :]
+        W = self.config.block_size
+        if self.rotary:
+            logits, kv = self._forward_rotary(token_ids, last_only=True)
+            return logits[:, -1], GPTState(self._new_buffer(kv, token_ids.shape[1], 2 * W), token_ids.shape[1])
+        ids = token_ids[:, -W:]
         logits, kv = self._forward(ids, None, 0, last_only=True)
-        return logits[:, -1], GPTState(kv, ids)
+        T = ids.shape[1]
+        buffer = self._new_buffer(kv, T, W) if T < W else None  # a full window is recomputed at the next step
+        return logits[:, -1], GPTState(buffer, T, ids)
+
+    def _decode(self, x: torch.Tensor, buffer: _KVBuffer, idx: int, lo: int, rope) -> torch.Tensor:
+        """One position per row through every layer: x [B, 1, C] -> logits [B, V].
+
+        Writes the position's keys and values at buffer index ``idx`` and attends
+        to indices ``lo .. idx``. Plain functional calls (no module dispatch, no
+        dropout: decoding is inference) to keep the per-token work small.
+        """
+        cfg = self.config
+        B, C, H = x.shape[0], cfg.n_embd, cfg.n_head
+        D = C // H
+        eps = cfg.layer_norm_epsilon
+        for i, block in enumerate(self.h):
+            attn, mlp = block.attn, block.mlp
+            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, eps)
+            qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, H, D)  # [B, 3, H, D]
+            qk = qkv[:, :2] if rope is None else _rotate(qkv[:, :2], *rope)  # [B, 2, H, D]
+            keys, values = buffer.k[i], buffer.v[i]  # [B, H, capacity, D]
+            keys[:, :, idx] = qk[:, 1]
+            values[:, :, idx] = qkv[:, 2]
+            y = F.scaled_dot_product_attention(qk[:, 0, :, None], keys[:, :, lo : idx + 1],
+                                               values[:, :, lo : idx + 1])  # [B, H, 1, D]
+            x = x + F.linear(y.reshape(B, 1, C), attn.c_proj.weight, attn.c_proj.bias)
+            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, eps)
+            h = F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh")  # [B, 1, 4C]
+            x = x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
+        x = F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias, eps)
+        logits = F.linear(x, self.wte.weight)  # [B, V]
+        logits[:, cfg.bos_id] = float("-inf")
+        return logits
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: GPTState | None = None) -> tuple[torch.Tensor, GPTState]:
@@ -349,19 +586,41 @@ class GPTModel(LanguageModel):
 
         Args:
             token_ids: LongTensor[B].
-            state: a :class:`GPTState` from ``step``/``prefill`` or None (start).
+            state: a :class:`GPTState` from ``step``/``prefill`` (of B rows) or None (start).
 
         Returns:
-            (FloatTensor[B, V], new state). While the cache holds fewer than
-            ``block_size`` tokens a step costs one position's work; once full,
-            the cache is rebuilt from the last ``block_size`` tokens (absolute
-            position embeddings shift with the window), so the scores equal
-            ``logits`` on the last ``block_size`` tokens.
+            (FloatTensor[B, V], new state); the scores equal ``logits`` on the
+            whole sequence so far (rotary) or on its last ``block_size`` tokens
+            (learned), up to rounding.
+
+        Cost: rotary, always one position's forward over at most ``block_size``
+        cached keys (the cache is a preallocated buffer of 2 ``block_size``
+        positions; every ``block_size + 1`` steps its last ``block_size - 1``
+        entries move to a new one). Learned, one position's forward while the
+        sequence is shorter than ``block_size``; after that a forward over the
+        whole window per token (absolute positions shift with the window).
         """
-        new = token_ids[:, None]  # [B, 1]
         if state is None:
-            return self.prefill(new)
-        if state.length >= self.config.block_size:
-            return self.prefill(torch.cat([state.ids, new], dim=1))
-        logits, kv = self._forward(new, state.kv, state.length)
-        return logits[:, -1], GPTState(kv, torch.cat([state.ids, new], dim=1))
+            return self.prefill(token_ids[:, None])
+        W = self.config.block_size
+        L = state.length
+        if self.rotary:
+            buffer = state.buffer
+            if buffer.tip != L or L - buffer.offset == buffer.capacity:  # a second branch, or the buffer is full
+                buffer = buffer.window(L, W - 1, 2 * W)
+            idx = L - buffer.offset
+            x = F.embedding(token_ids, self.wte.weight)[:, None]  # [B, 1, C]
+            logits = self._decode(x, buffer, idx, max(0, idx - W + 1),
+                                  self._rope(L, 1, x.device, x.dtype))  # [B, V]
+            buffer.tip = L + 1
+            return logits, GPTState(buffer, L + 1)
+        ids = torch.cat([state.ids, token_ids[:, None]], dim=1)[:, -W:]  # [B, <= W]
+        if L >= W:
+            return self._forward(ids, None, 0, last_only=True)[0][:, -1], GPTState(None, L + 1, ids)
+        buffer = state.buffer
+        if buffer.tip != L:
+            buffer = buffer.window(L, W, W)
+        x = (F.embedding(token_ids, self.wte.weight) + self.wpe.weight[L])[:, None]  # [B, 1, C]
+        logits = self._decode(x, buffer, L, 0, None)  # [B, V]
+        buffer.tip = L + 1
+        return logits, GPTState(buffer, L + 1, ids)
