@@ -39,10 +39,10 @@ Two position schemes (``GPTConfig.pos_emb``):
   scratch gives the same scores only for ``n_layer = 1``; recomputing the
   receptive field gives them for any depth (tests/models/test_gpt.py holds both).
 
-Rotary layout: the pairs rotated together are dimensions ``(i, i + D/2)`` of
-each head (the "rotate half" layout of GPT-NeoX), with frequencies
-``rotary_base ** (-2i / D)``, i < D/2; RoFormer's paper pairs ``(2i, 2i + 1)``,
-which is the same function up to a fixed permutation of the projection rows.
+Rotary layout as in the paper: dimensions ``(2i, 2i + 1)`` of each head
+form pair i, turned by ``position * rotary_base ** (-2i / D)`` radians; the
+rotation is a multiplication by ``e^{i angle}`` of the pairs read as complex
+numbers (one vectorised operation; real arithmetic under ``torch.compile``).
 """
 
 from __future__ import annotations
@@ -90,33 +90,31 @@ class GPTConfig:
 class _KVBuffer:
     """Preallocated keys and values of every layer, filled left to right.
 
-    ``k``, ``v``: FloatTensor[n_layer, B, n_head, capacity, head_dim]; index j
-    holds absolute position ``offset + j``; ``tip`` is the absolute length of the
-    longest state written into it. Entries below ``tip - offset`` are never
-    overwritten, so every state that points here stays valid; a state behind the
-    tip (a second branch) or at the end of the capacity continues in a new
-    buffer holding its last ``block_size - 1`` entries.
+    ``kv``: FloatTensor[n_layer, 2, B, n_head, capacity, head_dim] (keys, then
+    values); index j holds absolute position ``offset + j``; ``tip`` is the
+    absolute length of the longest state written into it. Entries below ``tip
+    - offset`` are never overwritten, so every state that points here stays
+    valid; a state behind the tip (a second branch) or at the end of the
+    capacity continues in a new buffer holding its last ``block_size - 1`` entries.
     """
 
-    __slots__ = ("k", "v", "offset", "tip")
+    __slots__ = ("kv", "layers", "offset", "tip")
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, offset: int, tip: int):
-        self.k, self.v, self.offset, self.tip = k, v, offset, tip
+    def __init__(self, kv: torch.Tensor, offset: int, tip: int):
+        self.kv, self.offset, self.tip = kv, offset, tip
+        self.layers = list(kv.unbind(0))  # [2, B, H, capacity, D] each, views made once
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.kv.shape[4]
 
     def window(self, length: int, keep: int, capacity: int) -> "_KVBuffer":
         """A new buffer of ``capacity`` with the last ``keep`` entries before absolute position ``length``."""
         lo = max(self.offset, length - keep)
         a, b = lo - self.offset, length - self.offset
-        shape = (*self.k.shape[:3], capacity, self.k.shape[4])
-        k = self.k.new_empty(shape)  # [n_layer, B, H, capacity, D]
-        v = self.v.new_empty(shape)
-        k[:, :, :, : b - a] = self.k[:, :, :, a:b]
-        v[:, :, :, : b - a] = self.v[:, :, :, a:b]
-        return _KVBuffer(k, v, lo, length)
+        kv = self.kv.new_empty((*self.kv.shape[:4], capacity, self.kv.shape[5]))  # [n_layer, 2, B, H, capacity, D]
+        kv[..., : b - a, :] = self.kv[..., a:b, :]
+        return _KVBuffer(kv, lo, length)
 
 
 class GPTState:
@@ -125,45 +123,56 @@ class GPTState:
     ``buffer``: the KV cache (a ``_KVBuffer``; None for a learned-position
     model past its window, which is recomputed from ``ids`` at every step);
     ``ids``: LongTensor[B, <= block_size], the last tokens (learned positions
-    only; None for rotary). A state is never changed by a later ``step``, so one
+    only; None for rotary); ``weights``: the model's weights laid out for
+    decoding (made by ``prefill``; a state belongs to the weights that made
+    it, as its cache does). A state is never changed by a later ``step``, so one
     state can be extended along several branches (the second branch copies the
     window it needs). All B rows have the same length.
     """
 
-    __slots__ = ("buffer", "length", "ids")
+    __slots__ = ("buffer", "length", "ids", "weights")
 
-    def __init__(self, buffer: _KVBuffer | None, length: int, ids: torch.Tensor | None = None):
+    def __init__(self, buffer: _KVBuffer | None, length: int, ids: torch.Tensor | None = None, weights=None):
         self.buffer = buffer
         self.length = length
         self.ids = ids
+        self.weights = weights
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of rotary position embeddings (Su et al. 2021), rotate-half layout.
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Rotary position embeddings (Su et al. 2021, RoFormer eq. 15) as unit complex numbers.
 
     Args:
         positions: absolute positions, any integer tensor [T].
         head_dim: D (even).
-        base: frequency base; pair i (dimensions i and i + D/2) turns by
+        base: frequency base; pair i (dimensions 2i, 2i + 1) turns by
             ``position * base ** (-2i / D)`` radians.
+        dtype: the real dtype of the model (float32 -> complex64, float64 -> complex128).
 
     Returns:
-        (cos [T, D], signed sin [T, D]) in ``dtype``: ``[cos, cos]`` and
-        ``[-sin, sin]`` over the two halves, so that ``_rotate(x) = x * cos +
-        roll(x, D/2) * sin``. Angles are computed in float64 (exact enough for
-        positions in the millions) and rounded once.
+        ComplexTensor[T, D/2], ``e^{i angle}``. Angles are computed in float64
+        (exact enough for positions in the millions) and rounded once.
     """
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [D/2]
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
-    cos, sin = angles.cos(), angles.sin()
-    return (torch.cat([cos, cos], 1).to(device=device, dtype=dtype),
-            torch.cat([-sin, sin], 1).to(device=device, dtype=dtype))
+    freqs = torch.polar(torch.ones_like(angles), angles)  # complex128
+    return freqs.to(device=device, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (i, i + D/2) of x [..., T, D] by the angles of ``rotary_tables`` [T, D]."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
+def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (2i, 2i + 1) of x [..., T, D] by ``rotary_tables`` freqs [T, D/2]: a new tensor."""
+    if torch.compiler.is_compiling():  # real arithmetic: what inductor fuses
+        pairs = x.unflatten(-1, (-1, 2))  # [..., T, D/2, 2]
+        a, b, c, s = pairs[..., 0], pairs[..., 1], freqs.real.to(x.dtype), freqs.imag.to(x.dtype)
+        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * freqs).flatten(-2)
+
+
+def _rotate_(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """In-place ``_rotate`` of a tensor x [..., T, D] whose last dimension is contiguous."""
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)
+    return x
 
 
 def _band_mask(t: int, past: int, block: int, device) -> torch.Tensor:
@@ -235,35 +244,34 @@ class _CausalAttention(torch.autograd.Function):
     forward and backward, takes about 1.3x as long (measured on 2 cores), and
     the split/view/transpose of q, k, v and of their gradients costs extra copies.
     Saves the probabilities ``[B*H, T, T]`` for backward (no recomputation).
-    With rotary tables ``cos``, ``sin`` [T, D] (``rotary_tables``), q and k are
-    rotated first (in the copy above) and the gradients of the rotated q and k
-    are turned back by the inverse rotation.
+    With rotary ``freqs`` [T, D/2] (``rotary_tables``), q and k are rotated
+    in place in that copy, and the gradients of the rotated q and k are turned
+    back by the inverse rotation (the conjugate).
     """
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, n_head: int, cos: torch.Tensor | None = None,
-                sin: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(ctx, qkv: torch.Tensor, n_head: int, freqs: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C3 = qkv.shape
         C = C3 // 3
         D = C // n_head
         heads = qkv.view(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, D)  # copy
-        if cos is not None:
+        if freqs is not None:
             if heads.data_ptr() == qkv.data_ptr():  # reshape made a view (T = 1, H = 1): never write into qkv
                 heads = heads.clone()
-            heads[:2] = _rotate(heads[:2], cos, sin)  # [2, B*H, T, D]: q and k
+            _rotate_(heads[:2], freqs)  # [2, B*H, T, D]: q and k
         q, k, v = heads[0], heads[1], heads[2]  # [B*H, T, D] each, contiguous
         mask = torch.full((T, T), float("-inf"), dtype=qkv.dtype, device=qkv.device).triu_(1)  # [T, T]
         scale = 1.0 / math.sqrt(D)
         p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)  # [B*H, T, T] scores
         torch._softmax(p, -1, False, out=p)  # in place (row by row), while the scores are in cache
         y = torch.bmm(p, v)  # [B*H, T, D]
-        ctx.save_for_backward(heads, p, cos, sin)
+        ctx.save_for_backward(heads, p, freqs)
         ctx.scale = scale
         return y.view(B, n_head, T, D).transpose(1, 2).reshape(B, T, C)  # [B, T, C]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        heads, p, cos, sin = ctx.saved_tensors
+        heads, p, freqs = ctx.saved_tensors
         q, k, v = heads[0], heads[1], heads[2]
         _, BH, T, D = heads.shape
         B = grad.shape[0]
@@ -275,9 +283,9 @@ class _CausalAttention(torch.autograd.Function):
         ds = torch._softmax_backward_data(dp, p, -1, p.dtype, grad_input=dp).mul_(ctx.scale)  # [B*H, T, T], in place
         torch.bmm(ds, k, out=dheads[0])  # dq
         torch.bmm(ds.transpose(1, 2), q, out=dheads[1])  # dk
-        if cos is not None:  # the rotation's transpose is the rotation by minus the angle
-            dheads[:2] = _rotate(dheads[:2], cos, -sin)
-        return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None, None, None
+        if freqs is not None:  # the rotation's transpose is the rotation by minus the angle
+            _rotate_(dheads[:2], freqs.conj())
+        return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None, None
 
 
 class LayerNorm(nn.Module):
@@ -312,9 +320,9 @@ class CausalSelfAttention(nn.Module):
         return (t.view(shape).transpose(1, 2) for t in (q, k, v))
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None, attn_mask: torch.Tensor | None = None):
+                rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None):
         """x: [B, T, C]; past: (k, v) [B, H, P, D] of the P positions before x, or None;
-        rope: rotary (cos, sin) [T, D] of x's positions, or None (learned positions);
+        rope: rotary freqs [T, D/2] of x's positions (``rotary_tables``), or None (learned positions);
         attn_mask: BoolTensor[T, P + T], required with ``past``; None means causal.
 
         Returns ([B, T, C], (k, v) [B, H, P + T, D]; None on the CPU training path).
@@ -323,11 +331,11 @@ class CausalSelfAttention(nn.Module):
         if (past is None and attn_mask is None and (self.dropout == 0.0 or not self.training)
                 and _cpu_training_path(x)):
             qkv = self.c_attn(x)  # [B, T, 3C]
-            y = _CausalAttention.apply(qkv, self.n_head, *(rope or (None, None)))  # [B, T, C]
+            y = _CausalAttention.apply(qkv, self.n_head, rope)  # [B, T, C]
             return self.resid_dropout(self.c_proj(y)), None
         q, k, v = self._qkv(x)
         if rope is not None:
-            q, k = _rotate(q, *rope), _rotate(k, *rope)
+            q, k = _rotate(q, rope), _rotate(k, rope)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, D]
             v = torch.cat([past[1], v], dim=2)
@@ -413,7 +421,7 @@ class GPTModel(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        self._rope_tables: dict = {}  # (device, dtype) -> (cos, sin) [N, D]; not parameters, not saved
+        self._rope_tables: dict = {}  # (device, dtype) -> freqs [N, D/2]; not parameters, not saved
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -437,18 +445,18 @@ class GPTModel(LanguageModel):
     def head_dim(self) -> int:
         return self.config.n_embd // self.config.n_head
 
-    def _rope(self, start: int, T: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary (cos, sin) [T, D] of positions start .. start + T - 1 (see ``rotary_tables``)."""
+    def _rope(self, start: int, T: int, device, dtype) -> torch.Tensor:
+        """Rotary freqs [T, D/2] of positions start .. start + T - 1 (see ``rotary_tables``)."""
         end = start + T
         key = (device, dtype)
         tables = self._rope_tables.get(key)
-        if tables is None or tables[0].shape[0] < end:
+        if tables is None or tables.shape[0] < end:
             if end > _ROPE_TABLE_MAX:
                 return rotary_tables(torch.arange(start, end), self.head_dim, self.config.rotary_base, dtype, device)
             n = min(_ROPE_TABLE_MAX, max(256, 1 << (end - 1).bit_length()))
             tables = rotary_tables(torch.arange(n), self.head_dim, self.config.rotary_base, dtype, device)
             self._rope_tables[key] = tables
-        return tables[0][start:end], tables[1][start:end]
+        return tables[start:end]
 
     # -- forward passes ---------------------------------------------------------
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -524,12 +532,20 @@ class GPTModel(LanguageModel):
         """A buffer of ``capacity`` holding kv (per layer (k, v) [B, H, n, D], the n positions before ``length``)."""
         k0 = kv[0][0]
         B, H, n, D = k0.shape
-        k = k0.new_empty((len(kv), B, H, capacity, D))  # [n_layer, B, H, capacity, D]
-        v = k0.new_empty((len(kv), B, H, capacity, D))
+        buf = k0.new_empty((len(kv), 2, B, H, capacity, D))  # [n_layer, 2, B, H, capacity, D]
         if n:
-            k[:, :, :, :n] = torch.stack([a for a, _ in kv])  # [n_layer, B, H, n, D]
-            v[:, :, :, :n] = torch.stack([b for _, b in kv])
-        return _KVBuffer(k, v, length - n, length)
+            buf[..., :n, :] = torch.stack([torch.stack(layer) for layer in kv])  # [n_layer, 2, B, H, n, D]
+        return _KVBuffer(buf, length - n, length)
+
+    def _decode_weights(self) -> list:
+        """The weights as ``_decode`` uses them: Linear weights transposed to [in, out] and contiguous
+        (a row vector times such a matrix is about twice as fast on CPU as ``F.linear``'s layout)."""
+        def t(linear: nn.Linear):
+            return linear.weight.detach().t().contiguous(), linear.bias
+
+        layers = [(b.ln_1.weight, b.ln_1.bias, *t(b.attn.c_attn), *t(b.attn.c_proj), b.ln_2.weight, b.ln_2.bias,
+                   *t(b.mlp.c_fc), *t(b.mlp.c_proj)) for b in self.h]
+        return [layers, self.ln_f.weight, self.ln_f.bias, self.wte.weight.detach().t().contiguous()]
 
     @torch.no_grad()
     def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, GPTState]:
@@ -543,40 +559,42 @@ class GPTModel(LanguageModel):
         W = self.config.block_size
         if self.rotary:
             logits, kv = self._forward_rotary(token_ids, last_only=True)
-            return logits[:, -1], GPTState(self._new_buffer(kv, token_ids.shape[1], 2 * W), token_ids.shape[1])
+            T = token_ids.shape[1]
+            return logits[:, -1], GPTState(self._new_buffer(kv, T, 2 * W), T, None, self._decode_weights())
         ids = token_ids[:, -W:]
         logits, kv = self._forward(ids, None, 0, last_only=True)
         T = ids.shape[1]
         buffer = self._new_buffer(kv, T, W) if T < W else None  # a full window is recomputed at the next step
-        return logits[:, -1], GPTState(buffer, T, ids)
+        return logits[:, -1], GPTState(buffer, T, ids, self._decode_weights() if buffer is not None else None)
 
-    def _decode(self, x: torch.Tensor, buffer: _KVBuffer, idx: int, lo: int, rope) -> torch.Tensor:
-        """One position per row through every layer: x [B, 1, C] -> logits [B, V].
+    def _decode(self, x: torch.Tensor, weights: list, buffer: _KVBuffer, idx: int, lo: int,
+                freqs: torch.Tensor | None) -> torch.Tensor:
+        """One position per row through every layer: x [B, C] -> logits [B, V].
 
         Writes the position's keys and values at buffer index ``idx`` and attends
-        to indices ``lo .. idx``. Plain functional calls (no module dispatch, no
-        dropout: decoding is inference) to keep the per-token work small.
+        to indices ``lo .. idx``. Plain tensor calls on ``_decode_weights`` (no
+        module dispatch, no dropout: decoding is inference), few temporaries.
         """
         cfg = self.config
         B, C, H = x.shape[0], cfg.n_embd, cfg.n_head
         D = C // H
         eps = cfg.layer_norm_epsilon
-        for i, block in enumerate(self.h):
-            attn, mlp = block.attn, block.mlp
-            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, eps)
-            qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, H, D)  # [B, 3, H, D]
-            qk = qkv[:, :2] if rope is None else _rotate(qkv[:, :2], *rope)  # [B, 2, H, D]
-            keys, values = buffer.k[i], buffer.v[i]  # [B, H, capacity, D]
-            keys[:, :, idx] = qk[:, 1]
-            values[:, :, idx] = qkv[:, 2]
-            y = F.scaled_dot_product_attention(qk[:, 0, :, None], keys[:, :, lo : idx + 1],
-                                               values[:, :, lo : idx + 1])  # [B, H, 1, D]
-            x = x + F.linear(y.reshape(B, 1, C), attn.c_proj.weight, attn.c_proj.bias)
-            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, eps)
-            h = F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh")  # [B, 1, 4C]
-            x = x + F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
-        x = F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias, eps)
-        logits = F.linear(x, self.wte.weight)  # [B, V]
+        layers, lnf_w, lnf_b, head = weights
+        for (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b), kv in zip(
+                layers, buffer.layers):
+            h = F.layer_norm(x, (C,), ln1_w, ln1_b, eps)
+            qkv = (h @ attn_w if attn_b is None else torch.addmm(attn_b, h, attn_w)).view(B, 3, H, D)  # [B, 3, H, D]
+            if freqs is not None:
+                _rotate_(qkv[:, :2], freqs)  # q and k, in place
+            kv.select(3, idx).copy_(qkv[:, 1:].transpose(0, 1))  # kv [2, B, H, capacity, D] <- [2, B, H, D]
+            window = kv[:, :, :, lo : idx + 1]  # [2, B, H, n, D]
+            # one query per row: SDPA's CPU kernel beat matmul/softmax/matmul at B = 1 and 16 (measured)
+            y = F.scaled_dot_product_attention(qkv[:, 0, :, None], window[0], window[1]).reshape(B, C)
+            x = torch.addmm(x, y, proj_w) if proj_b is None else torch.addmm(x + proj_b, y, proj_w)
+            h = F.layer_norm(x, (C,), ln2_w, ln2_b, eps)
+            h = F.gelu(h @ fc_w if fc_b is None else torch.addmm(fc_b, h, fc_w), approximate="tanh")  # [B, 4C]
+            x = torch.addmm(x, h, fc2_w) if fc2_b is None else torch.addmm(x + fc2_b, h, fc2_w)
+        logits = F.layer_norm(x, (C,), lnf_w, lnf_b, eps) @ head  # [B, V]
         logits[:, cfg.bos_id] = float("-inf")
         return logits
 
@@ -609,18 +627,18 @@ class GPTModel(LanguageModel):
             if buffer.tip != L or L - buffer.offset == buffer.capacity:  # a second branch, or the buffer is full
                 buffer = buffer.window(L, W - 1, 2 * W)
             idx = L - buffer.offset
-            x = F.embedding(token_ids, self.wte.weight)[:, None]  # [B, 1, C]
-            logits = self._decode(x, buffer, idx, max(0, idx - W + 1),
+            x = F.embedding(token_ids, self.wte.weight)  # [B, C]
+            logits = self._decode(x, state.weights, buffer, idx, max(0, idx - W + 1),
                                   self._rope(L, 1, x.device, x.dtype))  # [B, V]
             buffer.tip = L + 1
-            return logits, GPTState(buffer, L + 1)
+            return logits, GPTState(buffer, L + 1, None, state.weights)
         ids = torch.cat([state.ids, token_ids[:, None]], dim=1)[:, -W:]  # [B, <= W]
         if L >= W:
             return self._forward(ids, None, 0, last_only=True)[0][:, -1], GPTState(None, L + 1, ids)
         buffer = state.buffer
         if buffer.tip != L:
             buffer = buffer.window(L, W, W)
-        x = (F.embedding(token_ids, self.wte.weight) + self.wpe.weight[L])[:, None]  # [B, 1, C]
-        logits = self._decode(x, buffer, L, 0, None)  # [B, V]
+        x = F.embedding(token_ids, self.wte.weight) + self.wpe.weight[L]  # [B, C]
+        logits = self._decode(x, state.weights, buffer, L, 0, None)  # [B, V]
         buffer.tip = L + 1
-        return logits, GPTState(buffer, L + 1, ids)
+        return logits, GPTState(buffer, L + 1, ids, state.weights)

@@ -173,27 +173,29 @@ def rotary(seed=0, **kw) -> GPTModel:
 
 def test_rotary_matches_rotation_matrices():
     # RoFormer (Su et al. 2021, eq. 13-15): f(x, m) = R_m x with R_m block-diagonal, one 2x2 rotation
-    # [[cos m θ_i, -sin m θ_i], [sin m θ_i, cos m θ_i]] per pair, θ_i = base^(-2i/D); our pairs are (i, i + D/2).
-    from arlm.models.gpt import _rotate, rotary_tables
+    # [[cos m θ_i, -sin m θ_i], [sin m θ_i, cos m θ_i]] per pair (x_2i, x_2i+1), θ_i = base^(-2i/D).
+    from arlm.models.gpt import _rotate, _rotate_, rotary_tables
 
     D, base = 8, 10000.0
     positions = torch.tensor([0, 1, 5, 63, 1000, 123456])
-    cos, sin = rotary_tables(positions, D, base, torch.float64)
+    freqs = rotary_tables(positions, D, base, torch.float64)
     x = torch.randn(len(positions), D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    got = _rotate(x, cos, sin)  # [T, D]
+    got = _rotate(x, freqs)  # [T, D]
     for row, m in enumerate(positions.tolist()):
         R = torch.zeros(D, D, dtype=torch.float64)
         for i in range(D // 2):
             a = m * base ** (-2 * i / D)
             c, s = math.cos(a), math.sin(a)
-            R[i, i], R[i, i + D // 2], R[i + D // 2, i], R[i + D // 2, i + D // 2] = c, -s, s, c
+            R[2 * i, 2 * i], R[2 * i, 2 * i + 1], R[2 * i + 1, 2 * i], R[2 * i + 1, 2 * i + 1] = c, -s, s, c
         torch.testing.assert_close(got[row], R @ x[row], atol=1e-12, rtol=0)
+    torch.testing.assert_close(_rotate_(x.clone(), freqs), got, atol=0, rtol=0)
+    f32 = rotary_tables(positions, D, base, torch.float32)
+    torch.testing.assert_close(_rotate(x.float(), f32), got.float(), atol=1e-5, rtol=0)
     # relative by construction: <R_m q, R_n k> depends on m - n only
     q, k = x[0], x[1]
     dots = []
     for m, n in [(7, 3), (104, 100), (100004, 100000)]:
-        cm, sm = rotary_tables(torch.tensor([m, n]), D, base, torch.float64)
-        rq, rk = _rotate(torch.stack([q, k]), cm, sm)
+        rq, rk = _rotate(torch.stack([q, k]), rotary_tables(torch.tensor([m, n]), D, base, torch.float64))
         dots.append(float(rq @ rk))
     assert dots[1] == pytest.approx(dots[0], abs=1e-9) and dots[2] == pytest.approx(dots[0], abs=1e-9)
 
@@ -211,7 +213,7 @@ def test_rotary_logits_are_sliding_window_attention():
     B, T = ids.shape
     c = model.config
     D = c.n_embd // c.n_head
-    cos, sin = rotary_tables(torch.arange(T), D, c.rotary_base, torch.float64)
+    freqs = rotary_tables(torch.arange(T), D, c.rotary_base, torch.float64)
     i = torch.arange(T)
     allowed = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - c.block_size)  # [T, T]
     x = model.wte(ids)
@@ -219,7 +221,7 @@ def test_rotary_logits_are_sliding_window_attention():
         for blk in model.h:
             q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(c.n_embd, 2)
             q, k, v = (t.view(B, T, c.n_head, D).transpose(1, 2) for t in (q, k, v))
-            att = (_rotate(q, cos, sin) @ _rotate(k, cos, sin).transpose(-1, -2)) / math.sqrt(D)
+            att = (_rotate(q, freqs) @ _rotate(k, freqs).transpose(-1, -2)) / math.sqrt(D)
             att = att.masked_fill(~allowed, float("-inf")).softmax(-1)
             x = x + blk.attn.c_proj((att @ v).transpose(1, 2).reshape(B, T, c.n_embd))
             x = x + blk.mlp.c_proj(F.gelu(blk.mlp.c_fc(blk.ln_2(x)), approximate="tanh"))
@@ -306,8 +308,8 @@ def test_rotary_training_kernels_match_pytorch():
 
     g = torch.Generator().manual_seed(10)
     qkv = torch.randn(2, 5, 3 * 8, generator=g, dtype=torch.double).requires_grad_()
-    cos, sin = rotary_tables(torch.arange(5), 4, 10000.0, torch.double)
-    assert torch.autograd.gradcheck(lambda t: _CausalAttention.apply(t, 2, cos, sin), (qkv,))
+    freqs = rotary_tables(torch.arange(5), 4, 10000.0, torch.double)
+    assert torch.autograd.gradcheck(lambda t: _CausalAttention.apply(t, 2, freqs), (qkv,))
 
 
 def test_pos_emb_config_errors_and_default():
