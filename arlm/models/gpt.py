@@ -422,6 +422,7 @@ class GPTModel(LanguageModel):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         self._rope_tables: dict = {}  # (device, dtype) -> freqs [N, D/2]; not parameters, not saved
+        self._decode_cache = None  # (parameter versions, weights laid out for _decode)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -477,11 +478,13 @@ class GPTModel(LanguageModel):
             x = x[:, -1:]
         return self._head(x), kv
 
-    def _forward_rotary(self, ids: torch.Tensor, last_only: bool = False):
+    def _forward_rotary(self, ids: torch.Tensor, last_only: bool = False, on_chunk=None):
         """Rotary, sliding-window attention over ids [B, T] at positions 0..T-1, in chunks of ``block_size``.
 
         Returns (logits [B, T or 1, V], per layer (k, v) [B, H, P, D] of the
         last P = min(T, block_size - 1) positions, what the next step needs).
+        With ``on_chunk``, each chunk's logits [B, t, V] go to ``on_chunk(start,
+        logits)`` instead (memory for one chunk at a time) and None is returned for them.
         """
         B, T = ids.shape
         W = self.config.block_size
@@ -503,8 +506,13 @@ class GPTModel(LanguageModel):
                     k, v = layer_kv
                     n = min(keep, k.shape[2])
                     kv.append((k[:, :, k.shape[2] - n :], v[:, :, v.shape[2] - n :]))  # [B, H, n, D]
-            hidden.append(x[:, -1:] if last_only and s + W >= T else x)
+            if on_chunk is not None:
+                on_chunk(s, self._head(x))
+            else:
+                hidden.append(x[:, -1:] if last_only and s + W >= T else x)
             past = kv
+        if on_chunk is not None:
+            return None, past
         x = hidden[-1] if last_only else torch.cat(hidden, dim=1)  # [B, T or 1, C]
         return self._head(x), past
 
@@ -527,6 +535,29 @@ class GPTModel(LanguageModel):
 
     forward = logits
 
+    @torch.no_grad()
+    def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        """Log-probability (nats) of every token after the first: LongTensor[T] -> float64 FloatTensor[T - 1].
+
+        Learned positions: the sliding window of ``LanguageModel.sequence_log_probs``
+        (``stride`` applies). Rotary: one pass of sliding-window attention over
+        the whole sequence, gathered chunk by chunk (memory for ``block_size``
+        rows of logits at a time); ``stride`` is ignored.
+        """
+        if not self.rotary or token_ids.shape[0] - 1 <= self.config.block_size:
+            return super().sequence_log_probs(token_ids, stride)
+        ids = token_ids.to(self.device)
+        targets = ids[1:]
+        parts = []
+
+        def gather(start: int, logits: torch.Tensor) -> None:  # logits [1, t, V]
+            t = logits.shape[1]
+            lp = torch.log_softmax(logits[0].double(), dim=-1)  # [t, V]
+            parts.append(lp.gather(1, targets[start : start + t, None])[:, 0].cpu())
+
+        self._forward_rotary(ids[None, :-1], on_chunk=gather)
+        return torch.cat(parts)
+
     # -- decoding -----------------------------------------------------------------
     def _new_buffer(self, kv: list, length: int, capacity: int) -> _KVBuffer:
         """A buffer of ``capacity`` holding kv (per layer (k, v) [B, H, n, D], the n positions before ``length``)."""
@@ -539,13 +570,22 @@ class GPTModel(LanguageModel):
 
     def _decode_weights(self) -> list:
         """The weights as ``_decode`` uses them: Linear weights transposed to [in, out] and contiguous
-        (a row vector times such a matrix is about twice as fast on CPU as ``F.linear``'s layout)."""
+        (a row vector times such a matrix is about twice as fast on CPU as ``F.linear``'s layout).
+
+        Made once and kept until a parameter changes (in place, e.g. by an optimiser, or replaced).
+        """
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+        if self._decode_cache is not None and self._decode_cache[0] == key:
+            return self._decode_cache[1]
+
         def t(linear: nn.Linear):
             return linear.weight.detach().t().contiguous(), linear.bias
 
         layers = [(b.ln_1.weight, b.ln_1.bias, *t(b.attn.c_attn), *t(b.attn.c_proj), b.ln_2.weight, b.ln_2.bias,
                    *t(b.mlp.c_fc), *t(b.mlp.c_proj)) for b in self.h]
-        return [layers, self.ln_f.weight, self.ln_f.bias, self.wte.weight.detach().t().contiguous()]
+        weights = [layers, self.ln_f.weight, self.ln_f.bias, self.wte.weight.detach().t().contiguous()]
+        self._decode_cache = (key, weights)
+        return weights
 
     @torch.no_grad()
     def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, GPTState]:

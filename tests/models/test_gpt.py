@@ -318,3 +318,25 @@ def test_pos_emb_config_errors_and_default():
         tiny(pos_emb="alibi")
     with pytest.raises(ValueError, match="even head size"):
         tiny(n_head=16, pos_emb="rotary")  # head size 1
+
+
+def test_rotary_sequence_log_probs_chunked_equals_logits():
+    model = rotary(n_layer=2, block_size=4)
+    ids = torch.randint(0, 10, (19,), generator=torch.Generator().manual_seed(5))
+    lp = model.sequence_log_probs(ids)
+    ref = torch.log_softmax(model.logits(ids[None, :-1])[0].double(), -1).gather(1, ids[1:, None])[:, 0]
+    torch.testing.assert_close(lp, ref.detach(), atol=1e-12, rtol=0)
+    assert lp.shape == (18,)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_decoding_follows_weight_updates(pos_emb):
+    # the step's transposed weights are cached; an in-place update (an optimiser step) must be seen by the next prefill
+    model = tiny(pos_emb=pos_emb).double()
+    ids = torch.randint(0, 10, (2, 5), generator=torch.Generator().manual_seed(12))
+    model.step(ids[:, 3], model.prefill(ids[:, :3])[1])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    out, _ = model.step(ids[:, 3], model.prefill(ids[:, :3])[1])
+    torch.testing.assert_close(out, model.logits(ids[:, :4])[:, -1], atol=1e-10, rtol=0)
