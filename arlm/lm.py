@@ -85,14 +85,10 @@ class LM:
         """Sample a completion of ``prompt`` (unconditional when empty).
 
         Returns a ``Sample(text, token_ids, finish_reason)``, or a list of
-        ``num_samples`` of them drawn one after another from one generator
-        seeded with ``seed``. See ``sampling.generate`` for the semantics.
+        ``num_samples`` of them drawn together as one batch (one batched model
+        step per token) from one generator seeded with ``seed``. See
+        ``sampling.generate`` and ``sampling.generate_many`` for the semantics.
         """
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(0 if seed is None else int(seed))
-        out = [
-            sampling.generate(self.model, self.vocab, prompt, max_new_tokens, temperature, top_k, top_p,
-                              stop=stop, generator=gen)
-            for _ in range(num_samples)
-        ]
+        out = sampling.generate_many(self.model, self.vocab, prompt, num_samples, max_new_tokens, temperature,
+                                     top_k, top_p, seed, stop)
         return out[0] if num_samples == 1 else out

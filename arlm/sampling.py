@@ -110,35 +110,62 @@ def generate(model, vocab, prompt: str = "", max_new_tokens: int = 200, temperat
         ArlmError: out-of-range knobs, a prompt the vocab cannot encode, or
             non-finite logits.
     """
+    return generate_many(model, vocab, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                         generator)[0]
+
+
+@torch.no_grad()
+def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_tokens: int = 200,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
+                  stop: list[str] | str | None = None, generator: torch.Generator | None = None) -> list[Sample]:
+    """``num_samples`` completions of ``prompt`` drawn together, as one batch of rows.
+
+    Every row follows the rules of :func:`generate`; the model runs one
+    batched ``step`` per token for all rows (rows that have finished are
+    carried along until all have, or until ``max_new_tokens``). Row r's tokens
+    are drawn by one ``torch.multinomial`` call per step over all rows, from
+    one generator seeded with ``seed``: the same seed gives the same samples.
+
+    Raises:
+        ArlmError: ``num_samples`` < 1, or as :func:`generate`.
+    """
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ArlmError(f"num_samples must be an integer >= 1, got {num_samples}")
     stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
     if generator is None:
         generator = torch.Generator(device="cpu")
         generator.manual_seed(0 if seed is None else int(seed))
+    B = num_samples
     was_training = model.training
     model.eval()
     try:
         prompt_ids = [vocab.bos_id, *vocab.encode(prompt)]
-        new_ids: list[int] = []
         if max_new_tokens == 0:
-            return Sample("", [], "length")
-        logits, state = model.prefill(torch.tensor([prompt_ids], device=model.device))  # [1, V]
-        finish = "length"
-        text = ""
+            return [Sample("", [], "length") for _ in range(B)]
+        new_ids: list[list[int]] = [[] for _ in range(B)]
+        texts: list[str | None] = [None] * B  # set when a row has finished early (stop string or <eos>)
+        finish = ["length"] * B
+        logits, state = model.prefill(torch.tensor([prompt_ids] * B, device=model.device))  # [B, V]
         for i in range(max_new_tokens):
-            tok = sample_next(logits, generator, temperature, top_k, top_p)  # [1]
-            t = int(tok[0])
-            if t == vocab.eos_id:
-                finish = "stop"
+            tok = sample_next(logits, generator, temperature, top_k, top_p)  # [B]
+            for r, t in enumerate(tok.tolist()):
+                if finish[r] == "stop":
+                    continue
+                if t == vocab.eos_id:
+                    finish[r] = "stop"
+                    continue
+                new_ids[r].append(t)
+                if stops:
+                    text = vocab.decode(new_ids[r])
+                    cut = min((j for j in (text.find(s) for s in stops) if j >= 0), default=-1)
+                    if cut >= 0:
+                        finish[r], texts[r] = "stop", text[:cut]
+            if all(f == "stop" for f in finish):
                 break
-            new_ids.append(t)
-            if stops:
-                text = vocab.decode(new_ids)
-                cut = min((j for j in (text.find(s) for s in stops) if j >= 0), default=-1)
-                if cut >= 0:
-                    return Sample(text[:cut], new_ids, "stop")
             if i + 1 < max_new_tokens:
                 logits, state = model.step(tok.to(model.device), state)
-        return Sample(vocab.decode(new_ids), new_ids, finish)
+        return [Sample(texts[r] if texts[r] is not None else vocab.decode(new_ids[r]), new_ids[r], finish[r])
+                for r in range(B)]
     finally:
         model.train(was_training)

@@ -136,6 +136,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-embd", type=int, default=None, help="embedding width (gpt 128, lstm 64)")
     g.add_argument("--n-hidden", type=int, default=None, help="LSTM hidden width (256)")
     g.add_argument("--block-size", type=int, default=None, help="context window (gpt) / training window (lstm)")
+    g.add_argument("--pos-emb", choices=("learned", "rotary"), default=None,
+                   help="gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past block-size)")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability (0)")
     g.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
@@ -1004,8 +1006,11 @@ def build_model(family: str, vocab, args) -> tuple[Any, int]:
 
             cfg = GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
                             n_layer=pick("n_layer"), n_head=pick("n_head"), n_embd=pick("n_embd"),
-                            block_size=block, dropout=pick("dropout"), bias=True)
+                            block_size=block, dropout=pick("dropout"), bias=True,
+                            pos_emb=_arg(args, "pos_emb") or "learned")
             return GPTModel(cfg), block
+        if _arg(args, "pos_emb") is not None:
+            raise ArlmError(f"--pos-emb applies to gpt models, not {family}")
         from .models.lstm import LSTMConfig, LSTMModel
 
         cfg = LSTMConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,

@@ -1,19 +1,34 @@
-"""Generation speed of the GPT at batch 1: KV cache vs full recomputation, at a context of 256 tokens.
+"""Generation speed past the context window: KV cache vs full recomputation, at batch 1 and batch 16.
 
-Usage: python bench/generate.py [--threads N] [--context 256] [--new 64] [--repeats 3]
+Usage: python bench/generate.py [--tokens 1000] [--recompute-tokens 100] [--repeats 3] [--threads 1]
 
-A GPT with the default width and depth of ``arlm train`` and ``block_size`` =
-``--context`` gets a prompt of ``context - new`` tokens and generates ``new``
-more (greedy), so the context grows to ``--context``:
+What users get when they generate far past ``block_size`` (a story, a play, a
+server answering many clients). Models (random weights, 65-symbol char vocab):
 
-* with the KV cache: ``prefill`` once, then ``step`` per token (one position's work);
-* without: ``logits`` over the whole context for every new token.
+* ``default``: the shape ``arlm train --model gpt`` builds (2 layers, 4 heads,
+  128 channels, block 64), learned positions: past the window every token
+  recomputes the window (absolute positions shift), so its "cache" column is
+  the recomputation cost plus bookkeeping;
+* ``default-rotary``: the same shape with ``--pos-emb rotary``;
+* ``nanogpt-cpu``: nanoGPT's CPU recipe shape (4 layers, 4 heads, 128
+  channels, block 64) with ``--pos-emb rotary``.
 
-The timed part is the ``new`` tokens in both cases (the prompt's single
-forward pass, the same for both, is not counted).
+For each model and batch size (1 and 16 sequences), after a prompt of
+``block_size`` tokens (so every timed token is past the window):
 
-Prints tokens/s of each (median of ``--repeats``) and their ratio; both produce
-the same tokens, which is checked.
+* ``cache``: ``step`` per token, ``--tokens`` tokens;
+* ``recompute``: ``logits`` over the last ``block_size`` tokens per token (what
+  nanoGPT's ``generate`` does), ``--recompute-tokens`` tokens (its per-token
+  cost is the same at any length past the window).
+
+Tokens are greedy (argmax): the timing is the model's, not the sampler's.
+The two are run alternately ``--repeats`` times; the figures are medians of
+wall time (and of this process's CPU time, steadier on a shared machine).
+Prints per-token times, tokens/s, the speed-up of the cache over recomputation
+at batch 1, and batch-16 tokens/s over batch-1 tokens/s. For the rotary models
+the two columns produce different tokens once the window slides with more than
+one layer (the cache keeps the sliding-window attention's longer receptive
+field, see ``arlm.models.gpt``); for learned positions they are checked equal.
 """
 
 from __future__ import annotations
@@ -28,69 +43,86 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from arlm import train as T  # noqa: E402
 from arlm.models.gpt import GPTConfig, GPTModel  # noqa: E402
 
+MODELS = {
+    "default": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, pos_emb="learned"),
+    "default-rotary": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, pos_emb="rotary"),
+    "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, pos_emb="rotary"),
+}
+
 
 @torch.no_grad()
-def with_cache(model, prompt, new):
-    """Returns (tokens, seconds for the ``new`` tokens; the prompt's one prefill pass not counted)."""
+def with_cache(model, prompt, n):
+    """(tokens [B, n], wall seconds, CPU seconds) of ``n`` steps after a prefill (not timed)."""
     logits, state = model.prefill(prompt)
-    t = time.perf_counter()
     out = []
-    for _ in range(new):
-        tok = logits.argmax(-1)  # [1]
-        out.append(int(tok))
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        tok = logits.argmax(-1)  # [B]
+        out.append(tok)
         logits, state = model.step(tok, state)
-    return out, time.perf_counter() - t
+    return torch.stack(out, 1), time.perf_counter() - t, time.process_time() - c
 
 
 @torch.no_grad()
-def recompute(model, prompt, new):
-    """Returns (tokens, seconds): ``logits`` over the whole context for every token."""
-    logits = model.logits(prompt[:, -model.block_size :])[:, -1]
-    t = time.perf_counter()
-    out = []
+def recompute(model, prompt, n):
+    """(tokens [B, n], wall seconds, CPU seconds): ``logits`` over the last ``block_size`` tokens per token."""
+    W = model.block_size
     ctx = prompt
-    for _ in range(new):
-        tok = logits.argmax(-1)  # [1]
-        out.append(int(tok))
-        ctx = torch.cat([ctx, tok[:, None]], dim=1)
-        logits = model.logits(ctx[:, -model.block_size :])[:, -1]
-    return out, time.perf_counter() - t
+    logits = model.logits(ctx[:, -W:])[:, -1]
+    out = []
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        tok = logits.argmax(-1)  # [B]
+        out.append(tok)
+        ctx = torch.cat([ctx[:, -W + 1 :], tok[:, None]], dim=1)  # [B, W]
+        logits = model.logits(ctx)[:, -1]
+    return torch.stack(out, 1), time.perf_counter() - t, time.process_time() - c
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=None, help="default: arlm.train.default_threads() and 1")
-    p.add_argument("--context", type=int, default=256)
-    p.add_argument("--new", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=1000, help="tokens generated with the cache per run")
+    p.add_argument("--recompute-tokens", type=int, default=100, help="tokens generated by recomputation per run")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians are reported")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    p.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes; the first is the baseline")
     args = p.parse_args(argv)
-    d = T.DEFAULTS["gpt"]
-    torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=67, bos_id=65, eos_id=66, n_layer=d["n_layer"], n_head=d["n_head"],
-                               n_embd=d["n_embd"], block_size=args.context)).eval()
-    prompt = torch.randint(0, 65, (1, args.context - args.new), generator=torch.Generator().manual_seed(0))
-    # Batch-1 decoding is dominated by per-operation overhead, where extra threads
-    # only add synchronisation: report the default thread count and one thread.
-    thread_counts = [args.threads] if args.threads else sorted({T.default_threads(), 1}, reverse=True)
-    print(f"GPT {model.num_parameters():,} params, batch 1, context {args.context - args.new} -> {args.context}, "
-          f"median of {args.repeats}:")
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        results = {}
-        for name, fn in (("kv_cache", with_cache), ("recompute", recompute)):
-            fn(model, prompt, 4)  # warm-up
-            times, toks = [], None
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"{args.tokens} cached / {args.recompute_tokens} recomputed tokens per run past a full window, "
+          f"{args.threads} thread(s), median of {args.repeats} alternating runs (wall; CPU in brackets)")
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = GPTModel(GPTConfig(vocab_size=67, bos_id=65, eos_id=66, **MODELS[name])).eval()
+        W = model.block_size
+        per_token = {}
+        for B in batches:
+            prompt = torch.randint(0, 65, (B, W), generator=torch.Generator().manual_seed(B))
+            with_cache(model, prompt, 8)  # warm-up
+            recompute(model, prompt, 2)
+            times = {"cache": [], "recompute": []}
             for _ in range(args.repeats):
-                toks, seconds = fn(model, prompt, args.new)
-                times.append(seconds)
-            results[name] = (args.new / statistics.median(times), toks)
-        assert results["kv_cache"][1] == results["recompute"][1], "the cache changed the generated tokens"
-        kv, full = results["kv_cache"][0], results["recompute"][0]
-        print(f"  threads {threads}: KV cache {kv:8.1f} tokens/s, full recomputation {full:7.1f} tokens/s, "
-              f"speed-up {kv / full:5.1f}x")
+                a, wall, cpu = with_cache(model, prompt, args.tokens)
+                times["cache"].append((wall / args.tokens, cpu / args.tokens))
+                b, wall, cpu = recompute(model, prompt, args.recompute_tokens)
+                times["recompute"].append((wall / args.recompute_tokens, cpu / args.recompute_tokens))
+                if MODELS[name]["pos_emb"] == "learned":
+                    k = min(args.tokens, args.recompute_tokens)
+                    assert torch.equal(a[:, :k], b[:, :k]), "the cache changed the generated tokens"
+            per_token[B] = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+                            for k, v in times.items()}
+            c, r = per_token[B]["cache"], per_token[B]["recompute"]
+            print(f"  {name:15s} batch {B:3d}: cache {c[0] * 1e3:7.3f} ms/step ({B / c[0]:8.0f} tokens/s) "
+                  f"[{c[1] * 1e3:6.3f}]; recompute {r[0] * 1e3:8.3f} ms/step ({B / r[0]:7.0f} tokens/s) "
+                  f"[{r[1] * 1e3:7.3f}]; cache speed-up {r[0] / c[0]:5.1f}x [{r[1] / c[1]:5.1f}x]")
+        base = batches[0]
+        for B in batches[1:]:
+            c0, c = per_token[base]["cache"], per_token[B]["cache"]
+            print(f"  {name:15s} batch {B} / batch {base} tokens/s with the cache: "
+                  f"{(B / c[0]) / (base / c0[0]):5.1f}x [{(B / c[1]) / (base / c0[1]):5.1f}x]")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ def make_ngram(vocab, docs, order):
     return NGramModel.fit(NGramConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=order), encode_documents(vocab, docs))
 
 
-def make_gpt(vocab, docs=None, block_size=8, seed=0):
+def make_gpt(vocab, docs=None, block_size=8, seed=0, pos_emb="learned", n_layer=1):
     from arlm.models.gpt import GPTConfig, GPTModel
 
     torch.manual_seed(seed)
     m = GPTModel(GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
-                           n_layer=1, n_head=2, n_embd=16, block_size=block_size, dropout=0.0, bias=True))
+                           n_layer=n_layer, n_head=2, n_embd=16, block_size=block_size, dropout=0.0, bias=True,
+                           pos_emb=pos_emb))
     # float64 so that probabilities from forward passes of different lengths agree to 1e-15
     return m.double().eval()
 
@@ -88,6 +89,8 @@ FAMILY_CASES = {
     "ngram5-char": ("char", lambda v, d: make_ngram(v, d, 5)),
     "ngram4-byte": ("byte", lambda v, d: make_ngram(v, d, 4)),
     "gpt-char": ("char", lambda v, d: make_gpt(v, d)),
+    # rotary, sliding-window attention: a 4-token window, so the contract's texts slide it many times
+    "gpt-rotary-char": ("char", lambda v, d: make_gpt(v, d, block_size=4, pos_emb="rotary", n_layer=2)),
     "lstm-char": ("char", lambda v, d: make_lstm(v, d)),
     "cache-char": ("char", lambda v, d: make_cache(v, d)),
     "cache-byte": ("byte", lambda v, d: make_cache(v, d, order=2)),
@@ -102,6 +105,7 @@ FAMILY_CASES = {
 FAMILY_CASES.update({
     "ngram3-bpe": ("bpe", lambda v, d: make_ngram(v, d, 3)),
     "gpt-bpe": ("bpe", lambda v, d: make_gpt(v, d)),
+    "gpt-rotary-bpe": ("bpe", lambda v, d: make_gpt(v, d, block_size=4, pos_emb="rotary")),
     "lstm-bpe": ("bpe", lambda v, d: make_lstm(v, d)),
     "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
     "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),

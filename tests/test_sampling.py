@@ -103,3 +103,26 @@ def test_seed_is_private():
     torch.rand(100)
     b = generate(model, vocab, "", max_new_tokens=50, seed=11)
     assert a == b
+
+
+@pytest.mark.parametrize("case", ["ngram3-char", "gpt-rotary-char", "lstm-char"])
+def test_num_samples_run_as_one_batch_with_per_row_rules(case):
+    from arlm.sampling import generate_many
+
+    model, vocab = build_case(case, names_docs())
+    greedy = generate(model, vocab, "em", max_new_tokens=25, temperature=0)
+    assert [s.text for s in generate_many(model, vocab, "em", 3, max_new_tokens=25, temperature=0)] == [greedy.text] * 3
+    calls = []
+    step = model.step
+    model.step = lambda ids, state: calls.append(ids.shape) or step(ids, state)
+    try:
+        samples = generate_many(model, vocab, "", 5, max_new_tokens=30, temperature=1.5, seed=4, stop="a")
+    finally:
+        del model.step
+    assert calls and all(shape == (5,) for shape in calls)  # one batched step per token, all rows together
+    for s in samples:
+        assert "a" not in s.text and s.finish_reason in ("stop", "length")
+        assert len(s.token_ids) <= 30 and vocab.eos_id not in s.token_ids
+    assert samples == generate_many(model, vocab, "", 5, max_new_tokens=30, temperature=1.5, seed=4, stop="a")
+    with pytest.raises(ArlmError, match="num_samples"):
+        generate_many(model, vocab, "", 0)

@@ -252,3 +252,26 @@ def test_lr_stays_continuous_when_a_resume_changes_the_budget():
     new.schedule_anchor = [50, 60.0, T.schedule_progress(s, 50, 60.0)]
     assert T.lr_at(new, 50, 60.0) == pytest.approx(T.lr_at(s, 50, 60.0))
     assert T.lr_at(new, 90, 200.0) == pytest.approx(0.1)
+
+
+def test_cli_trains_rotary_gpt_that_generates_past_its_window(tmp_path):
+    # arlm train --model gpt --pos-emb rotary: trains on the CPU training path, saves, loads, generates and scores
+    # far past block_size (sliding-window attention), and resumes with its position scheme
+    out = tmp_path / "rot"
+    cmd = [sys.executable, "-m", "arlm", "train", str(DATA / "names.txt"), "--model", "gpt", "--pos-emb", "rotary",
+           "--documents", "lines", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8",
+           "--batch-size", "8", "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "1", "--threads", "1",
+           "--device", "cpu", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    import arlm
+
+    lm = arlm.load(out)
+    assert lm.model.config.pos_emb == "rotary" and not lm.model.windowed and "wpe.weight" not in lm.model.state_dict()
+    samples = lm.generate("", max_new_tokens=40, temperature=1.0, seed=3, num_samples=2)
+    assert len(samples) == 2 and all(len(s.token_ids) <= 40 for s in samples)
+    text = "abcdefghij" * 3  # 31 predicted tokens through a window of 8
+    assert lm.log_prob(text) == pytest.approx(sum(v for _, v in lm.token_logprobs(text)), abs=1e-6)
+    bad = subprocess.run([*cmd[:5], "--model", "lstm", "--pos-emb", "rotary", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode != 0 and "--pos-emb" in bad.stderr and "Traceback" not in bad.stderr
