@@ -101,8 +101,19 @@ def _report_training(out: Path, split, args, val_metrics: dict | None = None) ->
         if result["refit_on_val"]:
             print("(val scored before the final refit: the saved n-gram model is fitted on train and val together; "
                   "--no-refit keeps val held out)")
+        print(f"model in {out}: val bits_per_char {result['val']['bits_per_char']:.4f} on {_val_description(split)}")
     else:
-        print("no val text (val fraction 0): nothing to report")
+        print(f"model in {out}; no val text (val fraction 0): nothing to report")
+
+
+def _val_description(split) -> str:
+    """What the val figure was measured on, in words."""
+    n = len(split.val_text)
+    if split.val_is_file:
+        return f"the --val-file text ({n:,} characters)"
+    if split.documents == "file":
+        return f"the held-out end of {split.source} ({n:,} characters, never trained on)"
+    return f"{len(split.val_docs):,} held-out documents of {split.source} ({n:,} characters, never trained on)"
 
 
 def cmd_eval(args) -> None:
@@ -295,37 +306,66 @@ def _positive_int(s: str) -> int:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show:
+    flags (off unless given), required options, and None defaults, whose help
+    says in words what happens without the option."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if (action.default is None or action.default is False or action.required
+                or action.default is argparse.SUPPRESS or "default" in h):
+            return h
+        if action.default == "":
+            return h + " (default: empty)"
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (exit 2), like every other bad input."""
+    """Usage errors as one line on stderr (exit 2), like every other bad input; help with defaults."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*a, **kw)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+DOCUMENTS_HELP = "lines: each non-empty line is a document; file: the whole file is one document"
+JSON_HELP = "print the result as JSON on stdout instead of text"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p = _Parser(prog="arlm", description="Autoregressive language models with exact probabilities.")
-    p.add_argument("--version", action="version", version=f"arlm {__version__}")
+    p.add_argument("--version", action="version", version=f"arlm {__version__}", help="print arlm's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)")
-    t.add_argument("data", nargs="?", metavar="DATA", help="UTF-8 text file (default: the built-in corpus)")
+    t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)",
+                       description="Train a model on a text file and report its val metrics.")
+    t.add_argument("data", nargs="?", metavar="DATA",
+                   help="UTF-8 text file to train on (default: the built-in corpus, Python's pydoc topics)")
     t.add_argument("--model", default="ngram",
                    help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
-    t.add_argument("--order", type=int, default=5, help="n-gram or cache order, 1..10 (default 5)")
-    t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe"], help="vocabulary (default char)")
-    t.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
-    t.add_argument("--documents", default="file", choices=["lines", "file"],
-                   help="lines: each non-empty line is a document; file: the whole file is one (default)")
-    t.add_argument("--val-file", default=None, help="val text (default: split off --val-fraction of DATA)")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="val share when no --val-file (default 0.1)")
-    t.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
-    t.add_argument("--out", default=None, help="model directory (default runs/MODEL-VOCAB)")
-    t.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted neural run in DIR")
+    t.add_argument("--order", type=int, default=5, help="n-gram or cache order (tokens of context + 1), 1..10")
+    t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe"],
+                   help="vocabulary: the characters of the text, the 256 bytes, or byte-level BPE")
+    t.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="BPE vocabulary size, specials included (default: 1024)")
+    t.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
+    t.add_argument("--val-file", default=None, metavar="FILE",
+                   help="val text (default: split off the last --val-fraction of DATA)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
+    t.add_argument("--seed", type=int, default=1337, help="seed of the train/val split and of training")
+    t.add_argument("--out", default=None, metavar="DIR", help="model directory to write (default: runs/MODEL-VOCAB)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the interrupted neural run in DIR (default: start a new run)")
     t.add_argument("--no-refit", action="store_true",
-                   help="n-gram: keep the val split out of the saved model (default: refit on all of DATA after scoring val)")
-    t.add_argument("--json", action="store_true", help="print the result as JSON")
+                   help="n-gram: keep the val split out of the saved model (without it the model is refitted "
+                        "on all of DATA after val is scored)")
+    t.add_argument("--json", action="store_true", help=JSON_HELP)
     try:
         from .train import add_train_arguments
     except ImportError:  # the neural training loop is optional at import time
@@ -334,79 +374,107 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file")
-    e.add_argument("model_dir", metavar="DIR")
-    e.add_argument("file", metavar="FILE")
+    e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file",
+                       description="Score a whole text file: nll, mean_nll, bits per char and byte, perplexity.")
+    e.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
+    e.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
     e.add_argument("--documents", default=None, choices=["lines", "file"],
-                   help="document mode (default: the one the model was trained with)")
-    e.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride for windowed models")
-    e.add_argument("--json", action="store_true")
+                   help=DOCUMENTS_HELP + " (default: the mode the model was trained with)")
+    e.add_argument("--stride", type=_positive_int, default=None,
+                   help="sliding-window stride in tokens for models with a block_size (default: half the window)")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("score", help="log p(TEXT) or log p(TEXT | PREFIX)")
-    s.add_argument("model_dir", metavar="DIR")
-    s.add_argument("text", metavar="TEXT")
-    s.add_argument("--given", default=None, metavar="PREFIX", help="score TEXT as a completion of PREFIX")
+    s = sub.add_parser("score", help="log p(TEXT) or log p(TEXT | PREFIX)",
+                       description="Log-probability of one string, in nats and bits.")
+    s.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
+    s.add_argument("text", metavar="TEXT", help="the string to score (as typed; no escapes are read)")
+    s.add_argument("--given", default=None, metavar="PREFIX",
+                   help="score TEXT as a completion of PREFIX (default: score TEXT as a whole document)")
     s.add_argument("--no-eos", action="store_true", help="prefix probability: leave out the <eos> term")
     s.add_argument("--per-token", action="store_true", help="list every token's log-probability")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=JSON_HELP)
     s.set_defaults(func=cmd_score)
 
-    g = sub.add_parser("sample", help="draw samples, unconditionally or as completions of --prompt")
-    g.add_argument("model_dir", metavar="DIR")
-    g.add_argument("--prompt", default="")
-    g.add_argument("--num-samples", type=_positive_int, default=1)
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable); \\n, \\t, \\r are read as newline, tab, return")
-    g.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
-    g.add_argument("--json", action="store_true")
+    g = sub.add_parser("sample", help="draw samples, unconditionally or as completions of --prompt",
+                       description="Draw samples. Text output prints each sample as PROMPT followed by the "
+                                   "completion, under a header line with its finish reason (stop: <eos> or a stop "
+                                   "string; length: --max-new-tokens). --json gives prompt, completion, text "
+                                   "(prompt + completion) and finish_reason as separate fields.")
+    g.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
+    g.add_argument("--prompt", default="", help="text the samples continue (empty: unconditional samples)")
+    g.add_argument("--num-samples", type=_positive_int, default=1, help="number of samples, drawn one after another")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="stop a sample after this many new tokens")
+    g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this; 0 is greedy argmax")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="keep only the k most probable tokens (default: off, every token is kept)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the smallest set of most probable tokens with mass >= p (1.0: off)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same samples")
+    g.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="stop string, repeatable; \\n, \\t, \\r are read as newline, tab, return (default: none)")
+    g.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | mps (default: cpu; auto picks cuda when available)")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
     g.set_defaults(func=cmd_sample)
 
-    sp = sub.add_parser("split", help="write the train/val split that `arlm train` would make, as two files")
-    sp.add_argument("data", metavar="DATA")
-    sp.add_argument("--documents", default="file", choices=["lines", "file"])
-    sp.add_argument("--val-fraction", type=float, default=0.1)
-    sp.add_argument("--seed", type=int, default=1337)
-    sp.add_argument("--train-out", required=True, metavar="FILE")
-    sp.add_argument("--val-out", required=True, metavar="FILE")
+    sp = sub.add_parser("split", help="write the train/val split that `arlm train` would make, as two files",
+                        description="Write the train/val split that `arlm train` would make, as two files "
+                                    "with the input file's permissions.")
+    sp.add_argument("data", metavar="DATA", help="UTF-8 text file to split")
+    sp.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
+    sp.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA that goes to val")
+    sp.add_argument("--seed", type=int, default=1337, help="seed of the shuffle (lines mode)")
+    sp.add_argument("--train-out", required=True, metavar="FILE", help="where to write the train part")
+    sp.add_argument("--val-out", required=True, metavar="FILE", help="where to write the val part")
     sp.set_defaults(func=cmd_split)
 
-    x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text")
-    x.add_argument("model_dirs", nargs="+", metavar="DIR")
-    x.add_argument("--fit-on", default=None, metavar="FILE", help="held-out text for the weights (never your test text)")
+    x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text",
+                       description="Interpolate models that share a vocab. The mixture directory refers to its "
+                                   "components by relative path (keep them together when moving them) unless "
+                                   "--embed copies them in.")
+    x.add_argument("model_dirs", nargs="+", metavar="DIR", help="component model directories (same vocab)")
+    x.add_argument("--fit-on", default=None, metavar="FILE",
+                   help="held-out text to fit the weights on (never your test text); give this or --weights-from")
     x.add_argument("--weights-from", default=None, metavar="DIR",
                    help="reuse the weights of a mixture fitted before (same families and vocab), e.g. after "
                         "retraining its components on all the data")
-    x.add_argument("--out", required=True, metavar="DIR")
-    x.add_argument("--documents", default=None, choices=["lines", "file"])
+    x.add_argument("--out", required=True, metavar="DIR", help="mixture directory to write")
+    x.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help=DOCUMENTS_HELP + " (default: the first model's mode)")
     x.add_argument("--bucketed", action="store_true",
                    help="context-dependent weights, bucketed by the first n-gram component's context")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--embed", action="store_true",
+                   help="copy the components into the mixture directory (without it they are referenced "
+                        "by relative path, using no extra disk)")
+    x.add_argument("--json", action="store_true", help=JSON_HELP)
     x.set_defaults(func=cmd_mix)
 
-    c = sub.add_parser("compare", help="train several models on one split and budget; table, JSON and plot")
-    c.add_argument("data", nargs="?", metavar="DATA")
+    c = sub.add_parser("compare", help="train several models on one split and budget; table, JSON and plot",
+                       description="Train several models on one split with one time budget, score them on the "
+                                   "same val text, and write compare.json, compare.md and compare.png.")
+    c.add_argument("data", nargs="?", metavar="DATA",
+                   help="UTF-8 text file (default: the built-in corpus, Python's pydoc topics)")
     c.add_argument("--models", default="ngram:7,lstm,gpt", help="comma list of ngram:ORDER, cache:ORDER, lstm, gpt")
     c.add_argument("--vocab", default="char", help="comma list of char, byte, bpe")
-    c.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
+    c.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="BPE vocabulary size, specials included (default: 1024)")
     c.add_argument("--max-time", default="2m", help="training budget per neural model (e.g. 90s, 2m)")
     c.add_argument("--mix", action="store_true", help="also fit a mixture of the models on a dev part of train")
-    c.add_argument("--documents", default="file", choices=["lines", "file"])
-    c.add_argument("--val-file", default=None)
-    c.add_argument("--val-fraction", type=float, default=0.1)
-    c.add_argument("--seed", type=int, default=1337)
-    c.add_argument("--out", default="runs/compare")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
+    c.add_argument("--val-file", default=None, metavar="FILE",
+                   help="val text (default: split off the last --val-fraction of DATA)")
+    c.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
+    c.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
+    c.add_argument("--out", default="runs/compare", metavar="DIR", help="directory for the models and the results")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(func=cmd_compare)
 
-    d = sub.add_parser("demo", help="train on the built-in corpus, print val bits per char and samples")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--order", type=int, default=6)
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="train on the built-in corpus, print val bits per char and samples",
+                       description="Train a char n-gram on the built-in corpus, print val bits per char and samples.")
+    d.add_argument("--out", default="runs/demo", metavar="DIR", help="model directory to write")
+    d.add_argument("--order", type=int, default=6, help="n-gram order, 1..10")
+    d.add_argument("--seed", type=int, default=0, help="seed of the samples")
     d.set_defaults(func=cmd_demo)
     return p
 
