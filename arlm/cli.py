@@ -7,6 +7,7 @@ It only composes the modules below it. Bad input ends with one line on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -58,12 +59,8 @@ def cmd_train(args) -> None:
     t0 = time.time()
     val_metrics = None
     if args.model == "ngram":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            _, val_metrics = train_ngram(split, out, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
-                                         meta=meta, refit=not args.no_refit)
-        for w in {str(w.message) for w in caught}:
-            print(f"arlm: warning: {w}", file=sys.stderr)
+        _, val_metrics = train_ngram(split, out, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
+                                     meta=meta, refit=not args.no_refit)
     elif args.model == "cache":
         from .pipeline import make_cache
 
@@ -283,10 +280,8 @@ def cmd_demo(args) -> None:
     out = Path(args.out)
     print(f"built-in corpus: Python's pydoc topics, {sum(map(len, split.train_docs)):,} train / "
           f"{len(split.val_text):,} val characters")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm, m = train_ngram(split, out, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
-                            refit=False)
+    lm, m = train_ngram(split, out, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
+                        refit=False)
     print(f"trained a char {args.order}-gram (interpolated modified Kneser-Ney) in {time.time() - t0:.1f} s -> {out}")
     print(f"val: {_fmt_metrics(m)}")
     for i, s in enumerate(lm.generate("", max_new_tokens=240, temperature=0.8, seed=args.seed, num_samples=3)):
@@ -489,13 +484,26 @@ def _inference_threads() -> None:
     torch.set_num_threads(default_threads())
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Python warnings raised by any command -> one ``arlm: warning: …`` line each on stderr,
+    printed once (the same text from several models counts once) when the command ends."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            for text in dict.fromkeys(str(w.message) for w in caught):
+                print(f"arlm: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "train":
         _inference_threads()
     try:
-        args.func(args)
+        with _warnings_as_lines():
+            args.func(args)
     except ArlmError as e:
         print(f"arlm: error: {e}", file=sys.stderr)
         return 2

@@ -186,7 +186,7 @@ def plot_compare(rows: list[dict], path: Path) -> None:
         ax.annotate(f"{r['model']} ({r['vocab']})", (max(r["train_seconds"], 0.01), r["bits_per_char"]),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("training time (s, log scale)")
+    ax.set_xlabel("training time (s, log scale); a mixture's: the sum of its components' + its fit")
     ax.set_ylabel("val bits per character")
     ax.set_title("arlm compare: val bits/char vs training time")
     ax.grid(True, alpha=0.3)

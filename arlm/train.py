@@ -822,9 +822,13 @@ def run_training(
         try:
             from .plots import plot_loss
 
-            plot_loss(out_dir / LOG_FILE, out_dir / PLOT_FILE)
+            plot_loss(out_dir / LOG_FILE, out_dir / PLOT_FILE,
+                      title=f"{out_dir}: {model.family}, {model.num_parameters():,} parameters, {vocab.kind} vocab "
+                            f"- mean_nll per step")
         except Exception as e:  # a plot is never worth losing a run
-            print(f"warning: could not draw {PLOT_FILE}: {e}", file=sys.stderr)
+            import warnings
+
+            warnings.warn(f"could not draw {PLOT_FILE}: {e}", stacklevel=1)
     model.eval()
     return {
         "step": step,
