@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import math
+import stat
 import sys
 import time
 import warnings
@@ -163,12 +164,11 @@ def cmd_sample(args) -> None:
                           num_samples=args.num_samples)
     samples = samples if isinstance(samples, list) else [samples]
     if args.json:
-        _print_json([{"prompt": args.prompt, "text": s.text, "finish_reason": s.finish_reason,
-                      "n_tokens": len(s.token_ids)} for s in samples])
+        _print_json([{"prompt": args.prompt, "completion": s.text, "text": args.prompt + s.text,
+                      "finish_reason": s.finish_reason, "n_tokens": len(s.token_ids)} for s in samples])
         return
     for i, s in enumerate(samples):
-        if len(samples) > 1:
-            print(f"--- sample {i + 1} ({s.finish_reason}) ---")
+        print(f"--- sample {i + 1} of {len(samples)} ({s.finish_reason}, {len(s.token_ids)} new token{'' if len(s.token_ids) == 1 else 's'}) ---")
         print(args.prompt + s.text)
 
 
@@ -184,8 +184,9 @@ def cmd_split(args) -> None:
         train_text, val_text = "".join(d + "\n" for d in train), "".join(d + "\n" for d in val)
     for path in (args.train_out, args.val_out):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.train_out, train_text)
-    atomic_write_text(args.val_out, val_text)
+    mode = stat.S_IMODE(Path(args.data).stat().st_mode)  # the outputs are readable by whoever reads the input
+    atomic_write_text(args.train_out, train_text, mode=mode)
+    atomic_write_text(args.val_out, val_text, mode=mode)
     print(f"{args.train_out}: {len(train_text):,} characters; {args.val_out}: {len(val_text):,} characters")
 
 
@@ -208,24 +209,38 @@ def cmd_mix(args) -> None:
         lm, history = reuse_weights(lms, LM.load(args.weights_from), documents)
         source = {"weights_from": str(args.weights_from)}
         args.bucketed = bool(lm.model.config.bucket_components)
+    lm.model.embed_components = args.embed
     lm.save(args.out, {"mixture_fit_nll_history": history, **source,
                        "component_sources": [str(d) for d in args.model_dirs]})
     w = lm.model.weights
-    result = {"model_dir": str(args.out), "weights": w.tolist() if args.bucketed else w[0].tolist(),
-              "em_iterations": max(len(history) - 1, 0), "seconds": time.time() - t0}
+    mean_w = w.mean(0).tolist()
+    fit_nll = getattr(lm.model, "fit_component_mean_nll", None)
+    components = [{"model_dir": str(d), "family": c.model.family, "weight": mean_w[k],
+                   **({"fit_mean_nll": fit_nll[k]} if fit_nll else {})}
+                  for k, (d, c) in enumerate(zip(args.model_dirs, lms))]
+    result = {"model_dir": str(args.out), "components": components,
+              "weights": w.tolist() if args.bucketed else w[0].tolist(),
+              "embedded": bool(args.embed), "em_iterations": max(len(history) - 1, 0), "seconds": time.time() - t0}
     if history:
         result.update(fit_mean_nll_before=-history[0], fit_mean_nll_after=-history[-1])
     if args.json:
         _print_json(result)
         return
-    print(f"mixture of {len(lms)} models -> {args.out} ({result['em_iterations']} EM iterations, {result['seconds']:.1f} s)")
-    if args.bucketed:
-        print(f"context-dependent weights in {w.shape[0]} buckets; mean weights {[round(x, 4) for x in w.mean(0).tolist()]}")
-    else:
-        print(f"weights {[round(x, 4) for x in result['weights']]}")
+    stored = "copied into it" if args.embed else "referenced by relative path; keep them beside it"
+    print(f"mixture of {len(lms)} models -> {args.out} (components {stored}; "
+          f"{result['em_iterations']} EM iterations, {result['seconds']:.1f} s)")
+    wname = f"mean weight over {w.shape[0]} buckets" if args.bucketed else "weight"
+    score = f"mean_nll on {args.fit_on} (nats/token)" if fit_nll else ""
+    rows = [[wname, "family", score, "model directory"]]
+    rows += [[f"{c['weight']:.4f}", c["family"], f"{c['fit_mean_nll']:.4f}" if fit_nll else "", c["model_dir"]]
+             for c in components]
     if history:
-        print(f"fit text mean_nll {result['fit_mean_nll_before']:.4f} (uniform weights) -> "
-              f"{result['fit_mean_nll_after']:.4f} nats/token")
+        rows.append(["1.0000", "mixture", f"{result['fit_mean_nll_after']:.4f}", str(args.out)])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  " + "  ".join(x.ljust(n) if i % 2 else x.rjust(n) for i, (x, n) in enumerate(zip(r, widths))).rstrip())
+    if history:
+        print(f"(uniform weights: {result['fit_mean_nll_before']:.4f} nats/token on the same text)")
     else:
         print(f"weights copied from {args.weights_from}")
 

@@ -112,6 +112,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
                           split_meta(sub, None, dev_fraction, seed))
                 lm = LM.load(mdir)
             seconds = time.time() - t0
+            lm.model.source_dir = mdir.resolve()  # the mixture refers to this directory instead of copying it
             rows.append(_row(name, vocab_kind, lm, seconds, split, mdir))
             lms.append(lm)
             log(_line(rows[-1]))
