@@ -445,10 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--embed copies them in.")
     x.add_argument("model_dirs", nargs="+", metavar="DIR", help="component model directories (same vocab)")
     x.add_argument("--fit-on", default=None, metavar="FILE",
-                   help="held-out text to fit the weights on (never your test text); give this or --weights-from")
+                   help="held-out text to fit the weights on by EM, never your test text (default: none; give exactly "
+                        "one of --fit-on and --weights-from)")
     x.add_argument("--weights-from", default=None, metavar="DIR",
                    help="reuse the weights of a mixture fitted before (same families and vocab), e.g. after "
-                        "retraining its components on all the data")
+                        "retraining its components on all the data (default: none)")
     x.add_argument("--out", required=True, metavar="DIR", help="mixture directory to write")
     x.add_argument("--documents", default=None, choices=["lines", "file"],
                    help=DOCUMENTS_HELP + " (default: the first model's mode)")
