@@ -168,8 +168,14 @@ def cmd_sample(args) -> None:
                       "finish_reason": s.finish_reason, "n_tokens": len(s.token_ids)} for s in samples])
         return
     for i, s in enumerate(samples):
-        print(f"--- sample {i + 1} of {len(samples)} ({s.finish_reason}, {len(s.token_ids)} new token{'' if len(s.token_ids) == 1 else 's'}) ---")
+        print(_sample_header(i, len(samples), s))
         print(args.prompt + s.text)
+
+
+def _sample_header(i: int, n: int, s) -> str:
+    """``--- sample 1 of 3 (stop, 37 new tokens) ---``: the line above each sample's text."""
+    k = len(s.token_ids)
+    return f"--- sample {i + 1} of {n} ({s.finish_reason}, {k} new token{'' if k == 1 else 's'}) ---"
 
 
 def cmd_split(args) -> None:
@@ -300,7 +306,7 @@ def cmd_demo(args) -> None:
     print(f"trained a char {args.order}-gram (interpolated modified Kneser-Ney) in {time.time() - t0:.1f} s -> {out}")
     print(f"val: {_fmt_metrics(m)}")
     for i, s in enumerate(lm.generate("", max_new_tokens=240, temperature=0.8, seed=args.seed, num_samples=3)):
-        print(f"--- sample {i + 1} ({s.finish_reason}) ---")
+        print(_sample_header(i, 3, s))
         print(s.text)
     print(f"--- next: .venv/bin/arlm sample {out} --prompt 'The ' ; .venv/bin/arlm score {out} 'import os' ---")
 
