@@ -96,10 +96,12 @@ def _report_training(out: Path, split, args, val_metrics: dict | None = None) ->
         _print_json(result)
     elif "val" in result:
         print(f"val: {_fmt_metrics(result['val'])}")
+        where = f"val bits_per_char {result['val']['bits_per_char']:.4f} on {_val_description(split)}"
         if result["refit_on_val"]:
-            print("(val scored before the final refit: the saved n-gram model is fitted on train and val together; "
-                  "--no-refit keeps val held out)")
-        print(f"model in {out}: val bits_per_char {result['val']['bits_per_char']:.4f} on {_val_description(split)}")
+            print(f"model in {out}, refitted on train and val together (--no-refit keeps val out): {where}, "
+                  "scored before the refit")
+        else:
+            print(f"model in {out}: {where}")
     else:
         print(f"model in {out}; no val text (val fraction 0): nothing to report")
 
@@ -110,8 +112,8 @@ def _val_description(split) -> str:
     if split.val_is_file:
         return f"the --val-file text ({n:,} characters)"
     if split.documents == "file":
-        return f"the held-out end of {split.source} ({n:,} characters, never trained on)"
-    return f"{len(split.val_docs):,} held-out documents of {split.source} ({n:,} characters, never trained on)"
+        return f"the held-out end of {split.source} ({n:,} characters)"
+    return f"{len(split.val_docs):,} held-out documents of {split.source} ({n:,} characters)"
 
 
 def cmd_eval(args) -> None:
