@@ -4,7 +4,7 @@ On a terminal: a tqdm bar whose total is the step limit (``--max-steps``) or,
 for a time budget alone (``--max-time``), the budget in seconds, with the step
 count and an estimate of the steps the budget allows beside it. When stderr is
 not a terminal (a log file, a pipe, CI): one plain line every ``interval``
-seconds (``ARLM_PROGRESS_INTERVAL``, default 10) and one at the end, never a
+seconds (``ARLM_PROGRESS_INTERVAL``, default 5) and one at the end, never a
 carriage return.
 """
 
@@ -17,7 +17,7 @@ import time
 
 def _interval() -> float:
     try:
-        return max(0.0, float(os.environ.get("ARLM_PROGRESS_INTERVAL", "10")))
+        return max(0.0, float(os.environ.get("ARLM_PROGRESS_INTERVAL", "5")))
     except ValueError:
         return 10.0
 
