@@ -19,7 +19,7 @@ def _interval() -> float:
     try:
         return max(0.0, float(os.environ.get("ARLM_PROGRESS_INTERVAL", "5")))
     except ValueError:
-        return 10.0
+        return 5.0
 
 
 class Progress:
