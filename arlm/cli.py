@@ -243,7 +243,7 @@ def cmd_mix(args) -> None:
     rows += [[f"{c['weight']:.4f}", c["family"], f"{c['fit_mean_nll']:.4f}" if fit_nll else "", c["model_dir"]]
              for c in components]
     if history:
-        rows.append(["1.0000", "mixture", f"{result['fit_mean_nll_after']:.4f}", str(args.out)])
+        rows.append(["", "mixture", f"{result['fit_mean_nll_after']:.4f}", str(args.out)])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  " + "  ".join(x.ljust(n) if i % 2 else x.rjust(n) for i, (x, n) in enumerate(zip(r, widths))).rstrip())

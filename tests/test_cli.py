@@ -135,8 +135,8 @@ def test_mix_names_its_components_and_refers_to_them(names_model, tmp_path):
     assert set(rows) == {str(names_model), str(other), str(tmp_path / "mix")}
     w = [float(rows[str(d)][0]) for d in (names_model, other)]
     assert sum(w) == pytest.approx(1.0, abs=2e-4) and rows[str(other)][1] == "ngram"
-    assert rows[str(tmp_path / "mix")][1] == "mixture"
-    assert float(rows[str(tmp_path / "mix")][2]) <= min(float(rows[str(d)][2]) for d in (names_model, other)) + 1e-4
+    assert rows[str(tmp_path / "mix")][0] == "mixture"  # no weight of its own
+    assert float(rows[str(tmp_path / "mix")][1]) <= min(float(rows[str(d)][2]) for d in (names_model, other)) + 1e-4
     assert not (tmp_path / "mix" / "component0").exists()  # referenced, not copied
     js = json.loads(arlm("mix", names_model, other, "--fit-on", tmp_path / "fit.txt", "--out", tmp_path / "mix2",
                          "--embed", "--json").stdout)
