@@ -268,4 +268,5 @@ def load(directory: str | Path, expect_family: str | None = None):
         raise ArlmError(f"cannot load the model in {d}: {msg}") from None
     if vocab.vocab_size != config.vocab_size:
         raise ArlmError(f"{d}: the vocab has {vocab.vocab_size} tokens but the model expects {config.vocab_size}")
+    model.source_dir = d.resolve()  # a mixture saved later refers to this directory instead of copying it
     return model, vocab, cfg

@@ -7,9 +7,11 @@ It only composes the modules below it. Bad input ends with one line on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
+import stat
 import sys
 import time
 import warnings
@@ -69,12 +71,9 @@ def cmd_train(args) -> None:
     t0 = time.time()
     val_metrics = None
     if args.model == "ngram":
-        with warnings.catch_warnings(record=True) as caught, checkpoint.new_model_dir(out, replace) as where:
-            warnings.simplefilter("always")
+        with checkpoint.new_model_dir(out, replace) as where:
             _, val_metrics = train_ngram(split, where, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
                                          meta=meta, refit=not args.no_refit)
-        for w in {str(w.message) for w in caught}:
-            print(f"arlm: warning: {w}", file=sys.stderr)
     elif args.model == "cache":
         from .pipeline import make_cache
 
@@ -132,11 +131,24 @@ def _report_training(out: Path, split, args, val_metrics: dict | None = None) ->
         _print_json(result)
     elif "val" in result:
         print(f"val: {_fmt_metrics(result['val'])}")
+        where = f"val bits_per_char {result['val']['bits_per_char']:.4f} on {_val_description(split)}"
         if result["refit_on_val"]:
-            print("(val scored before the final refit: the saved n-gram model is fitted on train and val together; "
-                  "--no-refit keeps val held out)")
+            print(f"model in {out}, refitted on train and val together (--no-refit keeps val out): {where}, "
+                  "scored before the refit")
+        else:
+            print(f"model in {out}: {where}")
     else:
-        print("no val text (val fraction 0): nothing to report")
+        print(f"model in {out}; no val text (val fraction 0): nothing to report")
+
+
+def _val_description(split) -> str:
+    """What the val figure was measured on, in words."""
+    n = len(split.val_text)
+    if split.val_is_file:
+        return f"the --val-file text ({n:,} characters)"
+    if split.documents == "file":
+        return f"the held-out end of {split.source} ({n:,} characters)"
+    return f"{len(split.val_docs):,} held-out documents of {split.source} ({n:,} characters)"
 
 
 def cmd_eval(args) -> None:
@@ -196,13 +208,18 @@ def cmd_sample(args) -> None:
                           num_samples=args.num_samples)
     samples = samples if isinstance(samples, list) else [samples]
     if args.json:
-        _print_json([{"prompt": args.prompt, "text": s.text, "finish_reason": s.finish_reason,
-                      "n_tokens": len(s.token_ids)} for s in samples])
+        _print_json([{"prompt": args.prompt, "completion": s.text, "text": args.prompt + s.text,
+                      "finish_reason": s.finish_reason, "n_tokens": len(s.token_ids)} for s in samples])
         return
     for i, s in enumerate(samples):
-        if len(samples) > 1:
-            print(f"--- sample {i + 1} ({s.finish_reason}) ---")
+        print(_sample_header(i, len(samples), s))
         print(args.prompt + s.text)
+
+
+def _sample_header(i: int, n: int, s) -> str:
+    """``--- sample 1 of 3 (stop, 37 new tokens) ---``: the line above each sample's text."""
+    k = len(s.token_ids)
+    return f"--- sample {i + 1} of {n} ({s.finish_reason}, {k} new token{'' if k == 1 else 's'}) ---"
 
 
 def cmd_split(args) -> None:
@@ -225,8 +242,9 @@ def cmd_split(args) -> None:
             from .io import write_error
 
             raise write_error(path, e) from None
-    atomic_write_text(args.train_out, train_text)
-    atomic_write_text(args.val_out, val_text)
+    mode = stat.S_IMODE(Path(args.data).stat().st_mode)  # the outputs are readable by whoever reads the input
+    atomic_write_text(args.train_out, train_text, mode=mode)
+    atomic_write_text(args.val_out, val_text, mode=mode)
     print(f"{args.train_out}: {len(train_text):,} characters; {args.val_out}: {len(val_text):,} characters")
 
 
@@ -255,25 +273,39 @@ def cmd_mix(args) -> None:
         lm, history = reuse_weights(lms, LM.load(args.weights_from), documents)
         source = {"weights_from": str(args.weights_from)}
         args.bucketed = bool(lm.model.config.bucket_components)
+    lm.model.embed_components = args.embed
     with checkpoint.new_model_dir(args.out, replace) as where:
         lm.save(where, {"mixture_fit_nll_history": history, **source,
                         "component_sources": [str(d) for d in args.model_dirs]})
     w = lm.model.weights
-    result = {"model_dir": str(args.out), "weights": w.tolist() if args.bucketed else w[0].tolist(),
-              "em_iterations": max(len(history) - 1, 0), "seconds": time.time() - t0}
+    mean_w = w.mean(0).tolist()
+    fit_nll = getattr(lm.model, "fit_component_mean_nll", None)
+    components = [{"model_dir": str(d), "family": c.model.family, "weight": mean_w[k],
+                   **({"fit_mean_nll": fit_nll[k]} if fit_nll else {})}
+                  for k, (d, c) in enumerate(zip(args.model_dirs, lms))]
+    result = {"model_dir": str(args.out), "components": components,
+              "weights": w.tolist() if args.bucketed else w[0].tolist(),
+              "embedded": bool(args.embed), "em_iterations": max(len(history) - 1, 0), "seconds": time.time() - t0}
     if history:
         result.update(fit_mean_nll_before=-history[0], fit_mean_nll_after=-history[-1])
     if args.json:
         _print_json(result)
         return
-    print(f"mixture of {len(lms)} models -> {args.out} ({result['em_iterations']} EM iterations, {result['seconds']:.1f} s)")
-    if args.bucketed:
-        print(f"context-dependent weights in {w.shape[0]} buckets; mean weights {[round(x, 4) for x in w.mean(0).tolist()]}")
-    else:
-        print(f"weights {[round(x, 4) for x in result['weights']]}")
+    stored = "copied into it" if args.embed else "referenced by relative path; keep them beside it"
+    print(f"mixture of {len(lms)} models -> {args.out} (components {stored}; "
+          f"{result['em_iterations']} EM iterations, {result['seconds']:.1f} s)")
+    wname = f"mean weight over {w.shape[0]} buckets" if args.bucketed else "weight"
+    score = f"mean_nll on {args.fit_on} (nats/token)" if fit_nll else ""
+    rows = [[wname, "family", score, "model directory"]]
+    rows += [[f"{c['weight']:.4f}", c["family"], f"{c['fit_mean_nll']:.4f}" if fit_nll else "", c["model_dir"]]
+             for c in components]
     if history:
-        print(f"fit text mean_nll {result['fit_mean_nll_before']:.4f} (uniform weights) -> "
-              f"{result['fit_mean_nll_after']:.4f} nats/token")
+        rows.append(["", "mixture", f"{result['fit_mean_nll_after']:.4f}", str(args.out)])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  " + "  ".join(x.ljust(n) if i % 2 else x.rjust(n) for i, (x, n) in enumerate(zip(r, widths))).rstrip())
+    if history:
+        print(f"(uniform weights: {result['fit_mean_nll_before']:.4f} nats/token on the same text)")
     else:
         print(f"weights copied from {args.weights_from}")
 
@@ -333,15 +365,13 @@ def cmd_demo(args) -> None:
     split = load_split(None, "file", None, 0.1, 1337)
     print(f"built-in corpus: Python's pydoc topics, {sum(map(len, split.train_docs)):,} train / "
           f"{len(split.val_text):,} val characters")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with checkpoint.new_model_dir(out, replace) as where:
-            lm, m = train_ngram(split, where, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
-                                refit=False)
+    with checkpoint.new_model_dir(out, replace) as where:
+        lm, m = train_ngram(split, where, order=args.order, vocab="char", meta=split_meta(split, None, 0.1, 1337),
+                            refit=False)
     print(f"trained a char {args.order}-gram (interpolated modified Kneser-Ney) in {time.time() - t0:.1f} s -> {out}")
     print(f"val: {_fmt_metrics(m)}")
     for i, s in enumerate(lm.generate("", max_new_tokens=240, temperature=0.8, seed=args.seed, num_samples=3)):
-        print(f"--- sample {i + 1} ({s.finish_reason}) ---")
+        print(_sample_header(i, 3, s))
         print(s.text)
     print(f"--- next: .venv/bin/arlm sample {out} --prompt 'The ' ; .venv/bin/arlm score {out} 'import os' ---")
 
@@ -388,15 +418,19 @@ def _add_import_parser(sub) -> None:
 
 
 def _cmd_import(args) -> None:
+    from . import checkpoint
+
     src = Path(args.source)
-    if src.is_dir():
-        from .formats.hf import import_hf
+    replace = checkpoint.check_output_dir(args.out, args.force, inputs=[("SOURCE", src)])
+    with checkpoint.new_model_dir(args.out, replace) as where:
+        if src.is_dir():
+            from .formats.hf import import_hf
 
-        lm = import_hf(src, args.out)
-    else:
-        from .formats.arpa import import_arpa
+            lm = import_hf(src, where)
+        else:
+            from .formats.arpa import import_arpa
 
-        lm = import_arpa(src, args.out)
+            lm = import_arpa(src, where)
     result = {"model_dir": str(args.out), "family": lm.model.family, "vocab": lm.vocab.kind,
               "vocab_size": lm.vocab.vocab_size, "num_parameters": lm.model.num_parameters()}
     if args.json:
@@ -547,25 +581,20 @@ def _train_ngram_from_tokens(args, tokens, memory: int | None) -> None:
 
     vocab = tokens.vocab()
     out = Path(args.out or f"runs/ngram-{vocab.kind}")
-    checkpoint.prepare_dir(out)
+    replace = checkpoint.check_output_dir(out, args.force, family="ngram", vocab=vocab.kind,
+                                          inputs=[("DATA", args.data), ("--val-file", args.val_file)])
     config = NGramConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=args.order)
     t0 = time.time()
     stats: dict = {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if memory is not None:
-            model = fit_budgeted(config, tokens.iter_chunks(1 << 20), memory, stats=stats)
-            stats["memory"] = memory
-        else:
-            off = np.asarray(tokens.offsets)
-            model = NGramModel.fit(config, [np.asarray(tokens.ids[a:b], dtype=np.int64) for a, b in zip(off[:-1], off[1:])])
-    for w in {str(w.message) for w in caught}:
-        print(f"arlm: warning: {w}", file=sys.stderr)
+    if memory is not None:
+        model = fit_budgeted(config, tokens.iter_chunks(1 << 20), memory, stats=stats)
+        stats["memory"] = memory
+    else:
+        off = np.asarray(tokens.offsets)
+        model = NGramModel.fit(config, [np.asarray(tokens.ids[a:b], dtype=np.int64) for a, b in zip(off[:-1], off[1:])])
     lm = LM(model, vocab, tokens.documents)
-    lm.save(out, {"data": str(args.data), "data_path": str(Path(args.data).resolve()),
-                  "split": {"val_file": str(Path(args.val_file).resolve()) if args.val_file else None,
-                            "val_fraction": 0.0, "seed": args.seed},
-                  "refit_on_val": False, "counting": stats or None})
+    with checkpoint.new_model_dir(out, replace) as where:
+        _save_token_ngram(lm, where, args, stats)
     if not args.json:
         runs = f", {max(stats['runs'])} sorted runs per order spilled" if stats.get("runs") else ""
         print(f"trained ngram in {time.time() - t0:.1f} s{runs} -> {out}", file=sys.stderr)
@@ -584,6 +613,13 @@ def _train_ngram_from_tokens(args, tokens, memory: int | None) -> None:
         print("fitted on all of DATA; no val text (give --val-file to score one)")
 
 
+def _save_token_ngram(lm, where, args, stats) -> None:
+    lm.save(where, {"data": str(args.data), "data_path": str(Path(args.data).resolve()),
+                    "split": {"val_file": str(Path(args.val_file).resolve()) if args.val_file else None,
+                              "val_fraction": 0.0, "seed": args.seed},
+                    "refit_on_val": False, "counting": stats or None})
+
+
 def _train_neural_from_tokens(args) -> None:
     from . import checkpoint
     from .train import cli_train, token_data_from_dir
@@ -593,6 +629,8 @@ def _train_neural_from_tokens(args) -> None:
     train, val, tokens = token_data_from_dir(args.data, args.val_fraction, args.seed)
     vocab = tokens.vocab()
     out = Path(args.out or f"runs/{args.model}-{vocab.kind}")
+    if checkpoint.check_output_dir(out, args.force, family=args.model, vocab=vocab.kind, inputs=[("DATA", args.data)]):
+        checkpoint.clear_dir(out)  # a run writes its directory as it goes: empty it first, in one rename
     checkpoint.prepare_dir(out)
     meta = {"documents": tokens.documents, "data": str(args.data), "data_path": str(Path(args.data).resolve()),
             "token_dir": True, "split": {"val_file": None, "val_fraction": args.val_fraction, "seed": args.seed}}
@@ -627,40 +665,69 @@ def _positive_int(s: str) -> int:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show:
+    flags (off unless given), required options, and None defaults, whose help
+    says in words what happens without the option."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if (action.default is None or action.default is False or action.required
+                or action.default is argparse.SUPPRESS or "default" in h):
+            return h
+        if action.default == "":
+            return h + " (default: empty)"
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (exit 2), like every other bad input."""
+    """Usage errors as one line on stderr (exit 2), like every other bad input; help with defaults."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*a, **kw)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+DOCUMENTS_HELP = "lines: each non-empty line is a document; file: the whole file is one document"
+JSON_HELP = "print the result as JSON on stdout instead of text"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p = _Parser(prog="arlm", description="Autoregressive language models with exact probabilities.")
-    p.add_argument("--version", action="version", version=f"arlm {__version__}")
+    p.add_argument("--version", action="version", version=f"arlm {__version__}", help="print arlm's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)")
+    t = sub.add_parser("train", help="train a model on a text file (the built-in corpus when DATA is omitted)",
+                       description="Train a model on a text file and report its val metrics.")
     t.add_argument("data", nargs="?", metavar="DATA",
-                   help="UTF-8 text file or token directory from arlm tokenize (default: the built-in corpus)")
+                   help="UTF-8 text file, or a token directory from arlm tokenize, to train on "
+                        "(default: the built-in corpus, Python's pydoc topics)")
     t.add_argument("--model", default="ngram",
                    help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
-    t.add_argument("--order", type=int, default=5, help="n-gram or cache order, 1..10 (default 5)")
+    t.add_argument("--order", type=int, default=5, help="n-gram or cache order (tokens of context + 1), 1..10")
     t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe", "word"],
-                   help="vocabulary (default char; word: whitespace-separated tokens, <unk> for unknown words)")
+                   help="vocabulary: the characters of the text, the 256 bytes, byte-level BPE, or whitespace-separated "
+                        "words with <unk> (n-grams; probabilities over word sequences, not exact strings)")
     t.add_argument("--vocab-size", type=_positive_int, default=None,
-                   help="BPE vocabulary size; word: keep the most frequent words (specials included)")
-    t.add_argument("--documents", default="file", choices=["lines", "file"],
-                   help="lines: each non-empty line is a document; file: the whole file is one (default)")
-    t.add_argument("--val-file", default=None, help="val text (default: split off --val-fraction of DATA)")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="val share when no --val-file (default 0.1)")
-    t.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
-    t.add_argument("--out", default=None, help="model directory (default runs/MODEL-VOCAB)")
-    t.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted neural run in DIR")
+                   help="BPE vocabulary size, specials included (default: 1024); word: keep the most frequent words "
+                        "(default: all)")
+    t.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
+    t.add_argument("--val-file", default=None, metavar="FILE",
+                   help="val text (default: split off the last --val-fraction of DATA)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
+    t.add_argument("--seed", type=int, default=1337, help="seed of the train/val split and of training")
+    t.add_argument("--out", default=None, metavar="DIR", help="model directory to write (default: runs/MODEL-VOCAB)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the interrupted neural run in DIR (default: start a new run)")
     t.add_argument("--no-refit", action="store_true",
-                   help="n-gram: keep the val split out of the saved model (default: refit on all of DATA after scoring val)")
-    t.add_argument("--json", action="store_true", help="print the result as JSON")
+                   help="n-gram: keep the val split out of the saved model (without it the model is refitted "
+                        "on all of DATA after val is scored)")
+    t.add_argument("--json", action="store_true", help=JSON_HELP)
     try:
         from .train import add_train_arguments
     except ImportError:  # the neural training loop is optional at import time
@@ -671,79 +738,108 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     _add_tokenize_parser(sub)
 
-    e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file")
-    e.add_argument("model_dir", metavar="DIR")
-    e.add_argument("file", metavar="FILE", help="UTF-8 text to score (over 256 MB: read in pieces where the model allows)")
+    e = sub.add_parser("eval", help="NLL, bits per char and perplexity of a text file",
+                       description="Score a whole text file: nll, mean_nll, bits per char and byte, perplexity.")
+    e.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
+    e.add_argument("file", metavar="FILE", help="UTF-8 text file to score (over 256 MB: read in pieces where the model allows)")
     e.add_argument("--documents", default=None, choices=["lines", "file"],
-                   help="document mode (default: the one the model was trained with)")
-    e.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride for windowed models")
-    e.add_argument("--json", action="store_true")
+                   help=DOCUMENTS_HELP + " (default: the mode the model was trained with)")
+    e.add_argument("--stride", type=_positive_int, default=None,
+                   help="sliding-window stride in tokens for models with a block_size (default: half the window)")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("score", help="log p(TEXT) or log p(TEXT | PREFIX)")
-    s.add_argument("model_dir", metavar="DIR")
-    s.add_argument("text", metavar="TEXT")
-    s.add_argument("--given", default=None, metavar="PREFIX", help="score TEXT as a completion of PREFIX")
+    s = sub.add_parser("score", help="log p(TEXT) or log p(TEXT | PREFIX)",
+                       description="Log-probability of one string, in nats and bits.")
+    s.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
+    s.add_argument("text", metavar="TEXT", help="the string to score (as typed; no escapes are read)")
+    s.add_argument("--given", default=None, metavar="PREFIX",
+                   help="score TEXT as a completion of PREFIX (default: score TEXT as a whole document)")
     s.add_argument("--no-eos", action="store_true", help="prefix probability: leave out the <eos> term")
     s.add_argument("--per-token", action="store_true", help="list every token's log-probability")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=JSON_HELP)
     s.set_defaults(func=cmd_score)
 
-    g = sub.add_parser("sample", help="draw samples, unconditionally or as completions of --prompt")
-    g.add_argument("model_dir", metavar="DIR")
-    g.add_argument("--prompt", default="")
-    g.add_argument("--num-samples", type=_positive_int, default=1)
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable); \\n, \\t, \\r are read as newline, tab, return")
-    g.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
-    g.add_argument("--json", action="store_true")
+    g = sub.add_parser("sample", help="draw samples, unconditionally or as completions of --prompt",
+                       description="Draw samples. Text output prints each sample as PROMPT followed by the "
+                                   "completion, under a header line with its finish reason (stop: <eos> or a stop "
+                                   "string; length: --max-new-tokens). --json gives prompt, completion, text "
+                                   "(prompt + completion) and finish_reason as separate fields.")
+    g.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
+    g.add_argument("--prompt", default="", help="text the samples continue (empty: unconditional samples)")
+    g.add_argument("--num-samples", type=_positive_int, default=1, help="number of samples, drawn one after another")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="stop a sample after this many new tokens")
+    g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this; 0 is greedy argmax")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="keep only the k most probable tokens (default: off, every token is kept)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the smallest set of most probable tokens with mass >= p (1.0: off)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same samples")
+    g.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="stop string, repeatable; \\n, \\t, \\r are read as newline, tab, return (default: none)")
+    g.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | mps (default: cpu; auto picks cuda when available)")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
     g.set_defaults(func=cmd_sample)
 
-    sp = sub.add_parser("split", help="write the train/val split that `arlm train` would make, as two files")
-    sp.add_argument("data", metavar="DATA")
-    sp.add_argument("--documents", default="file", choices=["lines", "file"])
-    sp.add_argument("--val-fraction", type=float, default=0.1)
-    sp.add_argument("--seed", type=int, default=1337)
-    sp.add_argument("--train-out", required=True, metavar="FILE")
-    sp.add_argument("--val-out", required=True, metavar="FILE")
+    sp = sub.add_parser("split", help="write the train/val split that `arlm train` would make, as two files",
+                        description="Write the train/val split that `arlm train` would make, as two files "
+                                    "with the input file's permissions.")
+    sp.add_argument("data", metavar="DATA", help="UTF-8 text file to split")
+    sp.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
+    sp.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA that goes to val")
+    sp.add_argument("--seed", type=int, default=1337, help="seed of the shuffle (lines mode)")
+    sp.add_argument("--train-out", required=True, metavar="FILE", help="where to write the train part")
+    sp.add_argument("--val-out", required=True, metavar="FILE", help="where to write the val part")
     sp.set_defaults(func=cmd_split)
 
-    x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text")
-    x.add_argument("model_dirs", nargs="+", metavar="DIR")
-    x.add_argument("--fit-on", default=None, metavar="FILE", help="held-out text for the weights (never your test text)")
+    x = sub.add_parser("mix", help="interpolate models that share a vocab, weights fitted by EM on held-out text",
+                       description="Interpolate models that share a vocab. The mixture directory refers to its "
+                                   "components by relative path (keep them together when moving them) unless "
+                                   "--embed copies them in.")
+    x.add_argument("model_dirs", nargs="+", metavar="DIR", help="component model directories (same vocab)")
+    x.add_argument("--fit-on", default=None, metavar="FILE",
+                   help="held-out text to fit the weights on by EM, never your test text (default: none; give exactly "
+                        "one of --fit-on and --weights-from)")
     x.add_argument("--weights-from", default=None, metavar="DIR",
                    help="reuse the weights of a mixture fitted before (same families and vocab), e.g. after "
-                        "retraining its components on all the data")
-    x.add_argument("--out", required=True, metavar="DIR")
-    x.add_argument("--documents", default=None, choices=["lines", "file"])
+                        "retraining its components on all the data (default: none)")
+    x.add_argument("--out", required=True, metavar="DIR", help="mixture directory to write")
+    x.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help=DOCUMENTS_HELP + " (default: the first model's mode)")
     x.add_argument("--bucketed", action="store_true",
                    help="context-dependent weights, bucketed by the first n-gram component's context")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--embed", action="store_true",
+                   help="copy the components into the mixture directory (without it they are referenced "
+                        "by relative path, using no extra disk)")
+    x.add_argument("--json", action="store_true", help=JSON_HELP)
     x.set_defaults(func=cmd_mix)
 
-    c = sub.add_parser("compare", help="train several models on one split and budget; table, JSON and plot")
-    c.add_argument("data", nargs="?", metavar="DATA")
+    c = sub.add_parser("compare", help="train several models on one split and budget; table, JSON and plot",
+                       description="Train several models on one split with one time budget, score them on the "
+                                   "same val text, and write compare.json, compare.md and compare.png.")
+    c.add_argument("data", nargs="?", metavar="DATA",
+                   help="UTF-8 text file (default: the built-in corpus, Python's pydoc topics)")
     c.add_argument("--models", default="ngram:7,lstm,gpt", help="comma list of ngram:ORDER, cache:ORDER, lstm, gpt")
     c.add_argument("--vocab", default="char", help="comma list of char, byte, bpe")
-    c.add_argument("--vocab-size", type=_positive_int, default=None, help="BPE vocabulary size")
+    c.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="BPE vocabulary size, specials included (default: 1024)")
     c.add_argument("--max-time", default="2m", help="training budget per neural model (e.g. 90s, 2m)")
     c.add_argument("--mix", action="store_true", help="also fit a mixture of the models on a dev part of train")
-    c.add_argument("--documents", default="file", choices=["lines", "file"])
-    c.add_argument("--val-file", default=None)
-    c.add_argument("--val-fraction", type=float, default=0.1)
-    c.add_argument("--seed", type=int, default=1337)
-    c.add_argument("--out", default="runs/compare")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
+    c.add_argument("--val-file", default=None, metavar="FILE",
+                   help="val text (default: split off the last --val-fraction of DATA)")
+    c.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
+    c.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
+    c.add_argument("--out", default="runs/compare", metavar="DIR", help="directory for the models and the results")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(func=cmd_compare)
 
-    d = sub.add_parser("demo", help="train on the built-in corpus, print val bits per char and samples")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--order", type=int, default=6)
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="train on the built-in corpus, print val bits per char and samples",
+                       description="Train a char n-gram on the built-in corpus, print val bits per char and samples.")
+    d.add_argument("--out", default="runs/demo", metavar="DIR", help="model directory to write")
+    d.add_argument("--order", type=int, default=6, help="n-gram order, 1..10")
+    d.add_argument("--seed", type=int, default=0, help="seed of the samples")
     d.set_defaults(func=cmd_demo)
     _add_export_parser(sub)
     _add_import_parser(sub)
@@ -753,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_safety_flags(sub) -> None:
     """--force on the commands that write a model directory, --threads on those that run a model."""
-    for name in ("train", "mix", "compare", "demo"):
+    for name in ("train", "mix", "compare", "demo", "import"):
         sub.choices[name].add_argument(
             "--force", action="store_true",
             help="replace an output directory that holds another model or other files (they are removed)")
@@ -781,6 +877,18 @@ def _given_flags(parser: argparse.ArgumentParser, argv: list[str], command: str)
     return set(typed) - {"command", "help"}
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Python warnings raised by any command -> one ``arlm: warning: …`` line each on stderr,
+    printed once (the same text from several models counts once) when the command ends."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            for text in dict.fromkeys(str(w.message) for w in caught):
+                print(f"arlm: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import Interrupted
     from .io import os_reason
@@ -800,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
             from .threads import set_inference_threads
 
             set_inference_threads(getattr(args, "threads", None))
-        args.func(args)
+        with _warnings_as_lines():
+            args.func(args)
     except ArlmError as e:
         print(f"arlm: error: {e}", file=sys.stderr)
         return 2

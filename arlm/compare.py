@@ -115,6 +115,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
                           split_meta(sub, None, dev_fraction, seed))
                 lm = LM.load(mdir)
             seconds = time.time() - t0
+            lm.model.source_dir = mdir.resolve()  # the mixture refers to this directory instead of copying it
             rows.append(_row(name, vocab_kind, lm, seconds, split, report_dir / mdir.name))
             lms.append(lm)
             log(_line(rows[-1]))
@@ -189,7 +190,7 @@ def plot_compare(rows: list[dict], path: Path) -> None:
         ax.annotate(f"{r['model']} ({r['vocab']})", (max(r["train_seconds"], 0.01), r["bits_per_char"]),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("training time (s, log scale)")
+    ax.set_xlabel("training time (s, log scale); a mixture's: the sum of its components' + its fit")
     ax.set_ylabel("val bits per character")
     ax.set_title("arlm compare: val bits/char vs training time")
     ax.grid(True, alpha=0.3)

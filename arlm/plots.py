@@ -22,11 +22,12 @@ def read_log(log_path: str | Path) -> list[dict]:
     return out
 
 
-def plot_loss(log_path: str | Path, png_path: str | Path) -> Path:
+def plot_loss(log_path: str | Path, png_path: str | Path, title: str | None = None) -> Path:
     """Draw train loss (per step, and a moving average) and val loss against the step.
 
     Both losses are ``mean_nll`` in nats per token. Reads ``log_path``
     (``train_log.jsonl``) and writes ``png_path`` atomically; returns it.
+    ``title`` names the run and model (default: "training loss").
     """
     import matplotlib
 
@@ -49,7 +50,7 @@ def plot_loss(log_path: str | Path, png_path: str | Path) -> Path:
         ax.plot(vs, vl, "o-", color="tab:orange", markersize=3, label="val")
     ax.set_xlabel("step")
     ax.set_ylabel("mean_nll (nats/token)")
-    ax.set_title("training loss")
+    ax.set_title(title or "training loss", fontsize=10)
     ax.grid(alpha=0.3)
     if train or val:
         ax.legend()

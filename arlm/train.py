@@ -130,25 +130,44 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     Defaults are None where the family decides (see ``DEFAULTS``).
     """
+    gd, ld = DEFAULTS["gpt"], DEFAULTS["lstm"]
+
+    def both(name: str) -> str:
+        return f"default: gpt {gd[name]}, lstm {ld[name]}"
+
     g = parser.add_argument_group("neural models (gpt, lstm)")
-    g.add_argument("--n-layer", type=int, default=None, help="layers (gpt 2, lstm 1)")
-    g.add_argument("--n-head", type=int, default=None, help="attention heads (gpt 4)")
-    g.add_argument("--n-embd", type=int, default=None, help="embedding width (gpt 128, lstm 64)")
-    g.add_argument("--n-hidden", type=int, default=None, help="LSTM hidden width (256)")
-    g.add_argument("--block-size", type=int, default=None, help="context window (gpt) / training window (lstm)")
+    g.add_argument("--n-layer", type=int, default=None, help=f"layers ({both('n_layer')})")
+    g.add_argument("--n-head", type=int, default=None, help=f"attention heads, gpt only (default: {gd['n_head']})")
+    g.add_argument("--n-embd", type=int, default=None, help=f"embedding width ({both('n_embd')})")
+    g.add_argument("--n-hidden", type=int, default=None, help=f"hidden width, lstm only (default: {ld['n_hidden']})")
+    g.add_argument("--block-size", type=int, default=None,
+                   help=f"context window (gpt) / truncated-backprop window (lstm), in tokens ({both('block_size')})")
     g.add_argument("--pos-emb", choices=("learned", "rotary"), default=None,
-                   help="gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past block-size)")
-    g.add_argument("--dropout", type=float, default=None, help="dropout probability (0)")
-    g.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
-    g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (100)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    g.add_argument("--max-time", type=str, default=None, help="wall-clock budget, e.g. 90s, 2m, 1h (default 2m)")
-    g.add_argument("--eval-interval", type=int, default=None, help="steps between val evaluations (250)")
-    g.add_argument("--eval-iters", type=int, default=None, help="val batches per evaluation (10)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None, help="default auto: cuda, mps, cpu")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: see arlm.train.default_threads)")
+                   help="gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past "
+                        "--block-size) (default: learned)")
+    g.add_argument("--dropout", type=float, default=None, help=f"dropout probability ({both('dropout')})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"sequences per optimiser step ({both('batch_size')})")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate of AdamW, cosine-decayed to {gd['min_lr_ratio']} of it ({both('lr')})")
+    g.add_argument("--warmup-steps", type=int, default=None,
+                   help=f"linear warm-up steps (default: {TrainSettings.warmup_steps}, or a tenth of a short --max-steps)")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimiser steps (default: no step limit, only --max-time)")
+    g.add_argument("--max-time", type=str, default=None,
+                   help=f"wall-clock budget, e.g. 90s, 2m, 1h (default: {DEFAULT_MAX_TIME:.0f}s when --max-steps "
+                        "is not given, else none)")
+    g.add_argument("--eval-interval", type=int, default=None,
+                   help=f"optimiser steps between val evaluations (default: {TrainSettings.eval_interval})")
+    g.add_argument("--eval-iters", type=int, default=None,
+                   help=f"val batches per evaluation (default: {TrainSettings.eval_iters})")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None,
+                   help="where to train (default: auto, the first available of cuda, mps, cpu)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model before training")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads, kept fixed (default: start with the cores idle at launch and adapt to "
+                        "the load while training)")
+    g.add_argument("--keep-data", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"keep {DATA_FILE}, the encoded train/val token ids that only --resume reads")
 
 
 def _arg(args, name: str):
@@ -604,6 +623,9 @@ def _write_data(out_dir: Path, train: TokenData, val: TokenData | None) -> None:
 
 
 def _read_data(out_dir: Path) -> tuple[TokenData, TokenData | None]:
+    if not (out_dir / DATA_FILE).is_file():
+        raise ArlmError(f"cannot resume {out_dir}: {DATA_FILE} (the training token ids) is missing; the run was "
+                        "trained with --no-keep-data or the file was deleted: start a new run instead")
     t, meta = read_state(out_dir / DATA_FILE)
     if "token_dir" in meta:
         return token_data_from_dir(**meta["token_dir"])[:2]
@@ -670,6 +692,7 @@ def run_training(
     resume_state: tuple[dict, dict] | None = None,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    keep_data: bool = True,
 ) -> dict:
     """Train ``model`` in place and keep its best weights in the model directory ``out_dir``.
 
@@ -684,7 +707,9 @@ def run_training(
         resume_state: ``read_state(out_dir / STATE_FILE)`` to continue a run.
         stop_after_steps: stop (cleanly, with a checkpoint) after this many
             steps even if the budget is not spent: simulates an interruption.
-        progress: show a tqdm progress bar on stderr.
+        progress: show a progress bar on stderr (see ``arlm.progress``).
+        keep_data: write ``training_data.safetensors`` (the encoded train and
+            val ids), which only a resume reads.
 
     Returns:
         a summary dict: ``step``, ``best_step``, ``best_val_loss`` (nats/token or
@@ -694,7 +719,7 @@ def run_training(
         ArlmError: bad settings, too little data, or a non-finite loss (the
             message names the step; the last good checkpoint is kept).
     """
-    from tqdm import tqdm
+    from .progress import Progress
 
     s = settings
     out_dir = checkpoint.prepare_dir(out_dir)
@@ -770,7 +795,10 @@ def run_training(
         _truncate_log(out_dir / LOG_FILE, step)
         _save_model_dir(model, vocab, out_dir, meta, best_weights, best_step, best_val)
     else:
-        _write_data(out_dir, train_data, val_data if has_val else None)
+        if keep_data:
+            _write_data(out_dir, train_data, val_data if has_val else None)
+        else:
+            (out_dir / DATA_FILE).unlink(missing_ok=True)  # a stale copy from an earlier run
         try:
             (out_dir / LOG_FILE).write_text("", encoding="utf-8")
         except OSError as e:
@@ -850,8 +878,8 @@ def run_training(
     stopped = None
     interval_tokens, interval_time = 0, 0.0
     tok_s = 0.0
-    bar = tqdm(total=s.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
-               mininterval=0.5, file=sys.stderr)
+    bar = Progress(s.max_steps, s.max_time, step, elapsed_before, enabled=progress)
+    post: dict = {}
     nan_at = int(os.environ.get("ARLM_TEST_NAN_AT_STEP", "-1"))
     restore_malloc = keep_freed_memory() if device.type == "cpu" else (lambda: None)
     try:
@@ -906,7 +934,6 @@ def run_training(
                     log({"step": step, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 3),
                          "threads": governor.current})
                     val_loss = evaluate_and_checkpoint()
-                bar.update(1)
                 if step % 10 == 0 or step == 1:
                     post = {"loss": f"{loss_value:.3f}"}
                     if val_loss is not None:
@@ -914,7 +941,7 @@ def run_training(
                     post["tok/s"] = f"{(interval_tokens / interval_time if interval_time else tok_s):.0f}"
                     if s.max_time is not None:
                         post["left"] = f"{max(0.0, s.max_time - elapsed):.0f}s"
-                    bar.set_postfix(post, refresh=False)
+                bar.update(step, elapsed, post)
             if interval_time:
                 tok_s = interval_tokens / interval_time
                 log({"step": step, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(elapsed, 3)})
@@ -933,9 +960,13 @@ def run_training(
         try:
             from .plots import plot_loss
 
-            plot_loss(out_dir / LOG_FILE, out_dir / PLOT_FILE)
+            plot_loss(out_dir / LOG_FILE, out_dir / PLOT_FILE,
+                      title=f"{out_dir}: {model.family}, {model.num_parameters():,} parameters, {vocab.kind} vocab "
+                            f"- mean_nll per step")
         except Exception as e:  # a plot is never worth losing a run
-            print(f"warning: could not draw {PLOT_FILE}: {e}", file=sys.stderr)
+            import warnings
+
+            warnings.warn(f"could not draw {PLOT_FILE}: {e}", stacklevel=1)
     model.eval()
     return {
         "step": step,
@@ -945,6 +976,7 @@ def run_training(
         "tokens_per_s": tok_s,
         "stopped": stopped,
         "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
+        "val_tokens": sum(int((y != IGNORE).sum()) for _, y in val_batches),
     }
 
 
@@ -1068,7 +1100,8 @@ def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[st
     else:
         train_data = TokenData.from_documents(vocab, train_docs)
         val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
-    summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta)
+    summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta,
+                           keep_data=_arg(args, "keep_data") is not False)
     _print_summary(summary, model, out_dir)
     _raise_if_interrupted(summary, out_dir)
 
@@ -1198,6 +1231,7 @@ def _print_summary(summary: dict, model, out_dir: Path) -> None:
     print(
         f"trained {model.family} ({model.num_parameters():,} parameters): {summary['step']} steps in "
         f"{summary['elapsed_s']:.0f}s ({summary['stopped']}), {summary['tokens_per_s']:.0f} tokens/s; "
-        f"best val loss {'n/a' if bv is None else f'{bv:.4f}'} at step {summary['best_step']} -> {out_dir}",
+        + (f"best val mean_nll {bv:.4f} nats/token (estimated on {summary.get('val_tokens', 0):,} val tokens) "
+           f"at step {summary['best_step']}" if bv is not None else "no val text") + f" -> {out_dir}",
         file=sys.stderr,
     )

@@ -136,6 +136,14 @@ def family_case(request):
     return request.param, model, vocab
 
 
+@pytest.fixture(params=sorted(n for n, (kind, _) in FAMILY_CASES.items() if kind != "bpe"))
+def char_or_byte_case(request):
+    """``family_case`` limited to char and byte vocabularies, where a string's tokens
+    do not depend on what follows it (the laws that need that are exact only there)."""
+    model, vocab = build_case(request.param, names_docs())
+    return request.param, model, vocab
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -44,7 +44,8 @@ def test_eval_score_sample(names_model, tmp_path):
     b = json.loads(arlm("sample", names_model, "--num-samples", "3", "--seed", "5", "--json").stdout)
     assert a == b and len(a) == 3 and all(x["finish_reason"] in ("stop", "length") for x in a)
     g = arlm("sample", names_model, "--prompt", "jo", "--temperature", "0", "--max-new-tokens", "5").stdout
-    assert g.startswith("jo")
+    header, text = g.split("\n", 1)
+    assert header == "--- sample 1 of 1 (length, 5 new tokens) ---" and text.startswith("jo")
 
 
 def test_shakespeare_file_mode(tmp_path):
@@ -55,7 +56,7 @@ def test_shakespeare_file_mode(tmp_path):
     assert out["val"]["n_documents"] == 1 and out["val"]["n_chars"] == len(text) - int(0.9 * len(text))
     assert out["val"]["bits_per_char"] < 3.0
     s = arlm("sample", tmp_path / "m", "--prompt", "ROMEO:", "--max-new-tokens", "50", "--top-k", "5", "--top-p", "0.9").stdout
-    assert s.startswith("ROMEO:")
+    assert s.split("\n", 1)[1].startswith("ROMEO:")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -111,3 +112,74 @@ def test_split_reproduces_nanogpt_split(tmp_path):
     text = SHAKESPEARE.read_text()
     n = int(0.9 * len(text))
     assert (tmp_path / "t.txt").read_text() == text[:n] and (tmp_path / "v.txt").read_text() == text[n:]
+
+
+def test_sample_text_and_json_agree_and_show_the_finish_reason(names_model):
+    common = ("sample", names_model, "--prompt", "jo", "--max-new-tokens", "4", "--seed", "3")
+    (js,) = json.loads(arlm(*common, "--json").stdout)
+    assert set(js) >= {"prompt", "completion", "text", "finish_reason"}
+    assert js["prompt"] == "jo" and js["text"] == js["prompt"] + js["completion"]
+    header, body = arlm(*common).stdout.split("\n", 1)
+    assert header == f"--- sample 1 of 1 ({js['finish_reason']}, {js['n_tokens']} new token{'s' * (js['n_tokens'] != 1)}) ---"
+    assert body == js["text"] + "\n"
+    many = arlm("sample", names_model, "--num-samples", "2", "--max-new-tokens", "3").stdout
+    assert many.count("--- sample ") == 2 and "--- sample 2 of 2 (" in many
+
+
+def test_mix_names_its_components_and_refers_to_them(names_model, tmp_path):
+    (tmp_path / "fit.txt").write_text("\n".join(NAMES.read_text().split()[-300:]) + "\n")
+    other = tmp_path / "models" / "names2"
+    arlm("train", NAMES, "--order", "2", "--documents", "lines", "--out", other)
+    res = arlm("mix", names_model, other, "--fit-on", tmp_path / "fit.txt", "--out", tmp_path / "mix")
+    rows = {line.split()[-1]: line.split() for line in res.stdout.splitlines()[2:-1]}
+    assert set(rows) == {str(names_model), str(other), str(tmp_path / "mix")}
+    w = [float(rows[str(d)][0]) for d in (names_model, other)]
+    assert sum(w) == pytest.approx(1.0, abs=2e-4) and rows[str(other)][1] == "ngram"
+    assert rows[str(tmp_path / "mix")][0] == "mixture"  # no weight of its own
+    assert float(rows[str(tmp_path / "mix")][1]) <= min(float(rows[str(d)][2]) for d in (names_model, other)) + 1e-4
+    assert not (tmp_path / "mix" / "component0").exists()  # referenced, not copied
+    js = json.loads(arlm("mix", names_model, other, "--fit-on", tmp_path / "fit.txt", "--out", tmp_path / "mix2",
+                         "--embed", "--json").stdout)
+    assert [c["model_dir"] for c in js["components"]] == [str(names_model), str(other)]
+    assert [c["family"] for c in js["components"]] == ["ngram", "ngram"] and js["embedded"]
+    assert all(c["fit_mean_nll"] > 0 for c in js["components"])
+    assert (tmp_path / "mix2" / "component1" / "config.json").exists()
+
+
+def test_warnings_are_one_arlm_line_said_once(tmp_path):
+    import random
+
+    r = random.Random(0)
+    data = tmp_path / "rep.txt"  # so repetitive that orders 2 and 3 have no usable counts of counts
+    data.write_text("\n".join(r.choice(["ab", "abb", "ba", "bab"]) for _ in range(200)) + "\n")
+    res = arlm("compare", data, "--documents", "lines", "--models", "ngram:3", "--vocab", "char,byte",
+               "--out", tmp_path / "cmp")
+    warns = [line for line in res.stderr.splitlines() if "warning:" in line.lower()]
+    assert len(warns) == 1 and warns[0].startswith("arlm: warning: Kneser-Ney") and "[2, 3]" in warns[0]
+    assert "UserWarning" not in res.stderr and "warnings.warn" not in res.stderr
+    # the expected order-1 fallback of a char vocab says nothing
+    quiet = arlm("train", NAMES, "--order", "4", "--documents", "lines", "--out", tmp_path / "n4")
+    assert "arlm: warning" not in quiet.stderr
+
+
+def test_neural_run_output_files_and_no_keep_data(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "l"
+    env = {**os.environ, "ARLM_PROGRESS_INTERVAL": "0"}
+    res = subprocess.run([sys.executable, "-m", "arlm", "train", str(NAMES), "--documents", "lines", "--model", "lstm",
+                          "--max-steps", "3", "--eval-interval", "2", "--out", str(out), "--no-keep-data"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "training: step 3/3" in res.stderr  # plain lines when stderr is a pipe
+    last = res.stdout.splitlines()[-1]
+    assert last.startswith(f"model in {out}: val bits_per_char ") and "300 held-out documents" in last
+    assert "estimated on" in res.stderr and f"-> {out}" in res.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "training_data.safetensors" not in files and "training_state.safetensors" in files
+    assert set(files.values()) == {0o666 & ~umask}, files
+    bad = arlm("train", "--resume", out, "--max-steps", "4", check=False)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--no-keep-data" in bad.stderr

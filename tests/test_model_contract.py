@@ -82,10 +82,9 @@ def test_windowed_scoring_predicts_every_token_once(family_case):
         assert torch.allclose(model.sequence_log_probs(d), b, atol=1e-6)
 
 
-def test_conditional_equals_difference_of_prefix_probabilities(family_case):
-    name, model, vocab = family_case
-    if vocab.kind == "bpe":
-        pytest.skip("exact only for char and byte vocabularies; BPE's boundary policy: tests/test_scoring.py")
+def test_conditional_equals_difference_of_prefix_probabilities(char_or_byte_case):
+    # exact only for char and byte vocabularies; BPE's boundary policy is tested in tests/test_scoring.py
+    name, model, vocab = char_or_byte_case
     for prefix, completion in [("em", "ma"), ("", "ava"), ("olivia", ""), ("a" * 12, "bcdefg")]:
         cond = scoring.conditional_log_prob(model, vocab, completion, given=prefix)
         diff = scoring.log_prob(model, vocab, prefix + completion, eos=False) - scoring.log_prob(model, vocab, prefix, eos=False)

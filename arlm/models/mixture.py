@@ -12,14 +12,20 @@ document so far) crossed with a log-count bin of that history (Jelinek &
 Mercer's bucketed λ). Since each λ(h) is a probability vector and each p_k(·|h) a distribution,
 the mixture is a proper distribution over the vocabulary, ``<bos>`` at 0.
 
-A saved mixture directory embeds its components as ``component0/``,
-``component1/``, … (each a complete model directory), and stores the weights,
-float64[buckets, K], in ``model.safetensors``.
+A saved mixture directory stores the weights, float64[buckets, K], in
+``model.safetensors``, and finds its components through
+``config.component_paths``, relative to itself: a component that was loaded
+from a directory is referenced there (``../ngram5-char``), using no disk, so
+the mixture and its components move together; a component built in memory,
+or every component when ``embed_components`` is set (``arlm mix --embed``), is
+copied in as ``component0/``, ``component1/``, … (each a complete model
+directory).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,8 @@ class MixtureConfig:
     eos_id: int
     components: list[str] = dataclasses.field(default_factory=list)
     bucket_components: list[int] = dataclasses.field(default_factory=list)
+    #: each component's directory relative to the mixture's (empty: ``component0``, ``component1``, … inside it)
+    component_paths: list[str] = dataclasses.field(default_factory=list)
 
 
 class MixtureModel(LanguageModel):
@@ -71,6 +79,7 @@ class MixtureModel(LanguageModel):
         if (weights < 0).any() or not torch.allclose(weights.sum(-1), torch.ones(n_buckets, dtype=torch.float64), atol=1e-9):
             raise ArlmError("mixture weights must be non-negative and sum to 1 in every bucket")
         self.register_buffer("weights", weights)  # float64[buckets, K]
+        self.embed_components = False  # True: save copies every component into the mixture directory
 
     @property
     def n_buckets(self) -> int:
@@ -194,8 +203,16 @@ class MixtureModel(LanguageModel):
 
         if vocab is None:
             raise ArlmError("a mixture is saved with its vocab: use arlm.checkpoint.save")
+        d = Path(directory)
+        paths = []
         for k, c in enumerate(self.components):
-            checkpoint.save(Path(directory) / f"component{k}", c, vocab)
+            source = getattr(c, "source_dir", None)  # set by checkpoint.load
+            if self.embed_components or source is None or not (Path(source) / "config.json").is_file():
+                checkpoint.save(d / f"component{k}", c, vocab)
+                paths.append(f"component{k}")
+            else:
+                paths.append(Path(os.path.relpath(Path(source).resolve(), d.resolve())).as_posix())
+        self.config.component_paths = paths  # checkpoint.save writes config.json after the weights
         with atomic_path(Path(directory) / "model.safetensors") as tmp:
             save_file({"weights": self.weights.contiguous()}, str(tmp))
 
@@ -206,8 +223,15 @@ class MixtureModel(LanguageModel):
         from .. import checkpoint
 
         comps = []
-        for k in range(len(config.components)):
-            model, _, _ = checkpoint.load(Path(directory) / f"component{k}")
+        paths = config.component_paths or [f"component{k}" for k in range(len(config.components))]
+        for k, rel in enumerate(paths):
+            cdir = Path(directory) / rel
+            if not (cdir / checkpoint.CONFIG).is_file():
+                raise ArlmError(
+                    f"mixture {directory}: component {k} ({config.components[k]}, stored as {rel!r} relative to the "
+                    f"mixture) is missing at {os.path.normpath(cdir)}; keep the mixture and its components together "
+                    f"when moving them, or make the mixture with `arlm mix --embed`")
+            model, _, _ = checkpoint.load(cdir)
             comps.append(model)
         weights = load_file(str(Path(directory) / "model.safetensors"))["weights"]
         return cls(config, comps, weights).eval()
@@ -256,6 +280,10 @@ def fit_weights(L: torch.Tensor, buckets: np.ndarray | None = None, n_buckets: i
 def build_mixture(lms: list, fit_text: str, documents: str, bucketed: bool = False):
     """Fit a mixture of loaded ``LM`` objects on ``fit_text``; returns ``(LM, history)``.
 
+    ``history`` is as in :func:`fit_weights`. The returned model's
+    ``fit_component_mean_nll`` lists each component's mean_nll (nats per token)
+    on ``fit_text``, to compare with the mixture's ``-history[-1]``.
+
     Raises:
         ArlmError: fewer than two components, vocabularies that differ, or a
             bucketed mixture whose first component is not an n-gram model.
@@ -282,6 +310,7 @@ def build_mixture(lms: list, fit_text: str, documents: str, bucketed: bool = Fal
     L, buckets, _ = model.component_log_probs(docs)
     w, history = fit_weights(L, buckets, model.n_buckets)
     model.weights.copy_(w)
+    model.fit_component_mean_nll = [float(-x) for x in L.mean(dim=1)]
     return LM(model.eval(), v0, documents), history
 
 

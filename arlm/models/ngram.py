@@ -23,8 +23,9 @@ vocabulary, ``<eos>`` included, and ``<bos>`` has probability 0.
 Discounts are estimated per order from counts of counts n1..n4 of the adjusted
 counts: Y = n1 / (n1 + 2 n2), D1 = 1 - 2Y n2/n1, D2 = 2 - 3Y n3/n2,
 D3+ = 3 - 4Y n4/n3. Where an estimate is undefined or outside (0, k] (tiny or
-artificial corpora), the order falls back to KenLM's defaults (0.5, 1.0, 1.5)
-with a warning.
+artificial corpora), the order falls back to KenLM's defaults (0.5, 1.0, 1.5),
+with a warning for orders above 1 (order 1 of a character or byte vocabulary
+falls back routinely: every token is seen many times, so n1..n4 has zeros).
 
 Storage is sparse: per order, the sorted keys ``context_node * V + token`` of the
 n-grams seen in training and their adjusted counts; no table is as wide as the
@@ -215,11 +216,13 @@ class NGramModel(LanguageModel):
             discounts.append(d)
             if not ok:
                 fallback.append(n)
-        if fallback:
+        if [n for n in fallback if n > 1]:
+            # Order 1 of a small vocabulary (characters, bytes) routinely has a zero count of counts:
+            # every token is seen many times. Its fallback is expected and not worth a warning.
             warnings.warn(
-                f"Kneser-Ney discount estimate out of range for order(s) {fallback} (a count of counts n1..n4 "
-                f"is zero or a discount falls outside (0, k]; usual for order 1 of a small alphabet); "
-                f"using KenLM's fallback discounts {list(FALLBACK_DISCOUNTS)} there",
+                f"Kneser-Ney discount estimate out of range for order(s) {[n for n in fallback if n > 1]} "
+                f"(a count of counts n1..n4 is zero or a discount falls outside (0, k]: the text is very small "
+                f"or repetitive); using KenLM's fallback discounts {list(FALLBACK_DISCOUNTS)} there",
                 stacklevel=3,
             )
         config = dataclasses.replace(config, discounts=discounts, fallback_orders=fallback)

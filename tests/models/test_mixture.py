@@ -74,3 +74,55 @@ def test_mixture_directory_round_trip(parts, tmp_path):
     back = LM.load(tmp_path / "mix")
     for text in ["emma", "noah"]:
         assert back.log_prob(text) == lm.log_prob(text)
+
+
+def _saved_components(parts, root):
+    """The n-gram 4 and the GPT saved as model directories under ``root``, loaded back."""
+    v, ng2, ng4, gpt, held = parts
+    LM(ng4, v, "lines").save(root / "models" / "ng4")
+    LM(gpt, v, "lines").save(root / "models" / "gpt")
+    return [LM.load(root / "models" / "ng4"), LM.load(root / "models" / "gpt")], "\n".join(held[:100]) + "\n"
+
+
+def test_mixture_refers_to_loaded_components_by_relative_path(parts, tmp_path):
+    import shutil
+
+    lms, fit = _saved_components(parts, tmp_path / "a")
+    lm, _ = build_mixture(lms, fit, "lines", bucketed=True)
+    lm.save(tmp_path / "a" / "mixes" / "m")
+    mdir = tmp_path / "a" / "mixes" / "m"
+    assert lm.model.config.component_paths == ["../../models/ng4", "../../models/gpt"]
+    assert not any(p.name.startswith("component") for p in mdir.iterdir())  # no copies
+    expected = [lm.log_prob(t) for t in ["emma", "noah"]]
+    # the mixture and its components moved together still load
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    back = LM.load(tmp_path / "b" / "mixes" / "m")
+    assert [back.log_prob(t) for t in ["emma", "noah"]] == expected
+    # a missing component is one clear line naming it
+    shutil.rmtree(tmp_path / "b" / "models" / "gpt")
+    with pytest.raises(ArlmError, match=r"component 1 \(gpt, stored as '../../models/gpt'.*--embed") as e:
+        LM.load(tmp_path / "b" / "mixes" / "m")
+    assert "\n" not in str(e.value)
+
+
+def test_embedded_mixture_survives_its_sources(parts, tmp_path):
+    import shutil
+
+    lms, fit = _saved_components(parts, tmp_path)
+    lm, _ = build_mixture(lms, fit, "lines")
+    lm.model.embed_components = True
+    lm.save(tmp_path / "mix")
+    assert lm.model.config.component_paths == ["component0", "component1"]
+    expected = lm.log_prob("emma")
+    shutil.rmtree(tmp_path / "models")
+    assert LM.load(tmp_path / "mix").log_prob("emma") == expected
+
+
+def test_fit_reports_each_components_score(parts):
+    v, ng2, ng4, gpt, held = parts
+    fit = "\n".join(held[:100]) + "\n"
+    lm, history = build_mixture([LM(ng2, v, "lines"), LM(ng4, v, "lines")], fit, "lines")
+    per = lm.model.fit_component_mean_nll
+    assert per[0] == pytest.approx(LM(ng2, v, "lines").evaluate(fit)["mean_nll"], rel=1e-9)
+    assert per[1] == pytest.approx(LM(ng4, v, "lines").evaluate(fit)["mean_nll"], rel=1e-9)
+    assert -history[-1] <= min(per) + 1e-12  # EM's mixture is at least as good as its best component

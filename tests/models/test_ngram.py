@@ -137,3 +137,15 @@ def test_tinyshakespeare_order5_beats_bar():
     m = scoring.evaluate(model, v, text[n:], "file")
     assert m["bits_per_char"] <= 2.27
     assert m["n_tokens"] == len(text) - n + 1
+
+
+def test_order_one_fallback_of_a_char_vocab_is_not_a_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = fit(names_docs(), 5)
+    assert model.config.fallback_orders == [1]  # 27 characters, each seen hundreds of times: no n1..n4
+    assert not [w for w in caught if "Kneser-Ney" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"order\(s\) \[2\]"):
+        fit(["ab", "abb", "ba"], 2)
