@@ -443,9 +443,9 @@ def _add_tokenize_parser(sub) -> None:
     k.add_argument("data", metavar="DATA", help="UTF-8 text file to encode")
     k.add_argument("--out", required=True, help="token directory to write (tokens.bin, offsets.bin, tokens.json, vocab)")
     k.add_argument("--vocab", default=None, choices=["char", "byte", "bpe"],
-                   help="vocabulary (char when no --vocab-from; char collects the characters in a first pass)")
+                   help="vocabulary; char collects the characters in a first pass (default: char, or the vocab of --vocab-from)")
     k.add_argument("--vocab-from", default=None, metavar="DIR",
-                   help="reuse the vocab of this model or token directory (needed for bpe)")
+                   help="reuse the vocab of this model or token directory, needed for bpe (default: build one from DATA)")
     k.add_argument("--documents", default="file", choices=["lines", "file"],
                    help="lines: each non-empty line is a document; file: the whole file is one")
     k.add_argument("--chunk-size", default="4M", help="text read and encoded at a time (about 25 bytes of memory per byte)")
@@ -466,7 +466,7 @@ def _stream_eval(lm, path, documents: str) -> bool:
 def _add_scale_train_arguments(t) -> None:
     t.add_argument("--memory", default=None, metavar="SIZE",
                    help="n-gram: count in chunks within SIZE bytes (e.g. 2G), spilling sorted runs to $TMPDIR; "
-                        "fits on all of DATA, val only from --val-file")
+                        "fits on all of DATA, val only from --val-file (default: count in memory)")
 
 
 def _vocab_from(directory):

@@ -101,14 +101,11 @@ def _refuse_family(family: str, fmt: str) -> ArlmError:
 
 
 def _check_positions(config) -> None:
-    """GPT-2 has learned absolute positions; refuse a config that chose another scheme (e.g. rotary)."""
-    for f in dataclasses.fields(config):
-        name = f.name.lower()
-        if any(k in name for k in ("rope", "rotary", "position", "pos_emb")):
-            value = getattr(config, f.name)
-            if value not in (None, False, 0, "learned", "absolute", "gpt2", "wpe"):
-                raise ArlmError(f"--format hf exports GPT-2's learned position embeddings only; this model has "
-                                f"{f.name}={value!r}, which GPT2LMHeadModel cannot run")
+    """GPT-2 has learned absolute positions; refuse another scheme (``GPTConfig.pos_emb``, e.g. rotary)."""
+    pos_emb = getattr(config, "pos_emb", "learned")
+    if pos_emb != "learned":
+        raise ArlmError(f"--format hf exports GPT-2's learned position embeddings only; this model has "
+                        f"pos_emb={pos_emb!r}, which GPT2LMHeadModel cannot run (arlm itself scores and samples it)")
 
 
 # -- tokenizers ---------------------------------------------------------------------------------
