@@ -96,12 +96,17 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error(500, "internal server error (see the server log)", "server_error")
 
+    signatures = {n: (e.vocab.kind, tuple(e.vocab.token_text(i) for i in range(e.vocab.vocab_size)))
+                  for n, e in engines.items()}
+    one_vocab = len(set(signatures.values())) == 1
+
     def engine_for(name: str | None) -> Engine:
+        """The engine of ``name``; without a name (lm-eval's tokenizer calls) any, if all share one vocab."""
         if name is None:
-            if len(engines) == 1:
+            if one_vocab:
                 return next(iter(engines.values()))
-            raise ServeError(f"several models are served ({', '.join(engines)}): say which with 'model'",
-                             param="model")
+            raise ServeError(f"the served models ({', '.join(engines)}) have different vocabs: say which with "
+                             "'model'", param="model")
         eng = engines.get(name)
         if eng is None:
             raise ServeError(f"the model {name!r} does not exist here; served: {', '.join(engines)}", status=404,

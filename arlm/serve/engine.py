@@ -407,7 +407,15 @@ class Engine:
                 next_ids.append(self.vocab.eos_id)
                 continue
             if t == self.vocab.eos_id:
-                self._release(s, self.vocab.decode(s.new_ids), final=True)  # what a stop string held back
+                text = self.vocab.decode(s.new_ids)
+                self._release(s, text, final=True)  # what a stop string held back
+                # <eos> is reported as a generated token (as vLLM does): lm-eval drops the last logprob
+                s.job.completion_tokens += 1
+                if prm.logprobs is not None:
+                    if log_probs is None:
+                        log_probs = torch.log_softmax(prm_logits.double(), dim=-1).cpu()  # [B, V]
+                    entry = (EOS, _finite(float(log_probs[r, t])), self._top(log_probs[r], prm.logprobs, t), len(text))
+                    s.job.emit("delta", s.index, "", [entry])
                 self._finish(s, "stop")
                 next_ids.append(t)
                 continue

@@ -31,16 +31,17 @@ def test_generate_text_and_logprobs_match_the_library(client, lms, name):
     assert c.text == want.text
     assert c.finish_reason == want.finish_reason
     lp = c.logprobs
-    assert "".join(lp.tokens) == c.text
+    ended = want.finish_reason == "stop"  # by <eos>, reported as the last token (as vLLM does)
+    assert lp.tokens == list(want.text) + ["<eos>"] * ended
     assert r.usage.prompt_tokens == len(PROMPT)
-    assert r.usage.completion_tokens == len(want.token_ids)
+    assert r.usage.completion_tokens == len(want.token_ids) + ended
     for i, (tok, value, top) in enumerate(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs)):
         dist = lm.next_token_log_probs(PROMPT + c.text[:i])
         assert abs(value - dist[tok]) <= tol
         best = sorted(dist.items(), key=lambda kv: -kv[1])[:5]
         for t, v in best:  # the 5 most probable alternatives, with the model's log-probs
             assert abs(top[t] - v) <= tol
-        assert lp.text_offset[i] == i
+        assert lp.text_offset[i] == i  # characters before the token (<eos> sits at the end)
 
 
 @pytest.mark.parametrize("name", ["ngram", "gpt"])
@@ -65,13 +66,14 @@ def test_echo_with_generation_then_stream_gives_the_same(client, lms, name):
     want = lm.generate(PROMPT, max_new_tokens=30, temperature=0.9, top_p=0.95, seed=11)
     assert full.text == PROMPT + want.text
     n_prompt = len(PROMPT)
-    assert full.logprobs.text_offset[n_prompt:] == list(range(n_prompt, n_prompt + len(want.text)))
+    ended = want.finish_reason == "stop"
+    assert full.logprobs.text_offset[n_prompt:] == list(range(n_prompt, n_prompt + len(want.text) + ended))
     chunks = list(client.completions.create(stream=True, **kw))
     streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
     assert streamed == want.text
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == want.finish_reason
     lps = [v for ch in chunks if ch.choices and ch.choices[0].logprobs for v in ch.choices[0].logprobs.token_logprobs]
-    assert len(lps) == len(want.token_ids)
+    assert len(lps) == len(want.token_ids) + ended
     assert all(abs(a - b) <= tol for a, b in zip(lps, full.logprobs.token_logprobs[n_prompt:]))
 
 
@@ -92,7 +94,8 @@ def test_stop_strings(client, lms, name):
         c = r.choices[0]
         want = lm.generate("", max_new_tokens=40, seed=3, stop=stop)
         assert (c.text, c.finish_reason) == (want.text, want.finish_reason)
-        assert "".join(c.logprobs.tokens) == c.text  # the stop string's tokens are not reported
+        # the stop string's tokens are not reported; an <eos> is
+        assert "".join(c.logprobs.tokens).removesuffix("<eos>") == c.text
     s = client.completions.create(model=name, prompt="", max_tokens=40, seed=3, stop=["a", "e"], stream=True)
     assert "".join(ch.choices[0].text for ch in s if ch.choices) == lm.generate(
         "", max_new_tokens=40, seed=3, stop=["a", "e"]).text
