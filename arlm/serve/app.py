@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,7 +40,7 @@ def _error(status: int, message: str, type: str = "invalid_request_error", param
     return JSONResponse(error_body(message, type, param, code), status_code=status)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_message(exc: RequestValidationError | ValidationError) -> tuple[str, str | None]:
     errs = exc.errors()
     if not errs:
         return "invalid request", None
@@ -52,6 +53,22 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     msg = str(e.get("msg", "invalid value"))
     where = ".".join(loc) if loc else "body"
     return f"{where}: {msg}", field
+
+
+async def _parse(request: Request, model_cls):
+    """The JSON body as ``model_cls`` (whatever the Content-Type: ``curl -d`` sends a form type). Raises ServeError."""
+    raw = await request.body()
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ServeError(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ServeError(f"the request body must be a JSON object, got {type(obj).__name__}")
+    try:
+        return model_cls.model_validate(obj)
+    except ValidationError as e:
+        msg, field = _validation_message(e)
+        raise ServeError(msg, param=field) from None
 
 
 def create_app(engines: dict[str, Engine], api_key: str | None = None, max_tokens_limit: int = 4096) -> FastAPI:
@@ -141,7 +158,8 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
                 "model_max_length": eng.model.block_size, "add_bos_token": False}
 
     @app.post("/tokenize")
-    async def tokenize(req: TokenizeRequest):
+    async def tokenize(request: Request):
+        req = await _parse(request, TokenizeRequest)
         eng = engine_for(req.model)
         try:
             ids = await run_in_threadpool(eng.tokenize, req.prompt)
@@ -153,12 +171,14 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
                 "token_strs": [eng.vocab.token_text(t) for t in ids]}
 
     @app.post("/detokenize")
-    async def detokenize(req: DetokenizeRequest):
+    async def detokenize(request: Request):
+        req = await _parse(request, DetokenizeRequest)
         eng = engine_for(req.model)
         return {"prompt": eng.detokenize(req.tokens)}
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request):
+    async def completions(request: Request):
+        req = await _parse(request, CompletionRequest)
         eng = engine_for(req.model)
         params = await run_in_threadpool(eng.prepare, req, max_tokens_limit)
         job = eng.submit(params, asyncio.get_running_loop())

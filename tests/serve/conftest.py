@@ -92,12 +92,12 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     return make_models(tmp_path_factory.mktemp("serve-models"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(model_dirs):
     srv = Server([f"ngram={model_dirs['ngram']}", f"gpt={model_dirs['gpt']}"])
     try:
@@ -106,6 +106,6 @@ def server(model_dirs):
         srv.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lms(model_dirs) -> dict[str, LM]:
     return {name: LM.load(path) for name, path in model_dirs.items()}
