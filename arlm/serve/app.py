@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import logging
 import time
 from importlib import resources
@@ -349,7 +350,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s arlm.serve %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG if os.environ.get("ARLM_SERVE_DEBUG") else logging.INFO)
     log.propagate = False
     app = create_app(engines, api_key=api_key, max_tokens_limit=max_tokens_limit)
     for name, eng in engines.items():

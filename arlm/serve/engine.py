@@ -31,6 +31,7 @@ positions use the full last window, what ``step`` sees).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import math
@@ -42,7 +43,7 @@ from typing import Any
 import torch
 
 from ..errors import ArlmError
-from ..sampling import check_sampling_args, sample_next
+from ..sampling import check_sampling_args, filter_logits, sample_next
 from ..scoring import sequence_log_probs
 from ..vocab.base import BOS, EOS
 
@@ -165,17 +166,24 @@ class Engine:
     Args:
         name: the model id clients use.
         lm: the loaded model and vocab.
-        coalesce_s: how long a new sequence waits for others of the same
-            prompt length to share its batch (seconds).
+        coalesce_s: when nothing is being decoded, at most how long a new
+            sequence waits for others of the same prompt length (seconds); it
+            waits only while fewer are pending than ended in the last ``recent_s``.
+        max_wait_s: while other sequences are decoded, how long a new one waits
+            for enough company (as many as are being decoded) to start a batch.
         max_batch: the largest decoding group.
     """
 
-    def __init__(self, name: str, lm, coalesce_s: float = 0.004, max_batch: int = 64):
+    def __init__(self, name: str, lm, coalesce_s: float = 0.05, max_wait_s: float = 0.05, recent_s: float = 0.25,
+                 max_batch: int = 64):
         self.name = name
         self.lm = lm
         self.model = lm.model
         self.vocab = lm.vocab
         self.coalesce_s = coalesce_s
+        self.max_wait_s = max_wait_s
+        self.recent_s = recent_s
+        self._ended: collections.deque = collections.deque()  # monotonic times at which sequences ended
         self.max_batch = max_batch
         self.created = int(time.time())
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -363,6 +371,10 @@ class Engine:
         for s in self._pending:
             by_len.setdefault(len(s.ids), []).append(s)
         keep: list[Seq] = []
+        live_rows = sum(1 for g in self._groups for s in g.seqs if not s.done)
+        while self._ended and self._ended[0] < now - self.recent_s:
+            self._ended.popleft()
+        recent = len(self._ended)
         for _, seqs in by_len.items():
             for s in seqs:
                 if s.job.cancelled:
@@ -370,7 +382,16 @@ class Engine:
             seqs = [s for s in seqs if not s.job.cancelled]
             if not seqs:
                 continue
-            if now - min(s.arrived for s in seqs) < self.coalesce_s:
+            waited = now - min(s.arrived for s in seqs)
+            # Clients whose sequences just ended tend to come back together (a closed loop): idle, wait
+            # (up to coalesce_s) until as many sequences are pending as ended in the last recent_s.
+            # Busy, a small bucket waits (up to max_wait_s) for as many as are being decoded, so that
+            # requests arriving one by one do not each become a batch of one.
+            if live_rows == 0:
+                ready = len(seqs) >= max(1, recent) or waited >= self.coalesce_s
+            else:
+                ready = len(seqs) >= live_rows or waited >= self.max_wait_s
+            if not ready:
                 keep += seqs
                 continue
             for j in range(0, len(seqs), self.max_batch):
@@ -378,6 +399,7 @@ class Engine:
                 ids = torch.tensor([s.ids for s in chunk], dtype=torch.long, device=self.model.device)  # [B, T]
                 logits, state = self.model.prefill(ids)  # [B, V]
                 self._groups.append(Group(chunk, logits, state))
+                log.debug("engine %s: batch of %d (prompt %d tokens), %d groups", self.name, len(chunk), ids.shape[1], len(self._groups))
         self._pending = keep
 
     def _advance(self, g: Group) -> None:
@@ -385,6 +407,7 @@ class Engine:
         prm_logits = g.logits
         log_probs = None
         next_ids = []
+        sampled = self._sample_rows(g)
         for r, s in enumerate(g.seqs):
             if s.done:
                 next_ids.append(self.vocab.eos_id)
@@ -394,14 +417,9 @@ class Engine:
                 next_ids.append(self.vocab.eos_id)
                 continue
             prm = s.job.params
-            row = prm_logits[r : r + 1]  # [1, V]
-            if len(s.new_ids) < prm.min_tokens:  # vLLM's min_tokens: no <eos> before it
-                row = row.clone()
-                row[0, self.vocab.eos_id] = -math.inf
-            try:
-                t = int(sample_next(row, s.generator, prm.temperature, prm.top_k, prm.top_p)[0])
-            except ArlmError as e:
-                s.job.emit("error", ServeError(str(e), status=500, type="server_error"))
+            t = sampled[r]
+            if isinstance(t, ArlmError):
+                s.job.emit("error", ServeError(str(t), status=500, type="server_error"))
                 s.job.cancelled = True
                 self._finish(s, None)
                 next_ids.append(self.vocab.eos_id)
@@ -448,6 +466,42 @@ class Engine:
         tok = torch.tensor(next_ids, dtype=torch.long, device=self.model.device)  # [B]
         g.logits, g.state = self.model.step(tok, g.state)  # [B, V]
 
+    def _sample_rows(self, g: Group) -> dict[int, int | ArlmError]:
+        """One token per live row of ``g``: row -> token id (or the ArlmError its logits raised).
+
+        Rows with the same knobs are filtered together by :func:`arlm.sampling.filter_logits` (a row-wise
+        operation), then each row draws from its own generator exactly as :func:`arlm.sampling.sample_next` does.
+        """
+        logits = g.logits  # [B, V]
+        live = [r for r, s in enumerate(g.seqs) if not s.done and not s.job.cancelled]
+        masked = [r for r in live if len(g.seqs[r].new_ids) < g.seqs[r].job.params.min_tokens]
+        if masked:  # vLLM's min_tokens: no <eos> before it
+            logits = logits.clone()
+            logits[masked, self.vocab.eos_id] = -math.inf
+        by_knobs: dict[tuple, list[int]] = {}
+        for r in live:
+            prm = g.seqs[r].job.params
+            by_knobs.setdefault((prm.temperature, prm.top_k, prm.top_p), []).append(r)
+        out: dict[int, int | ArlmError] = {}
+        for (temperature, top_k, top_p), rows in by_knobs.items():
+            try:
+                lp = filter_logits(logits[rows], temperature, top_k, top_p)  # [b, V] float64
+            except ArlmError:  # find the row(s) at fault, sample the others
+                for r in rows:
+                    try:
+                        out[r] = int(sample_next(logits[r : r + 1], g.seqs[r].generator, temperature, top_k, top_p)[0])
+                    except ArlmError as e:
+                        out[r] = e
+                continue
+            if temperature == 0 or top_p == 0.0 or top_k == 1:
+                for r, t in zip(rows, lp.argmax(dim=-1).tolist()):
+                    out[r] = t
+                continue
+            probs = lp.exp().cpu()  # [b, V]
+            for i, r in enumerate(rows):
+                out[r] = int(torch.multinomial(probs[i : i + 1], 1, generator=g.seqs[r].generator)[0, 0])
+        return out
+
     def _release(self, s: Seq, text: str, final: bool, cut: bool = False) -> None:
         """Send the text (and its tokens) that can no longer change; hold back a possible stop-string start.
 
@@ -483,10 +537,12 @@ class Engine:
             return
         job.emit("finish", s.index, reason)
         job.remaining -= 1
+        if s.choice + 1 == job.params.n and job.remaining <= 0:
+            self._ended.append(time.monotonic())
         if s.choice + 1 < job.params.n:
             nxt = Seq(job, s.prompt_index, s.choice + 1, s.generator)  # same generator: as LM.generate(num_samples=n)
             nxt.ids[0] = self.vocab.bos_id
-            nxt.arrived -= self.coalesce_s  # a continuation does not wait for company
+            nxt.arrived -= max(self.coalesce_s, self.max_wait_s)  # a continuation does not wait for company
             self._pending.append(nxt)
         elif job.remaining <= 0:
             self._done(job)
