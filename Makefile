@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean chromium
 
 $(BIN)/arlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,8 +16,12 @@ install: $(BIN)/arlm
 demo: install
 	$(BIN)/arlm demo
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -n 2 tests
+
+# Debian's chromium for the playground's browser test (Playwright drives it; no browser download)
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 bench: install
 	$(BIN)/python bench/ngram.py
