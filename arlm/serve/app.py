@@ -346,6 +346,14 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
 
     import uvicorn
 
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a clear error before loading
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ArlmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     engines = build_engines(specs)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s arlm.serve %(message)s"))

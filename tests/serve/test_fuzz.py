@@ -67,7 +67,7 @@ def http():
         yield c
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=bad_request())
 def test_malformed_requests_get_a_4xx_in_openai_shape(server, http, body):
     r = http.post(server.url + "/v1/completions", content=body,
