@@ -72,24 +72,46 @@ async def _parse(request: Request, model_cls):
         raise ServeError(msg, param=field) from None
 
 
+class _AuthAndLog:
+    """ASGI middleware: the bearer-key check and one log line per request (method, path, status, ms).
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which would hide the client's
+    ``http.disconnect`` from the routes (needed to stop the generation of a client that went away).
+    """
+
+    def __init__(self, app, api_key: str | None):
+        self.app = app
+        self.expected = None if api_key is None else f"Bearer {api_key}".encode("latin-1")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.expected is not None and scope["path"] not in OPEN_PATHS:
+                got = dict(scope.get("headers") or []).get(b"authorization", b"")
+                if got != self.expected:
+                    response = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                      "authentication_error", code="invalid_api_key")
+                    return await response(scope, receive, send_and_note)
+            await self.app(scope, receive, send_and_note)
+        finally:
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], 1e3 * (time.perf_counter() - t0))
+
+
 def create_app(engines: dict[str, Engine], api_key: str | None = None, max_tokens_limit: int = 4096) -> FastAPI:
     """The FastAPI application serving ``engines`` (model id -> :class:`Engine`)."""
     app = FastAPI(title="arlm serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engines = engines
 
-    @app.middleware("http")
-    async def auth_and_log(request: Request, call_next):
-        t0 = time.perf_counter()
-        if api_key is not None and request.url.path not in OPEN_PATHS:
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                response = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                  "authentication_error", code="invalid_api_key")
-                log.info("%s %s %d %.1f ms", request.method, request.url.path, 401, 1e3 * (time.perf_counter() - t0))
-                return response
-        response = await call_next(request)
-        log.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code,
-                 1e3 * (time.perf_counter() - t0))
-        return response
+    app.add_middleware(_AuthAndLog, api_key=api_key)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
@@ -241,14 +263,19 @@ class _Choices:
 
 async def _collect(job: Job, rid: str, created: int, model: str, request: Request) -> JSONResponse:
     ch = _Choices(job)
+    checked = time.monotonic()
     try:
         while True:
             try:
-                ev = await asyncio.wait_for(job.events.get(), timeout=1.0)
+                ev = await asyncio.wait_for(job.events.get(), timeout=0.5)
             except asyncio.TimeoutError:
+                ev = None
+            if time.monotonic() - checked > 0.5:  # a client that went away stops its generation
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     job.cancel()
                     return _error(499, "client closed the request")
+            if ev is None:
                 continue
             kind = ev[0]
             if kind == "prompt":

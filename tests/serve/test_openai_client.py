@@ -170,3 +170,10 @@ def test_health_answers_while_busy_and_a_disconnect_stops_generation(server):
     while httpx.get(server.url + "/health").json()["sequences_in_flight"] and time.time() < deadline:
         time.sleep(0.05)
     assert httpx.get(server.url + "/health").json()["sequences_in_flight"] == 0
+    # the same for a request that is not streamed: the client gives up after 1 s
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json={**body, "stream": False}, headers=h, timeout=1.0)
+    deadline = time.time() + 10
+    while httpx.get(server.url + "/health").json()["sequences_in_flight"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/health").json()["sequences_in_flight"] == 0
