@@ -87,6 +87,7 @@ class Params:
     echo: bool
     logprobs: int | None
     min_tokens: int = 0
+    stream: bool = False  # deltas are sent as tokens come; otherwise once, when a choice ends
 
 
 @dataclasses.dataclass
@@ -291,7 +292,7 @@ class Engine:
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         stops = [s for s in stops if s]
         return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, req.seed, stops,
-                      req.echo, req.logprobs, min(req.min_tokens, max_tokens))
+                      req.echo, req.logprobs, min(req.min_tokens, max_tokens), req.stream)
 
     def submit(self, params: Params, loop: asyncio.AbstractEventLoop) -> Job:
         """Queue a request; its events arrive on ``job.events``."""
@@ -507,6 +508,8 @@ class Engine:
 
         ``cut``: ``text`` was cut before a stop string, so only the tokens that start before the cut are sent.
         """
+        if not final and not s.job.params.stream:  # nobody reads partial text: one event at the end
+            return
         upto = len(text)
         if not final:
             hold = max((len(x) - 1 for x in s.job.params.stops), default=0)
