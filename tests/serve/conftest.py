@@ -90,6 +90,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        self.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
