@@ -175,7 +175,7 @@ class Engine:
         max_batch: the largest decoding group.
     """
 
-    def __init__(self, name: str, lm, coalesce_s: float = 0.05, max_wait_s: float = 0.05, recent_s: float = 0.25,
+    def __init__(self, name: str, lm, coalesce_s: float = 0.2, max_wait_s: float = 0.05, recent_s: float = 0.25,
                  max_batch: int = 64):
         self.name = name
         self.lm = lm
