@@ -212,8 +212,9 @@ def cmd_sample(args) -> None:
                       "finish_reason": s.finish_reason, "n_tokens": len(s.token_ids)} for s in samples])
         return
     for i, s in enumerate(samples):
-        print(_sample_header(i, len(samples), s))
-        print(args.prompt + s.text)
+        # one sample: stdout holds only the text (for pipes), its header goes to stderr
+        print(_sample_header(i, len(samples), s), file=sys.stderr if len(samples) == 1 else sys.stdout, flush=True)
+        print(args.prompt + s.text, flush=True)
 
 
 def _sample_header(i: int, n: int, s) -> str:
@@ -763,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("sample", help="draw samples, unconditionally or as completions of --prompt",
                        description="Draw samples. Text output prints each sample as PROMPT followed by the "
                                    "completion, under a header line with its finish reason (stop: <eos> or a stop "
-                                   "string; length: --max-new-tokens). --json gives prompt, completion, text "
+                                   "string; length: --max-new-tokens); for a single sample that line goes to "
+                                   "stderr, so stdout holds only the text. --json gives prompt, completion, text "
                                    "(prompt + completion) and finish_reason as separate fields.")
     g.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
     g.add_argument("--prompt", default="", help="text the samples continue (empty: unconditional samples)")
@@ -867,7 +869,8 @@ def _add_serve_parser(sub) -> None:
                    help="model directory to serve (its id is the directory name), or NAME=DIR")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (only this machine by default)")
     v.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    v.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    v.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: no key needed)")
     v.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="largest max_tokens a request may ask for (n x max_tokens is capped at 4x this)")
     v.set_defaults(func=_cmd_serve)

@@ -16,6 +16,8 @@ seed gives the same text in any process, whatever ran before.
 
 from __future__ import annotations
 
+import hashlib
+
 import dataclasses
 import math
 
@@ -115,6 +117,22 @@ def generate(model, vocab, prompt: str = "", max_new_tokens: int = 200, temperat
 
 
 @torch.no_grad()
+def sample_generator(seed: int | None, index: int = 0) -> torch.Generator:
+    """The CPU ``torch.Generator`` of sample ``index`` of a call seeded with ``seed`` (None: 0).
+
+    Sample 0 uses ``seed`` itself (so one sample is what :func:`generate`
+    always drew); sample r > 0 a seed taken from SHA-256 of ``"seed:r"``, so
+    samples of one call are independent streams and no two (seed, r) pairs
+    share one by accident.
+    """
+    seed = 0 if seed is None else int(seed)
+    if index:
+        seed = int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
+
+
 def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_tokens: int = 200,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
                   stop: list[str] | str | None = None, generator: torch.Generator | None = None) -> list[Sample]:
@@ -122,9 +140,11 @@ def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_
 
     Every row follows the rules of :func:`generate`; the model runs one
     batched ``step`` per token for all rows (rows that have finished are
-    carried along until all have, or until ``max_new_tokens``). Row r's tokens
-    are drawn by one ``torch.multinomial`` call per step over all rows, from
-    one generator seeded with ``seed``: the same seed gives the same samples.
+    carried along until all have, or until ``max_new_tokens``). Row r draws
+    from its own generator, :func:`sample_generator` ``(seed, r)``: sample r
+    depends on ``seed`` and r only, never on how many samples are drawn or on
+    how rows are batched (a server drawing the same samples one at a time gets
+    the same text), and sample 0 equals :func:`generate` with the same seed.
 
     Raises:
         ArlmError: ``num_samples`` < 1, or as :func:`generate`.
@@ -133,10 +153,11 @@ def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ArlmError(f"num_samples must be an integer >= 1, got {num_samples}")
     stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
-    if generator is None:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(0 if seed is None else int(seed))
     B = num_samples
+    if generator is not None and B == 1:
+        generators = [generator]
+    else:
+        generators = [sample_generator(seed, r) for r in range(B)]
     was_training = model.training
     model.eval()
     try:
@@ -148,7 +169,10 @@ def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_
         finish = ["length"] * B
         logits, state = model.prefill(torch.tensor([prompt_ids] * B, device=model.device))  # [B, V]
         for i in range(max_new_tokens):
-            tok = sample_next(logits, generator, temperature, top_k, top_p)  # [B]
+            tok = torch.full((B,), vocab.eos_id, dtype=torch.long)  # [B]; finished rows are fed <eos>
+            for r in range(B):
+                if finish[r] != "stop":
+                    tok[r] = sample_next(logits[r : r + 1], generators[r], temperature, top_k, top_p)[0]
             for r, t in enumerate(tok.tolist()):
                 if finish[r] == "stop":
                     continue

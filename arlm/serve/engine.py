@@ -16,8 +16,8 @@ their group ends; the contract has no way to drop a row from a state.
 
 Exactness: each sequence is sampled from its own row of the batched scores
 with :func:`arlm.sampling.sample_next`, with the same generator discipline as
-:meth:`arlm.LM.generate` (the ``n`` choices of a prompt are drawn one after
-another from one generator seeded with ``seed``), so the text equals
+:meth:`arlm.LM.generate` (choice c of a prompt draws from
+:func:`arlm.sampling.sample_generator` ``(seed, c)``), so the text equals
 ``LM.generate(prompt, …, seed=seed, num_samples=n)`` (to the float rounding
 of a batched matmul for neural models). Log-probabilities are the model's,
 before temperature/top-k/top-p, in nats: generated tokens from
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..errors import ArlmError
-from ..sampling import check_sampling_args, filter_logits, sample_next
+from ..sampling import check_sampling_args, filter_logits, sample_generator, sample_next
 from ..scoring import sequence_log_probs
 from ..vocab.base import BOS, EOS
 
@@ -357,9 +357,7 @@ class Engine:
             job.emit("done", 0)
             return
         for i in range(len(prm.prompts)):
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(0 if prm.seed is None else int(prm.seed))
-            seq = Seq(job, i, 0, gen)
+            seq = Seq(job, i, 0, sample_generator(prm.seed, 0))
             seq.ids[0] = self.vocab.bos_id
             self._pending.append(seq)
 
@@ -543,7 +541,7 @@ class Engine:
         if s.choice + 1 == job.params.n and job.remaining <= 0:
             self._ended.append(time.monotonic())
         if s.choice + 1 < job.params.n:
-            nxt = Seq(job, s.prompt_index, s.choice + 1, s.generator)  # same generator: as LM.generate(num_samples=n)
+            nxt = Seq(job, s.prompt_index, s.choice + 1, sample_generator(job.params.seed, s.choice + 1))
             nxt.ids[0] = self.vocab.bos_id
             nxt.arrived -= max(self.coalesce_s, self.max_wait_s)  # a continuation does not wait for company
             self._pending.append(nxt)
