@@ -284,6 +284,82 @@ def cmd_demo(args) -> None:
     print(f"--- next: .venv/bin/arlm sample {out} --prompt 'The ' ; .venv/bin/arlm score {out} 'import os' ---")
 
 
+def _add_compress_parsers(sub) -> None:
+    z = sub.add_parser("compress", help="compress a text file losslessly with a model (range coding of its probabilities)")
+    z.add_argument("model_dir", metavar="DIR", help="model directory")
+    z.add_argument("input", metavar="IN", help="UTF-8 text file to compress (may be empty)")
+    z.add_argument("output", metavar="OUT", help="compressed file to write")
+    z.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help="document mode (default: the one the model was trained with)")
+    z.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    z.add_argument("--json", action="store_true", help="print the result as JSON")
+    z.set_defaults(func=_cmd_compress)
+    u = sub.add_parser("decompress", help="restore a file made by `arlm compress` (needs the same model)")
+    u.add_argument("model_dir", metavar="DIR", help="model directory the file was compressed with")
+    u.add_argument("input", metavar="IN", help="compressed file")
+    u.add_argument("output", metavar="OUT", help="text file to write")
+    u.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    u.add_argument("--json", action="store_true", help="print the result as JSON")
+    u.set_defaults(func=_cmd_decompress)
+
+
+def _cmd_compress(args) -> None:
+    from .coding import compress_file
+
+    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress)
+    if args.json:
+        _print_json(st)
+        return
+    ideal = math.ceil(st["nll_bits"] / 8)
+    print(f"{args.input}: {st['n_bytes']:,} bytes -> {args.output}: {st['compressed_bytes']:,} bytes "
+          f"({st['bits_per_char']:.4f} bits/char; model -log2 p = {st['nll_bits']:.1f} bits = {ideal:,} bytes; "
+          f"{st['n_bytes'] / 1024 / max(st['seconds'], 1e-9):.1f} KB/s)")
+
+
+def _cmd_decompress(args) -> None:
+    from .coding import decompress_file
+
+    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress)
+    if args.json:
+        _print_json(st)
+        return
+    print(f"{args.input} -> {args.output}: {st['n_bytes']:,} bytes "
+          f"({st['n_bytes'] / 1024 / max(st['seconds'], 1e-9):.1f} KB/s)")
+
+
+def _add_mixer_parser(sub) -> None:
+    m = sub.add_parser("mixer", help="combine models with an online gated mixer that keeps learning while it reads")
+    m.add_argument("model_dirs", nargs="+", metavar="DIR", help="component model directories (one vocab)")
+    m.add_argument("--out", required=True, metavar="DIR", help="mixer model directory to write")
+    m.add_argument("--select", default="", metavar="K,...",
+                   help="indices of n-gram/cache components whose context selects the weight set (empty: one set)")
+    m.add_argument("--learning-rate", type=float, default=0.02, help="step size of the online weight update")
+    m.add_argument("--prime-on", default=None, metavar="FILE",
+                   help="held-out text the mixer reads once to learn its initial weights (never your test text)")
+    m.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help="document mode (default: the first model's)")
+    m.set_defaults(func=_cmd_mixer)
+
+
+def _cmd_mixer(args) -> None:
+    from .corpus import read_text
+    from .lm import LM
+    from .models.mixer import build_mixer
+
+    lms = [LM.load(d) for d in args.model_dirs]
+    try:
+        select = [int(x) for x in args.select.split(",") if x.strip()]
+    except ValueError:
+        raise ArlmError(f"--select takes comma-separated component indices, got {args.select!r}") from None
+    t0 = time.time()
+    documents = args.documents or lms[0].documents
+    prime = read_text(args.prime_on) if args.prime_on else None
+    lm = build_mixer(lms, select, args.learning_rate, prime, documents)
+    lm.save(args.out, {"component_sources": [str(d) for d in args.model_dirs],
+                       "prime_on": None if args.prime_on is None else str(args.prime_on)})
+    print(f"mixer of {len(lms)} models, {lm.model.n_sets} weight sets -> {args.out} ({time.time() - t0:.1f} s)")
+
+
 # -- parser ----------------------------------------------------------------------------
 def _positive_int(s: str) -> int:
     try:
@@ -408,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--order", type=int, default=6)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+    _add_compress_parsers(sub)
+    _add_mixer_parser(sub)
     return p
 
 
