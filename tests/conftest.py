@@ -68,6 +68,18 @@ def make_mixture(vocab, docs, bucketed=False, seed=0, cache=False):
     return m.eval()
 
 
+def make_mixer(vocab, docs, seed=0):
+    """An online gated mixer of an n-gram, a cache and a GPT, weight sets selected by the first two."""
+    from arlm.models.mixer import MixerConfig, MixerModel
+
+    comps = [make_ngram(vocab, docs, 3), make_cache(vocab, order=3), make_gpt(vocab, docs, seed=seed)]
+    cfg = MixerConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, [c.family for c in comps], [0, 1], 0.05)
+    m = MixerModel(cfg, comps)
+    g = torch.Generator().manual_seed(seed)
+    m.weights.copy_(torch.rand(m.n_sets, len(comps), generator=g, dtype=torch.float64))
+    return m.eval()
+
+
 # name -> (vocab kind, builder(vocab, docs))
 FAMILY_CASES = {
     "ngram1-char": ("char", lambda v, d: make_ngram(v, d, 1)),
@@ -81,6 +93,7 @@ FAMILY_CASES = {
     "mixture-cache-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
     "mixture-char": ("char", lambda v, d: make_mixture(v, d)),
     "mixture-bucketed-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True)),
+    "mixer-char": ("char", lambda v, d: make_mixer(v, d)),
 }
 
 
@@ -90,6 +103,7 @@ FAMILY_CASES.update({
     "lstm-bpe": ("bpe", lambda v, d: make_lstm(v, d)),
     "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
     "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
+    "mixer-bpe": ("bpe", lambda v, d: make_mixer(v, d)),
 })
 
 _BPE = {}

@@ -13,6 +13,7 @@ FAMILIES = {
     "gpt": ("arlm.models.gpt", "GPTConfig", "GPTModel"),
     "cache": ("arlm.models.cache", "CacheConfig", "CacheModel"),
     "mixture": ("arlm.models.mixture", "MixtureConfig", "MixtureModel"),
+    "mixer": ("arlm.models.mixer", "MixerConfig", "MixerModel"),
 }
 
 
