@@ -360,6 +360,29 @@ def _cmd_mixer(args) -> None:
     print(f"mixer of {len(lms)} models, {lm.model.n_sets} weight sets -> {args.out} ({time.time() - t0:.1f} s)")
 
 
+def _add_dyneval_parser(sub) -> None:
+    v = sub.add_parser("dyneval", help="wrap a neural model with dynamic evaluation (it keeps training on what it reads)")
+    v.add_argument("model_dir", metavar="DIR", help="trained lstm or gpt model directory")
+    v.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    v.add_argument("--chunk-size", type=_positive_int, default=50, help="tokens predicted between two updates")
+    v.add_argument("--learning-rate", type=float, default=0.01, help="SGD step size of each update")
+    v.add_argument("--decay", type=float, default=0.0, help="pull of the weights back toward the trained ones per update")
+    v.add_argument("--steps", type=_positive_int, default=1, help="gradient steps per chunk")
+    v.set_defaults(func=_cmd_dyneval)
+
+
+def _cmd_dyneval(args) -> None:
+    from .lm import LM
+    from .models.dyneval import DynEvalConfig, DynEvalModel
+
+    lm = LM.load(args.model_dir)
+    v = lm.vocab
+    cfg = DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, lm.model.family, args.chunk_size, args.learning_rate,
+                        args.decay, args.steps)
+    LM(DynEvalModel(cfg, lm.model).eval(), v, lm.documents).save(args.out, {"base_source": str(args.model_dir)})
+    print(f"dynamic evaluation of {args.model_dir} -> {args.out}")
+
+
 # -- parser ----------------------------------------------------------------------------
 def _positive_int(s: str) -> int:
     try:
@@ -486,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     _add_compress_parsers(sub)
     _add_mixer_parser(sub)
+    _add_dyneval_parser(sub)
     return p
 
 

@@ -76,8 +76,17 @@ def make_mixer(vocab, docs, seed=0):
     cfg = MixerConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, [c.family for c in comps], [0, 1], 0.05)
     m = MixerModel(cfg, comps)
     g = torch.Generator().manual_seed(seed)
-    m.weights.copy_(torch.rand(m.n_sets, len(comps), generator=g, dtype=torch.float64))
+    m.weights.copy_(torch.rand(m.weights.shape, generator=g, dtype=torch.float64) / 2)
     return m.eval()
+
+
+def make_dyneval(vocab, docs=None, seed=0):
+    """Dynamic evaluation of the tiny LSTM, updating every 4 tokens (so short texts adapt)."""
+    from arlm.models.dyneval import DynEvalConfig, DynEvalModel
+
+    cfg = DynEvalConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, "lstm", chunk_size=4, learning_rate=0.5,
+                        decay=0.01)
+    return DynEvalModel(cfg, make_lstm(vocab, docs, seed=seed)).eval()
 
 
 # name -> (vocab kind, builder(vocab, docs))
@@ -94,6 +103,7 @@ FAMILY_CASES = {
     "mixture-char": ("char", lambda v, d: make_mixture(v, d)),
     "mixture-bucketed-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True)),
     "mixer-char": ("char", lambda v, d: make_mixer(v, d)),
+    "dyneval-lstm-char": ("char", lambda v, d: make_dyneval(v, d)),
 }
 
 

@@ -2,7 +2,7 @@
 
     p(w | h) ∝ exp( Σ_k β_{s(h),k} · log p_k(w | h) )
 
-is geometric (log-linear) mixing, the multi-symbol form of the logistic mixing
+(with ``β = β_shared + β_s``) is geometric (log-linear) mixing, the multi-symbol form of the logistic mixing
 of the PAQ/zpaq compressors (Mahoney, "Adaptive weighing of context models for
 lossless data compression", Florida Tech. TR CS-2005-16, 2005; Mattern, "Mixing
 strategies in data compression", DCC 2012, shows that geometric mixing is the
@@ -26,7 +26,8 @@ turn a zero into infinity; ``<bos>`` always gets probability 0.
 loop (float64 numpy), so scores and compression agree exactly.
 
 A saved mixer directory embeds its components as ``component0/``, … and stores
-the initial weights, float64[n_sets, K], in ``model.safetensors``.
+the initial weights, float64[1 + n_sets, K'] (the shared row first; K' counts the
+linear-mixture input), in ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -48,14 +49,17 @@ LOG_FLOOR = -30.0  # nats
 class MixerConfig:
     """``components``: component families (for reading); ``select_components``: indices of
     the n-gram/cache components whose context features select the weight set (empty:
-    one set); ``learning_rate``: η of the online update (per token, nats⁻¹)."""
+    one set); ``learning_rate``: η of the online update (per token, nats⁻¹);
+    ``linear_input``: add log(mean_k p_k) (the equal-weight linear mixture) as one more
+    input, so that the mixer can choose between linear and geometric combination."""
 
     vocab_size: int
     bos_id: int
     eos_id: int
     components: list[str] = dataclasses.field(default_factory=list)
     select_components: list[int] = dataclasses.field(default_factory=list)
-    learning_rate: float = 0.02
+    learning_rate: float = 0.005
+    linear_input: bool = True
 
 
 class MixerState:
@@ -89,10 +93,15 @@ class MixerModel(LanguageModel):
             raise ArlmError(f"learning rate must be >= 0, got {config.learning_rate}")
         self.config = config
         self.components = torch.nn.ModuleList(components)
-        K = len(components)
-        if weights is None:
-            weights = torch.full((self.n_sets, K), 1.0 / K, dtype=torch.float64)
-        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float64).reshape(self.n_sets, K))
+        K = self.n_inputs
+        if weights is None:  # the shared row starts as the equal-weight geometric mean; the sets add nothing yet
+            weights = torch.zeros((1 + self.n_sets, K), dtype=torch.float64)
+            weights[0] = 1.0 / K
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float64).reshape(1 + self.n_sets, K))
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.components) + (1 if self.config.linear_input else 0)
 
     @property
     def n_sets(self) -> int:
@@ -118,25 +127,13 @@ class MixerModel(LanguageModel):
 
     def _predict(self, outs: list[torch.Tensor], comp_states: list, weights: np.ndarray):
         """Mixed log-probs float64[B, V] and what the update needs."""
-        L = np.stack([torch.log_softmax(o.double(), -1).cpu().numpy() for o in outs], axis=1)  # [B, K, V]
-        L = np.maximum(L, LOG_FLOOR)
+        L = mixer_inputs(np.stack([torch.log_softmax(o.double(), -1).cpu().numpy() for o in outs], axis=1),
+                         self.config.linear_input)  # [B, K', V]
         sets = self._select(comp_states) if self.config.select_components else np.zeros(L.shape[0], dtype=np.int64)
-        beta = weights[sets]  # [B, K]
-        z = np.einsum("bk,bkv->bv", beta, L)  # [B, V]
-        z[:, self.config.bos_id] = -np.inf
-        z -= z.max(axis=1, keepdims=True)
-        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # [B, V]
-        return log_probs, (L, np.exp(log_probs), sets)
+        return mix(L, sets, weights, self.config.bos_id)
 
     def _update(self, weights: np.ndarray, pending, token_ids: np.ndarray) -> np.ndarray:
-        L, probs, sets = pending
-        rows = np.arange(L.shape[0])
-        expected = np.einsum("bkv,bv->bk", L, probs)  # [B, K]
-        grad = L[rows, :, token_ids] - expected  # [B, K]: d log p(x) / d beta
-        weights = weights.copy()
-        for b in rows:  # rows may share a set: apply in order
-            weights[sets[b]] += self.config.learning_rate * grad[b]
-        return weights
+        return update(weights, pending, token_ids, self.config.learning_rate)
 
     # -- the contract ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -217,8 +214,47 @@ class MixerModel(LanguageModel):
         return cls(config, comps, weights).eval()
 
 
+def mixer_inputs(L: np.ndarray, linear_input: bool) -> np.ndarray:
+    """Component log-probs float64[B, K, V] -> the mixer's inputs [B, K (+1), V]: with
+    ``linear_input``, log(mean_k p_k) is appended."""
+    if not linear_input:
+        return L
+    with np.errstate(divide="ignore"):
+        m = L.max(axis=1, keepdims=True)  # [B, 1, V]
+        safe = np.where(np.isfinite(m), m, 0.0)
+        lin = safe + np.log(np.exp(L - safe).mean(axis=1, keepdims=True))  # [B, 1, V]
+    return np.concatenate([L, lin], axis=1)
+
+
+def mix(L: np.ndarray, sets: np.ndarray, weights: np.ndarray, bos_id: int):
+    """Geometric mixing of inputs L float64[B, K, V] (log-probs, nats) with the weights
+    ``weights[0] + weights[1 + sets]`` [B, K] (a shared row plus the selected set):
+    returns (log-probs float64[B, V], pending update data)."""
+    L = np.maximum(L, LOG_FLOOR)
+    beta = weights[0] + weights[1 + sets]  # [B, K]
+    z = np.einsum("bk,bkv->bv", beta, L)  # [B, V]
+    z[:, bos_id] = -np.inf
+    z -= z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # [B, V]
+    return log_probs, (L, np.exp(log_probs), sets)
+
+
+def update(weights: np.ndarray, pending, token_ids: np.ndarray, learning_rate: float) -> np.ndarray:
+    """One online gradient step on −log p(token) for the shared row and each row's weight set
+    (rows in order); a new array."""
+    L, probs, sets = pending
+    rows = np.arange(L.shape[0])
+    expected = np.einsum("bkv,bv->bk", L, probs)  # [B, K]
+    grad = L[rows, :, token_ids] - expected  # [B, K]: d log p(x) / d beta
+    weights = weights.copy()
+    for b in rows:  # rows may share a set: apply in order
+        weights[0] += learning_rate * grad[b]
+        weights[1 + sets[b]] += learning_rate * grad[b]
+    return weights
+
+
 def build_mixer(lms: list, select: list[int], learning_rate: float, prime_text: str | None = None,
-                documents: str = "file"):
+                documents: str = "file", linear_input: bool = True):
     """An ``LM`` holding a mixer of ``lms`` (which share one vocab).
 
     With ``prime_text``, the mixer reads it once and keeps its final weights as
@@ -235,7 +271,7 @@ def build_mixer(lms: list, select: list[int], learning_rate: float, prime_text: 
     _check_same_vocab([lm.vocab for lm in lms])
     vocab = lms[0].vocab
     cfg = MixerConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, [lm.model.family for lm in lms],
-                      list(select), learning_rate)
+                      list(select), learning_rate, linear_input)
     model = MixerModel(cfg, [lm.model for lm in lms]).eval()
     if prime_text:
         for doc in split_documents(prime_text, documents):

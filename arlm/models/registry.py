@@ -14,6 +14,7 @@ FAMILIES = {
     "cache": ("arlm.models.cache", "CacheConfig", "CacheModel"),
     "mixture": ("arlm.models.mixture", "MixtureConfig", "MixtureModel"),
     "mixer": ("arlm.models.mixer", "MixerConfig", "MixerModel"),
+    "dyneval": ("arlm.models.dyneval", "DynEvalConfig", "DynEvalModel"),
 }
 
 
