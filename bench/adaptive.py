@@ -9,7 +9,7 @@ of that mixer gives (the last row checks one with ``arlm eval``-equivalent
 scoring when --check is given).
 
 Prerequisites (README "Compression"): runs/{train,val,dev}.txt and the models
-runs/ng7, runs/cache7 (+ runs/cache12 and runs/lstm when present).
+runs/ng7, runs/cache7 (+ runs/cache12, runs/lstm and runs/lstm-dyn when present).
 
     .venv/bin/python bench/adaptive.py --runs runs [--limit 30000]
 """
@@ -38,10 +38,7 @@ def component_log_probs(lm, ids: np.ndarray) -> np.ndarray:
     """float64[T, V] log p(· | ids[:t+1]) for t < T (all positions but the last target)."""
     x = torch.from_numpy(ids[None, :-1])
     with torch.no_grad():
-        if lm.model.family == "lstm":
-            out = lm.model.logits(x)[0]
-        else:
-            out = lm.model.logits(x)[0]
+        out = lm.model.logits(x)[0]  # dyneval: its step loop
     return torch.log_softmax(out.double(), -1).numpy()
 
 
@@ -75,7 +72,7 @@ def main() -> None:
     val = (runs / "val.txt").read_text(encoding="utf-8")
     if args.limit:
         val = val[: args.limit]
-    lms = {name: LM.load(runs / name) for name in ["ng7", "cache7", "cache12", "lstm"] if (runs / name).is_dir()}
+    lms = {name: LM.load(runs / name) for name in ["ng7", "cache7", "cache12", "lstm", "lstm-dyn"] if (runs / name).is_dir()}
     vocab = lms["ng7"].vocab
     ids = np.asarray(encode_document(vocab, val), dtype=np.int64)
     targets = ids[1:]
@@ -100,6 +97,9 @@ def main() -> None:
         ("ng7+lstm, 1 set", ["ng7", "lstm"], [], True),
         ("ng7+cache7+lstm, sets by cache7", ["ng7", "cache7", "lstm"], ["cache7"], True),
         ("ng7+cache7+cache12+lstm, sets by cache12", ["ng7", "cache7", "cache12", "lstm"], ["cache12"], True),
+        ("ng7+lstm-dyn, 1 set", ["ng7", "lstm-dyn"], [], True),
+        ("ng7+cache7+lstm-dyn, sets by cache7", ["ng7", "cache7", "lstm-dyn"], ["cache7"], True),
+        ("ng7+cache7+lstm-dyn, sets by both", ["ng7", "cache7", "lstm-dyn"], ["ng7", "cache7"], True),
     ]
     print(f"\nonline gated mixer (geometric mixing, weights start uniform, learnt on val as it is read); "
           f"{n_chars:,} chars of val")

@@ -119,8 +119,9 @@ class MixerModel(LanguageModel):
         return torch.device("cpu")
 
     # -- one position -------------------------------------------------------------------
-    def _select(self, comp_states: list) -> np.ndarray:
-        s = np.zeros(len(comp_states[0]) if comp_states and isinstance(comp_states[0], list) else 1, dtype=np.int64)
+    def _select(self, comp_states: list, batch: int) -> np.ndarray:
+        """The weight set of each row, int64[B], from the selecting components' context features."""
+        s = np.zeros(batch, dtype=np.int64)
         for k in self.config.select_components:
             s = s * self.components[k].feature_size + self.components[k].state_features(comp_states[k])
         return s
@@ -129,7 +130,7 @@ class MixerModel(LanguageModel):
         """Mixed log-probs float64[B, V] and what the update needs."""
         L = mixer_inputs(np.stack([torch.log_softmax(o.double(), -1).cpu().numpy() for o in outs], axis=1),
                          self.config.linear_input)  # [B, K', V]
-        sets = self._select(comp_states) if self.config.select_components else np.zeros(L.shape[0], dtype=np.int64)
+        sets = self._select(comp_states, L.shape[0])
         return mix(L, sets, weights, self.config.bos_id)
 
     def _update(self, weights: np.ndarray, pending, token_ids: np.ndarray) -> np.ndarray:
