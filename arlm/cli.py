@@ -333,7 +333,7 @@ def _add_mixer_parser(sub) -> None:
     m.add_argument("--out", required=True, metavar="DIR", help="mixer model directory to write")
     m.add_argument("--select", default="", metavar="K,...",
                    help="indices of n-gram/cache components whose context selects the weight set (empty: one set)")
-    m.add_argument("--learning-rate", type=float, default=0.02, help="step size of the online weight update")
+    m.add_argument("--learning-rate", type=float, default=0.002, help="step size of the online weight update")
     m.add_argument("--prime-on", default=None, metavar="FILE",
                    help="held-out text the mixer reads once to learn its initial weights (never your test text)")
     m.add_argument("--documents", default=None, choices=["lines", "file"],

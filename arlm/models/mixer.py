@@ -58,7 +58,7 @@ class MixerConfig:
     eos_id: int
     components: list[str] = dataclasses.field(default_factory=list)
     select_components: list[int] = dataclasses.field(default_factory=list)
-    learning_rate: float = 0.005
+    learning_rate: float = 0.002
     linear_input: bool = True
 
 
