@@ -655,6 +655,116 @@ def _report_token_training(out: Path, args) -> None:
         print("no val tokens (val fraction 0): nothing to report")
 
 
+def _add_compress_parsers(sub) -> None:
+    z = sub.add_parser("compress", help="compress a text file losslessly with a model (range coding of its probabilities)")
+    z.add_argument("model_dir", metavar="DIR", help="model directory")
+    z.add_argument("input", metavar="IN", help="UTF-8 text file to compress (may be empty)")
+    z.add_argument("output", metavar="OUT", help="compressed file to write")
+    z.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help="document mode (default: the one the model was trained with)")
+    z.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    z.add_argument("--json", action="store_true", help="print the result as JSON")
+    z.set_defaults(func=_cmd_compress)
+    u = sub.add_parser("decompress", help="restore a file made by `arlm compress` (needs the same model)")
+    u.add_argument("model_dir", metavar="DIR", help="model directory the file was compressed with")
+    u.add_argument("input", metavar="IN", help="compressed file")
+    u.add_argument("output", metavar="OUT", help="text file to write")
+    u.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    u.add_argument("--json", action="store_true", help="print the result as JSON")
+    u.set_defaults(func=_cmd_decompress)
+
+
+def _cmd_compress(args) -> None:
+    from .coding import compress_file
+
+    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress)
+    if args.json:
+        _print_json(st)
+        return
+    ideal = math.ceil(st["nll_bits"] / 8)
+    print(f"{args.input}: {st['n_bytes']:,} bytes -> {args.output}: {st['compressed_bytes']:,} bytes "
+          f"({st['bits_per_char']:.4f} bits/char; model -log2 p = {st['nll_bits']:.1f} bits = {ideal:,} bytes; "
+          f"{st['n_bytes'] / 1024 / max(st['seconds'], 1e-9):.1f} KB/s)")
+
+
+def _cmd_decompress(args) -> None:
+    from .coding import decompress_file
+
+    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress)
+    if args.json:
+        _print_json(st)
+        return
+    print(f"{args.input} -> {args.output}: {st['n_bytes']:,} bytes "
+          f"({st['n_bytes'] / 1024 / max(st['seconds'], 1e-9):.1f} KB/s)")
+
+
+def _add_mixer_parser(sub) -> None:
+    m = sub.add_parser("mixer", help="combine models with an online gated mixer that keeps learning while it reads")
+    m.add_argument("model_dirs", nargs="+", metavar="DIR", help="component model directories (one vocab)")
+    m.add_argument("--out", required=True, metavar="DIR", help="mixer model directory to write")
+    m.add_argument("--select", default="", metavar="K,...",
+                   help="indices of n-gram/cache components whose context selects the weight set (empty: one set)")
+    m.add_argument("--learning-rate", type=float, default=0.002, help="step size of the online weight update")
+    m.add_argument("--prime-on", default=None, metavar="FILE",
+                   help="held-out text the mixer reads once to learn its initial weights (never your test text)")
+    m.add_argument("--documents", default=None, choices=["lines", "file"],
+                   help="document mode (default: the first model's)")
+    m.set_defaults(func=_cmd_mixer)
+
+
+def _cmd_mixer(args) -> None:
+    from .corpus import read_text
+    from .lm import LM
+    from .models.mixer import build_mixer
+
+    from . import checkpoint
+
+    lms = [LM.load(d) for d in args.model_dirs]
+    replace = checkpoint.check_output_dir(args.out, args.force, family="mixer", vocab=lms[0].vocab.kind,
+                                          inputs=[(f"DIR {d}", d) for d in args.model_dirs]
+                                          + [("--prime-on", args.prime_on)])
+    try:
+        select = [int(x) for x in args.select.split(",") if x.strip()]
+    except ValueError:
+        raise ArlmError(f"--select takes comma-separated component indices, got {args.select!r}") from None
+    t0 = time.time()
+    documents = args.documents or lms[0].documents
+    prime = read_text(args.prime_on) if args.prime_on else None
+    lm = build_mixer(lms, select, args.learning_rate, prime, documents)
+    with checkpoint.new_model_dir(args.out, replace) as where:
+        lm.save(where, {"component_sources": [str(d) for d in args.model_dirs],
+                        "prime_on": None if args.prime_on is None else str(args.prime_on)})
+    print(f"mixer of {len(lms)} models, {lm.model.n_sets} weight sets -> {args.out} ({time.time() - t0:.1f} s)")
+
+
+def _add_dyneval_parser(sub) -> None:
+    v = sub.add_parser("dyneval", help="wrap a neural model with dynamic evaluation (it keeps training on what it reads)")
+    v.add_argument("model_dir", metavar="DIR", help="trained lstm or gpt model directory")
+    v.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    v.add_argument("--chunk-size", type=_positive_int, default=50, help="tokens predicted between two updates")
+    v.add_argument("--learning-rate", type=float, default=0.01, help="SGD step size of each update")
+    v.add_argument("--decay", type=float, default=0.0, help="pull of the weights back toward the trained ones per update")
+    v.add_argument("--steps", type=_positive_int, default=1, help="gradient steps per chunk")
+    v.set_defaults(func=_cmd_dyneval)
+
+
+def _cmd_dyneval(args) -> None:
+    from .lm import LM
+    from .models.dyneval import DynEvalConfig, DynEvalModel
+
+    lm = LM.load(args.model_dir)
+    v = lm.vocab
+    cfg = DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, lm.model.family, args.chunk_size, args.learning_rate,
+                        args.decay, args.steps)
+    from . import checkpoint
+
+    replace = checkpoint.check_output_dir(args.out, args.force, family="dyneval", vocab=v.kind,
+                                          inputs=[("DIR", args.model_dir)])
+    with checkpoint.new_model_dir(args.out, replace) as where:
+        LM(DynEvalModel(cfg, lm.model).eval(), v, lm.documents).save(where, {"base_source": str(args.model_dir)})
+    print(f"dynamic evaluation of {args.model_dir} -> {args.out}")
+
+
 # -- parser ----------------------------------------------------------------------------
 def _positive_int(s: str) -> int:
     try:
@@ -847,17 +957,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_parser(sub)
     _add_serve_parser(sub)
     _add_heatmap_parser(sub)
+    _add_compress_parsers(sub)
+    _add_mixer_parser(sub)
+    _add_dyneval_parser(sub)
     _add_safety_flags(sub)
     return p
 
 
 def _add_safety_flags(sub) -> None:
     """--force on the commands that write a model directory, --threads on those that run a model."""
-    for name in ("train", "mix", "compare", "demo", "import"):
+    for name in ("train", "mix", "compare", "demo", "import", "mixer", "dyneval"):
         sub.choices[name].add_argument(
             "--force", action="store_true",
             help="replace an output directory that holds another model or other files (they are removed)")
-    for name in ("eval", "score", "sample", "mix", "compare", "serve", "heatmap"):
+    for name in ("eval", "score", "sample", "mix", "compare", "serve", "heatmap", "mixer"):
         sub.choices[name].add_argument(
             "--threads", type=int, default=None,
             help="CPU threads (default: OMP_NUM_THREADS if set, else the idle cores)")

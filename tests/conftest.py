@@ -82,6 +82,27 @@ def make_backoff(vocab, docs, order):
     return lm.model
 
 
+def make_mixer(vocab, docs, seed=0):
+    """An online gated mixer of an n-gram, a cache and a GPT, weight sets selected by the first two."""
+    from arlm.models.mixer import MixerConfig, MixerModel
+
+    comps = [make_ngram(vocab, docs, 3), make_cache(vocab, order=3), make_gpt(vocab, docs, seed=seed)]
+    cfg = MixerConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, [c.family for c in comps], [0, 1], 0.05)
+    m = MixerModel(cfg, comps)
+    g = torch.Generator().manual_seed(seed)
+    m.weights.copy_(torch.rand(m.weights.shape, generator=g, dtype=torch.float64) / 2)
+    return m.eval()
+
+
+def make_dyneval(vocab, docs=None, seed=0):
+    """Dynamic evaluation of the tiny LSTM, updating every 4 tokens (so short texts adapt)."""
+    from arlm.models.dyneval import DynEvalConfig, DynEvalModel
+
+    cfg = DynEvalConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, "lstm", chunk_size=4, learning_rate=0.5,
+                        decay=0.01)
+    return DynEvalModel(cfg, make_lstm(vocab, docs, seed=seed)).eval()
+
+
 # name -> (vocab kind, builder(vocab, docs))
 FAMILY_CASES = {
     "ngram1-char": ("char", lambda v, d: make_ngram(v, d, 1)),
@@ -99,6 +120,8 @@ FAMILY_CASES = {
     "mixture-bucketed-char": ("char", lambda v, d: make_mixture(v, d, bucketed=True)),
     "backoff4-char": ("char", lambda v, d: make_backoff(v, d, 4)),
     "backoff3-byte": ("byte", lambda v, d: make_backoff(v, d, 3)),
+    "mixer-char": ("char", lambda v, d: make_mixer(v, d)),
+    "dyneval-lstm-char": ("char", lambda v, d: make_dyneval(v, d)),
 }
 
 
@@ -109,6 +132,7 @@ FAMILY_CASES.update({
     "lstm-bpe": ("bpe", lambda v, d: make_lstm(v, d)),
     "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
     "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
+    "mixer-bpe": ("bpe", lambda v, d: make_mixer(v, d)),
 })
 
 _BPE = {}

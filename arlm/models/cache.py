@@ -35,6 +35,10 @@ from ..errors import ArlmError
 from .base import LanguageModel
 from .ngram import COUNT_BINS, count_bin
 
+#: long contexts are cheap for a cache (only histories seen in the document are stored)
+#: and catch the long repeats that PPM and zpaq's match models exploit
+MAX_CACHE_ORDER = 32
+
 
 @dataclasses.dataclass
 class CacheConfig:
@@ -73,8 +77,8 @@ class CacheModel(LanguageModel):
 
     def __init__(self, config: CacheConfig):
         super().__init__()
-        if not 1 <= config.order <= 10:
-            raise ArlmError(f"cache order must be in 1..10, got {config.order}")
+        if not 1 <= config.order <= MAX_CACHE_ORDER:
+            raise ArlmError(f"cache order must be in 1..{MAX_CACHE_ORDER}, got {config.order}")
         if not 0.0 < config.discount < 1.0:
             raise ArlmError(f"cache discount must be in (0, 1), got {config.discount}")
         self.config = config

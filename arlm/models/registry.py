@@ -14,6 +14,8 @@ FAMILIES = {
     "cache": ("arlm.models.cache", "CacheConfig", "CacheModel"),
     "mixture": ("arlm.models.mixture", "MixtureConfig", "MixtureModel"),
     "backoff": ("arlm.models.backoff", "BackoffConfig", "BackoffNGramModel"),
+    "mixer": ("arlm.models.mixer", "MixerConfig", "MixerModel"),
+    "dyneval": ("arlm.models.dyneval", "DynEvalConfig", "DynEvalModel"),
 }
 
 
