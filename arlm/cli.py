@@ -706,7 +706,8 @@ def _add_mixer_parser(sub) -> None:
                    help="indices of n-gram/cache components whose context selects the weight set (empty: one set)")
     m.add_argument("--learning-rate", type=float, default=0.002, help="step size of the online weight update")
     m.add_argument("--prime-on", default=None, metavar="FILE",
-                   help="held-out text the mixer reads once to learn its initial weights (never your test text)")
+                   help="held-out text the mixer reads once to learn its initial weights, never your test text "
+                        "(default: start from equal weights)")
     m.add_argument("--documents", default=None, choices=["lines", "file"],
                    help="document mode (default: the first model's)")
     m.set_defaults(func=_cmd_mixer)
