@@ -65,7 +65,13 @@ def _describe(d: Path) -> tuple[str, dict | None]:
         names = sorted(p.name for p in d.iterdir())
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         return f"files that are not an arlm model ({shown})", None
-    return f"a {cfg.get('family')} model ({cfg.get('vocab')} vocab)", cfg
+    return f"{a_family(cfg.get('family'))} model ({cfg.get('vocab')} vocab)", cfg
+
+
+def a_family(family) -> str:
+    """``"an ngram"``, ``"a gpt"``: a family name with its article, for messages."""
+    family = str(family)
+    return f"{'an' if family[:1] in 'aeiou' or family == 'ngram' else 'a'} {family}"
 
 
 def _unfinished_run(d: Path) -> str | None:
@@ -253,7 +259,7 @@ def load(directory: str | Path, expect_family: str | None = None):
     cfg = read_config(d)
     family = cfg["family"]
     if expect_family is not None and family != expect_family:
-        raise ArlmError(f"{d} holds a {family} model, not a {expect_family} model")
+        raise ArlmError(f"{d} holds {a_family(family)} model, not {a_family(expect_family)} model")
     config_cls, model_cls = get_family(family)
     try:
         config = config_from_dict(config_cls, cfg["config"])

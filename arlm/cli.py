@@ -412,7 +412,8 @@ def _cmd_export(args) -> None:
 def _add_import_parser(sub) -> None:
     i = sub.add_parser("import", help="turn a transformers GPT-2 directory or an ARPA file into an arlm model directory")
     i.add_argument("source", metavar="SOURCE",
-                   help="Hugging Face model directory (GPT-2 architecture) or ARPA file (.arpa or .arpa.gz)")
+                   help="Hugging Face GPT-2 checkpoint directory with GPT-2's byte-level BPE tokenizer, or an ARPA file "
+                        "(.arpa or .arpa.gz)")
     i.add_argument("--out", required=True, metavar="DIR", help="arlm model directory to write")
     i.add_argument("--json", action="store_true", help="print the result as JSON")
     i.set_defaults(func=_cmd_import)
@@ -519,16 +520,21 @@ def _tokenize(data, out, kind, vocab_from, documents, chunk_bytes: int, progress
 def _cmd_tokenize(args) -> None:
     from .models.ngram_count import parse_memory
 
+    from . import checkpoint
+    from .data import is_token_dir
+
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ArlmError(f"--out {out} exists and is not a directory")
-    r = _tokenize(args.data, out, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size),
-                  progress=not args.json)
+    # a token directory is replaced whole by a rerun; anything else (a model, other files) needs --force
+    replace = checkpoint.check_output_dir(out, args.force or is_token_dir(out),
+                                          inputs=[("DATA", args.data), ("--vocab-from", args.vocab_from)])
+    with checkpoint.new_model_dir(out, replace) as where:
+        r = _tokenize(args.data, where, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size),
+                      progress=not args.json)
     if args.json:
         _print_json(r)
         return
     print(f"tokenized {args.data}: {r['n_tokens']:,} tokens ({r['dtype']}, {r['vocab']} vocab of {r['vocab_size']}), "
-          f"{r['n_documents']:,} documents, {r['n_bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s "
+          f"{r['n_documents']:,} document{'' if r['n_documents'] == 1 else 's'}, {r['n_bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s "
           f"({r['mb_per_s']:.1f} MB/s; encoding alone {r['encode_mb_per_s']:.1f} MB/s) -> {out}")
 
 
@@ -662,14 +668,14 @@ def _add_compress_parsers(sub) -> None:
     z.add_argument("output", metavar="OUT", help="compressed file to write")
     z.add_argument("--documents", default=None, choices=["lines", "file"],
                    help="document mode (default: the one the model was trained with)")
-    z.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    z.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
     z.add_argument("--json", action="store_true", help="print the result as JSON")
     z.set_defaults(func=_cmd_compress)
     u = sub.add_parser("decompress", help="restore a file made by `arlm compress` (needs the same model)")
     u.add_argument("model_dir", metavar="DIR", help="model directory the file was compressed with")
     u.add_argument("input", metavar="IN", help="compressed file")
     u.add_argument("output", metavar="OUT", help="text file to write")
-    u.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    u.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
     u.add_argument("--json", action="store_true", help="print the result as JSON")
     u.set_defaults(func=_cmd_decompress)
 
@@ -677,7 +683,7 @@ def _add_compress_parsers(sub) -> None:
 def _cmd_compress(args) -> None:
     from .coding import compress_file
 
-    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress)
+    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
         _print_json(st)
         return
@@ -690,7 +696,7 @@ def _cmd_compress(args) -> None:
 def _cmd_decompress(args) -> None:
     from .coding import decompress_file
 
-    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress)
+    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
         _print_json(st)
         return
@@ -866,7 +872,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir", metavar="DIR", help="model directory (written by arlm train or arlm mix)")
     s.add_argument("text", metavar="TEXT", help="the string to score (as typed; no escapes are read)")
     s.add_argument("--given", default=None, metavar="PREFIX",
-                   help="score TEXT as a completion of PREFIX (default: score TEXT as a whole document)")
+                   help="score log p(TEXT | PREFIX) of TEXT as a continuation of PREFIX, without <eos> (the text may "
+                        "go on) (default: score TEXT as a whole document, <eos> included)")
     s.add_argument("--no-eos", action="store_true", help="prefix probability: leave out the <eos> term")
     s.add_argument("--per-token", action="store_true", help="list every token's log-probability")
     s.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -967,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_safety_flags(sub) -> None:
     """--force on the commands that write a model directory, --threads on those that run a model."""
-    for name in ("train", "mix", "compare", "demo", "import", "mixer", "dyneval"):
+    for name in ("train", "mix", "compare", "demo", "import", "mixer", "dyneval", "tokenize"):
         sub.choices[name].add_argument(
             "--force", action="store_true",
             help="replace an output directory that holds another model or other files (they are removed)")

@@ -488,14 +488,35 @@ def eval_batches(data: TokenData, documents: str, batch_size: int, block_size: i
     return [get_batch(data, documents, batch_size, block_size, gen) for _ in range(n_batches)]
 
 
-def token_data_from_dir(path, val_fraction: float = 0.1, seed: int = 1337):
+def _token_header_digest(path) -> str:
+    """SHA-256 of a token directory's header (counts, dtype, vocab): it changes when the directory is re-tokenized."""
+    import hashlib
+
+    from .data import TOKENS_HEADER
+
+    return hashlib.sha256((Path(path) / TOKENS_HEADER).read_bytes()).hexdigest()
+
+
+def token_data_from_dir(path, val_fraction: float = 0.1, seed: int = 1337, header_sha256: str | None = None):
     """Train and val :class:`TokenData` over the token directory ``path`` (``arlm tokenize``),
-    split as ``arlm.data.split_token_dir``; returns ``(train, val or None, TokenDir)``."""
-    from .data import TokenDir, split_token_dir
+    split as ``arlm.data.split_token_dir``; returns ``(train, val or None, TokenDir)``.
+
+    ``header_sha256`` (a resume): the digest recorded when the run started; a
+    directory re-tokenized since then is refused with ArlmError.
+    """
+    from .data import TokenDir, is_token_dir, split_token_dir
+
+    if header_sha256 is not None:
+        if not is_token_dir(path):
+            raise ArlmError(f"cannot resume: the run's token directory {path} is gone (or no longer a token directory)")
+        if _token_header_digest(path) != header_sha256:
+            raise ArlmError(f"cannot resume: the token directory {path} was re-tokenized since the run started "
+                            "(its tokens.json changed); start a new run")
 
     tokens = TokenDir(path)
     train, val = split_token_dir(tokens, val_fraction, seed)
-    source = {"path": str(Path(path).resolve()), "val_fraction": val_fraction, "seed": seed}
+    source = {"path": str(Path(path).resolve()), "val_fraction": val_fraction, "seed": seed,
+              "header_sha256": _token_header_digest(path)}
 
     def make(part):
         return None if part is None else TokenData(part[0], None, starts=part[1], lengths=part[2], source=source)
@@ -1162,7 +1183,7 @@ def cli_resume(args, out_dir: Path) -> None:
         cfg = checkpoint.read_config(out_dir)
         if cfg.get("family") != st["family"] or cfg.get("vocab") != st["vocab"]:
             raise ArlmError(
-                f"cannot resume: {out_dir} holds a {cfg.get('family')} model ({cfg.get('vocab')} vocab) but the "
+                f"cannot resume: {out_dir} holds {checkpoint.a_family(cfg.get('family'))} model ({cfg.get('vocab')} vocab) but the "
                 f"training state of a {st['family']} run ({st['vocab']} vocab); resuming would replace that model"
             )
     from .models.registry import get_family

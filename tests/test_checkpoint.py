@@ -30,7 +30,7 @@ def test_directory_layout_has_no_pickle(saved):
 def test_missing_truncated_and_wrong_family(saved, tmp_path):
     with pytest.raises(ArlmError, match="no model directory"):
         checkpoint.load(tmp_path / "absent")
-    with pytest.raises(ArlmError, match="holds a ngram model"):
+    with pytest.raises(ArlmError, match="holds an ngram model"):
         checkpoint.load(saved, expect_family="gpt")
     w = saved / "model.safetensors"
     w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])

@@ -95,3 +95,22 @@ def test_eval_reads_a_big_file_in_pieces(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(arlm.cli, "STREAM_EVAL_BYTES", 0)  # every file counts as big
     pieces = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
     assert pieces == whole
+
+
+def test_tokenize_never_clobbers_a_model_and_resume_refuses_retokenized_data(tmp_path, capsys):
+    names, text = tmp_path / "names.txt", tmp_path / "text.txt"
+    names.write_text(NAMES.read_text()[:3000])
+    text.write_text(SHAKESPEARE.read_text()[:3000])
+    model = tmp_path / "ng"
+    run(capsys, "train", names, "--order", "2", "--val-fraction", "0", "--out", model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    rc, _, err = run(capsys, "tokenize", names, "--out", model, check=False)
+    assert rc == 2 and "already holds an ngram model" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # nothing written
+    tok, run_dir = tmp_path / "tok", tmp_path / "gpt"
+    run(capsys, "tokenize", names, "--out", tok)
+    run(capsys, "tokenize", names, "--out", tok)  # a rerun replaces a token directory without --force
+    run(capsys, "train", tok, *TINY_GPT, "--out", run_dir)
+    run(capsys, "tokenize", text, "--out", tok)  # other text, other vocab
+    rc, _, err = run(capsys, "train", "--resume", run_dir, "--max-steps", "12", check=False)
+    assert rc == 2 and "re-tokenized" in err and len(err.strip().splitlines()) == 1

@@ -116,7 +116,7 @@ def test_output_dir_policy(tmp_path):
     _model(d)
     assert checkpoint.check_output_dir(d, family="ngram", vocab="char") is True  # the same kind: replaced whole
     for family, vocab in (("gpt", "char"), ("ngram", "byte"), ("mixture", "char")):
-        with pytest.raises(ArlmError, match=r"already holds a ngram model \(char vocab\); pass --force"):
+        with pytest.raises(ArlmError, match=r"already holds an ngram model \(char vocab\); pass --force"):
             checkpoint.check_output_dir(d, family=family, vocab=vocab)
         assert checkpoint.check_output_dir(d, force=True, family=family, vocab=vocab) is True
     (tmp_path / "notes").mkdir()
