@@ -957,8 +957,8 @@ def run_training(
                     val_loss = evaluate_and_checkpoint()
                 if step % 10 == 0 or step == 1:
                     post = {"loss": f"{loss_value:.3f}"}
-                    if val_loss is not None:
-                        post["val"] = f"{val_loss:.3f}"
+                    if val_loss is not None:  # the last evaluation's, every --eval-interval steps
+                        post["val"] = f"{val_loss:.3f}@{step - step % s.eval_interval}"
                     post["tok/s"] = f"{(interval_tokens / interval_time if interval_time else tok_s):.0f}"
                     if s.max_time is not None:
                         post["left"] = f"{max(0.0, s.max_time - elapsed):.0f}s"

@@ -391,4 +391,5 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
     for name, eng in engines.items():
         print(f"serving {name} ({eng.model.family}, {eng.vocab.kind} vocab) at http://{host}:{port}/v1",
               file=sys.stderr, flush=True)
+    print(f"playground: http://{host}:{port}/  (Ctrl-C stops the server)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
