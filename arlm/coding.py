@@ -378,15 +378,10 @@ def decompress_bytes(lm, model_dir: str | Path, blob: bytes, progress: bool = Fa
 
 # -- files (the CLI) ------------------------------------------------------------------------------------
 def _read_bytes(path: str | Path) -> bytes:
-    p = Path(path)
-    if not p.exists():
-        raise ArlmError(f"no such file: {p}")
-    if p.is_dir():
-        raise ArlmError(f"expected a file but {p} is a directory")
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise ArlmError(f"cannot read {p}: {e.strerror}") from None
+    from .corpus import open_binary
+
+    with open_binary(path, "a file") as f:
+        return f.read()
 
 
 def _write_bytes(path: str | Path, data: bytes) -> None:

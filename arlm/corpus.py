@@ -24,6 +24,23 @@ DOCUMENT_MODES = ("lines", "file")
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
+def open_binary(path: str | Path, what: str = "a text file"):
+    """Open the file ``path`` for reading bytes (a file object, to use in ``with``).
+
+    Raises:
+        ArlmError: one line when it is missing, a directory (``what`` names what was expected) or unreadable.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ArlmError(f"no such file: {p}")
+    if p.is_dir():
+        raise ArlmError(f"expected {what} but {p} is a directory")
+    try:
+        return open(p, "rb")
+    except OSError as e:
+        raise ArlmError(f"cannot read {p}: {e.strerror}") from None
+
+
 def read_text(path: str | Path) -> str:
     """Return the contents of ``path`` decoded as strict UTF-8, without one leading byte-order mark.
 
@@ -38,14 +55,8 @@ def read_text(path: str | Path) -> str:
             first invalid byte, and names UTF-16 when the file starts with its mark).
     """
     p = Path(path)
-    if not p.exists():
-        raise ArlmError(f"no such file: {p}")
-    if p.is_dir():
-        raise ArlmError(f"expected a text file but {p} is a directory")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ArlmError(f"cannot read {p}: {e.strerror}") from None
+    with open_binary(p) as f:
+        raw = f.read()
     skip = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     if len(raw) == skip:
         raise ArlmError(f"file is empty: {p}")

@@ -67,18 +67,11 @@ def iter_text_chunks(path, chunk_bytes: int = CHUNK_BYTES):
     """
     from pathlib import Path
 
+    from .corpus import open_binary
     from .errors import ArlmError
 
     p = Path(path)
-    if not p.exists():
-        raise ArlmError(f"no such file: {p}")
-    if p.is_dir():
-        raise ArlmError(f"expected a text file but {p} is a directory")
-    try:
-        f = open(p, "rb")
-    except OSError as e:
-        raise ArlmError(f"cannot read {p}: {e.strerror}") from None
-    with f:
+    with open_binary(p) as f:
         pending, offset, seen_any = b"", 0, False
         while True:
             block = f.read(chunk_bytes)

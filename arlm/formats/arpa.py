@@ -265,14 +265,10 @@ def export_arpa(model, vocab, path: str | Path, documents: str = "file") -> dict
 
 # -- import -----------------------------------------------------------------------------------
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ArlmError(f"no such file: {path}")
-    if path.is_dir():
-        raise ArlmError(f"expected an ARPA file but {path} is a directory")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ArlmError(f"cannot read {path}: {e.strerror}") from None
+    from ..corpus import open_binary
+
+    with open_binary(path, "an ARPA file") as f:
+        data = f.read()
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)

@@ -40,6 +40,7 @@ import torch
 
 from ..errors import ArlmError
 from .base import LanguageModel
+from .ngram import context_nodes
 
 
 @dataclasses.dataclass
@@ -253,23 +254,7 @@ class BackoffNGramModel(LanguageModel):
     def _context_nodes(self, ids: np.ndarray, starts: np.ndarray | None = None) -> list[np.ndarray]:
         """For int64[B, T] ids, ``ctx[k][b, t]`` is the node of the last k tokens up to t
         (k = 0..N-1), -1 if not listed; ``starts`` (bool[B, T]) marks where a new sequence begins."""
-        V, N = self.config.vocab_size, self.config.order
-        B, T = ids.shape
-        ctx = [np.zeros((B, T), dtype=np.int64)]
-        prev = ctx[0]
-        for k in range(1, N):
-            if k == 1:
-                shifted = np.zeros((B, T), dtype=np.int64)
-            else:
-                shifted = np.full((B, T), -1, dtype=np.int64)
-                shifted[:, 1:] = prev[:, :-1]
-                if starts is not None:
-                    shifted[starts] = -1
-            found = self.levels[k - 1].lookup(np.maximum(shifted, 0) * V + ids)
-            node = np.where(shifted >= 0, found, -1)
-            ctx.append(node)
-            prev = node
-        return ctx
+        return context_nodes(self.levels, self.config.vocab_size, self.config.order, ids, starts)
 
     def _log_norm_at(self, ctx: list[np.ndarray]) -> np.ndarray:
         out = np.full(ctx[0].shape, self.log_norm0)

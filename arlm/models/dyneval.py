@@ -136,12 +136,6 @@ class DynEvalModel(LanguageModel):
             rows.append(torch.stack(cols) if cols else torch.zeros(0, self.vocab_size))
         return torch.stack(rows)
 
-    def prefill(self, token_ids: torch.Tensor):
-        state = out = None
-        for t in range(token_ids.shape[1]):
-            out, state = self.step(token_ids[:, t], state)
-        return out, state
-
     @torch.no_grad()
     def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
         ids = token_ids.detach().cpu().reshape(-1)

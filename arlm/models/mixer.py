@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -165,12 +164,6 @@ class MixerModel(LanguageModel):
         if not rows:
             return torch.zeros(token_ids.shape[0], 0, self.vocab_size, dtype=torch.float64)
         return torch.stack(rows, dim=1)  # [B, T, V]
-
-    def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        state = out = None
-        for t in range(token_ids.shape[1]):
-            out, state = self.step(token_ids[:, t], state)
-        return out, state
 
     @torch.no_grad()
     def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:

@@ -117,6 +117,32 @@ class _Level:
         return np.where(self.keys[pos_c] == query, pos_c, -1)
 
 
+
+def context_nodes(levels, vocab_size: int, order: int, ids: np.ndarray,
+                  starts: np.ndarray | None = None) -> list[np.ndarray]:
+    """The history nodes of every position of int64[B, T] ``ids`` in a table of
+    n-gram levels (each with ``lookup(keys) -> node or -1``, a key being
+    ``parent_node * vocab_size + token``): ``ctx[n][b, t]`` for n = 0..order-1,
+    -1 where the history is not listed; ``starts`` (bool[B, T]) marks where a new
+    sequence begins inside a row. Shared by the Kneser-Ney and back-off families."""
+    B, T = ids.shape
+    ctx = [np.zeros((B, T), dtype=np.int64)]
+    prev = ctx[0]
+    for n in range(1, order):
+        if n == 1:
+            shifted = np.zeros((B, T), dtype=np.int64)
+        else:
+            shifted = np.full((B, T), -1, dtype=np.int64)
+            shifted[:, 1:] = prev[:, :-1]
+            if starts is not None:
+                shifted[starts] = -1
+        found = levels[n - 1].lookup(np.maximum(shifted, 0) * vocab_size + ids)
+        node = np.where(shifted >= 0, found, -1)
+        ctx.append(node)
+        prev = node
+    return ctx
+
+
 class NGramModel(LanguageModel):
     """Interpolated modified Kneser-Ney model of order 1..10 (see module docstring).
 
@@ -242,23 +268,7 @@ class NGramModel(LanguageModel):
         ending at t (n = 0..N-1; order 0 is the empty history, node 0), -1 if unseen
         or longer than the sequence so far. ``starts`` (bool[B, T]) marks where a
         new sequence begins inside a row (no history reaches back across it)."""
-        V, N = self.config.vocab_size, self.config.order
-        B, T = ids.shape
-        ctx = [np.zeros((B, T), dtype=np.int64)]
-        prev = ctx[0]
-        for n in range(1, N):
-            if n == 1:
-                shifted = np.zeros((B, T), dtype=np.int64)
-            else:
-                shifted = np.full((B, T), -1, dtype=np.int64)
-                shifted[:, 1:] = prev[:, :-1]
-                if starts is not None:
-                    shifted[starts] = -1
-            found = self.levels[n - 1].lookup(np.maximum(shifted, 0) * V + ids)
-            node = np.where(shifted >= 0, found, -1)
-            ctx.append(node)
-            prev = node
-        return ctx
+        return context_nodes(self.levels, self.config.vocab_size, self.config.order, ids, starts)
 
     def target_probs(self, ids: np.ndarray, targets: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
         """p(targets[b, t] | ids[b, :t+1]) as float64[B, T] (not log); ``starts`` as in ``_context_nodes``."""
