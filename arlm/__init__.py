@@ -33,7 +33,7 @@ def fit(data: str | Path | None = None, model: str = "ngram", out: str | Path = 
           force: bool = False) -> LM:
     """Train a model on the text file ``data`` (the built-in corpus when None) and save it to ``out``.
 
-    Named ``fit`` rather than ``train`` because ``arlm.train`` is the neural
+    Named ``fit`` rather than ``train`` because ``arlm.training`` is the neural
     training-loop module. This entry point covers the n-gram family; neural
     families train through ``arlm train --model gpt|lstm``.
 

@@ -52,8 +52,8 @@ def prepare_dir(directory: str | Path) -> Path:
 
 # -- output directories: never a mix of two runs ---------------------------------------
 
-STATE_FILE = "training_state.safetensors"  # arlm.train's resumable state (kept in step with it)
-#: What a neural run writes before its first checkpoint (arlm.train's file names).
+STATE_FILE = "training_state.safetensors"  # arlm.training's resumable state (kept in step with it)
+#: What a neural run writes before its first checkpoint (arlm.training's file names).
 RUN_LEFTOVERS = frozenset({"training_data.safetensors", "train_log.jsonl", "loss.png"})
 
 

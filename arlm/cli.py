@@ -46,7 +46,7 @@ def cmd_train(args) -> None:
     if _cmd_train_from_disk(args):
         return
     if args.resume is not None:
-        from .train import cli_resume
+        from .cli_train import cli_resume
 
         out = Path(args.resume)
         cli_resume(args, out)  # refuses flags that would change the run
@@ -81,7 +81,7 @@ def cmd_train(args) -> None:
             _, val_metrics = make_cache(split, where, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
                                         meta=meta)
     elif args.model in NEURAL:
-        from .train import cli_train
+        from .cli_train import cli_train
 
         vocab = train_vocab(args.vocab, split.train_docs, args.vocab_size)
         if replace:  # a run writes its directory as it goes (to resume): empty it first, in one rename
@@ -313,7 +313,7 @@ def cmd_mix(args) -> None:
 
 def cmd_compare(args) -> None:
     from .compare import parse_model_specs, run_compare, terminal_table
-    from .train import parse_duration
+    from .training import parse_duration
 
     specs = parse_model_specs(args.models)
     vocabs = [v.strip() for v in args.vocab.split(",") if v.strip()]
@@ -629,7 +629,8 @@ def _save_token_ngram(lm, where, args, stats) -> None:
 
 def _train_neural_from_tokens(args) -> None:
     from . import checkpoint
-    from .train import cli_train, token_data_from_dir
+    from .cli_train import cli_train
+    from .training import token_data_from_dir
 
     if args.val_file is not None:
         raise ArlmError("--val-file takes text; with a token directory as DATA, val is its last --val-fraction")
@@ -847,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on all of DATA after val is scored)")
     t.add_argument("--json", action="store_true", help=JSON_HELP)
     try:
-        from .train import add_train_arguments
+        from .cli_train import add_train_arguments
     except ImportError:  # the neural training loop is optional at import time
         add_train_arguments = None
     if add_train_arguments is not None:

@@ -107,7 +107,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
                 lm, _ = make_cache(sub, mdir, order=opt["order"], vocab=vocab_kind, vocab_size=vocab_size,
                                    meta=split_meta(sub, None, dev_fraction, seed))
             else:
-                from .train import cli_train
+                from .cli_train import cli_train
 
                 vocab = train_vocab(vocab_kind, train_docs, vocab_size)
                 args = argparse.Namespace(max_time=str(max_time), seed=seed)

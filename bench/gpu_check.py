@@ -5,8 +5,8 @@ Usage: python bench/gpu_check.py [--steps 300] [--data ../shared/data/tinyshakes
 On CUDA it prints:
 
 * the GPU, torch version, and which features the training loop uses there:
-  bf16 autocast (``arlm.train.run_training``), fused AdamW
-  (``arlm.train.make_optimizer``), SDPA flash attention (checked by running the
+  bf16 autocast (``arlm.training.run_training``), fused AdamW
+  (``arlm.training.make_optimizer``), SDPA flash attention (checked by running the
   model's attention with only the flash kernel allowed), pinned-memory
   host-to-device copies (bandwidth pinned vs pageable);
 * the measured bf16 matmul peak (TFLOP/s of an 8192^3 matmul);
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from arlm import train as T  # noqa: E402
+from arlm import training as T  # noqa: E402
 from arlm.corpus import read_text, train_val_split  # noqa: E402
 from arlm.models.gpt import GPTConfig, GPTModel  # noqa: E402
 from arlm.vocab import CharVocab  # noqa: E402
@@ -124,7 +124,7 @@ def main() -> None:
     t0 = time.perf_counter()
     peak = matmul_peak_tflops(dev)
     result["features"] = {
-        "bf16_autocast_in_loop": True,  # arlm.train.run_training: torch.autocast("cuda", torch.bfloat16)
+        "bf16_autocast_in_loop": True,  # arlm.training.run_training: torch.autocast("cuda", torch.bfloat16)
         "fused_adamw": bool(T.make_optimizer(torch.nn.Linear(4, 4).to(dev), T.TrainSettings(1, 1, 1e-3), dev)
                             .defaults.get("fused")),
         "flash_sdpa": flash_attention_works(dev),

@@ -48,7 +48,7 @@ def resume_argv(out: Path) -> list[str]:
 
 
 def state_of(out: Path) -> dict | None:
-    from arlm import train as T
+    from arlm import training as T
 
     if not (out / STATE).is_file():
         return None
@@ -81,7 +81,7 @@ def _logged_steps(out: Path) -> int:
 
 
 def fingerprint(out: Path):
-    from arlm import train as T
+    from arlm import training as T
 
     tensors, st = T.read_state(out / STATE)
     weights = {k: v for k, v in tensors.items() if k.startswith(("model.", "optim.", "best."))}

@@ -35,7 +35,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 def trial(data: str, max_time: str, out: Path, threads: int | None) -> dict:
     """One training run; returns tokens/s and the thread counts the log saw."""
-    from arlm import train as T
+    from arlm import training as T
 
     argv = [sys.executable, "-m", "arlm", "train", data, "--model", "gpt", "--max-time", max_time,
             "--val-fraction", "0", "--out", str(out), "--force"]

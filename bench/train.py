@@ -14,8 +14,8 @@ per token for the GPT; Kaplan et al. 2020's approximation), so
     matmul fraction = step FLOPs / step time / reference matmul FLOP/s.
 
 **Before/after.** For the default GPT configuration of the *current*
-``arlm.train.DEFAULTS`` (the same model and batch for both trees), it runs the
-real training loop, ``arlm.train.run_training``, of two code trees in
+``arlm.training.DEFAULTS`` (the same model and batch for both trees), it runs the
+real training loop, ``arlm.training.run_training``, of two code trees in
 alternating subprocesses: the working tree, and the ``arlm/`` package of the git
 ref ``--baseline`` (default ``3a78434``, the commit that introduced the GPT
 and the loop; extracted with ``git archive`` into a temporary directory). Each
@@ -49,7 +49,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from arlm import train as T  # noqa: E402
+from arlm import training as T  # noqa: E402
+from arlm.cli_train import build_model  # noqa: E402
 
 BASELINE = "3a78434"  # "GPT (KV cache) and LSTM families, neural training loop ...": where issue 4 began
 
@@ -89,7 +90,7 @@ def bench_model(family: str, args) -> dict:
     d = T.DEFAULTS[family]
     ns = argparse.Namespace(block_size=args.block_size, batch_size=args.batch_size)
     torch.manual_seed(0)
-    model, block = T.build_model(family, _Vocab(67), ns)
+    model, block = build_model(family, _Vocab(67), ns)
     batch = args.batch_size or d["batch_size"]
     model.train()
     s = T.TrainSettings(batch_size=batch, block_size=block, lr=1e-3)
@@ -137,7 +138,10 @@ spec = json.loads(sys.argv[1])
 import torch
 import arlm
 assert arlm.__file__.startswith(spec["tree"]), (arlm.__file__, spec["tree"])
-from arlm import train as T
+try:
+    from arlm import training as T
+except ImportError:  # a tree from before the training package
+    from arlm import train as T
 from arlm.models.gpt import GPTConfig, GPTModel
 from arlm.vocab import CharVocab
 
@@ -215,7 +219,7 @@ def before_after(args, threads: int, ref_gflops: float) -> None:
                       flush=True)
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in res.items()}
     torch.manual_seed(0)
-    probe, block = T.build_model("gpt", _Vocab(67), argparse.Namespace(block_size=args.block_size))
+    probe, block = build_model("gpt", _Vocab(67), argparse.Namespace(block_size=args.block_size))
     per_token = step_flops(probe, 1, block)  # vocab 67 ~ tinyshakespeare's 65 + <bos>, <eos>
     for k in ("baseline", "current"):
         print(f"  median {k:8s}: {med[k]:9,.0f} tokens/s = {med[k] * per_token / 1e9 / ref_gflops:.0%} of matmul throughput")

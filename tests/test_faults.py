@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from arlm import cli
-from arlm import train as T
+from arlm import training as T
+from arlm.cli_train import build_model
 from arlm.lm import LM
 
 from conftest import NAMES, SHAKESPEARE
@@ -169,7 +170,7 @@ def _tiny_run_parts(text_file):
     text = text_file.read_text()
     vocab = CharVocab.train([text])
     torch.manual_seed(0)
-    model, _ = T.build_model("gpt", vocab, argparse.Namespace(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0))
+    model, _ = build_model("gpt", vocab, argparse.Namespace(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0))
     return model, vocab, T.TokenData.from_documents(vocab, [text[:18000]]), T.TokenData.from_documents(vocab, [text[18000:]])
 
 

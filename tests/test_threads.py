@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from arlm import threads
-from arlm import train as T
+from arlm import training as T
 from arlm.device import resolve_device
 from arlm.errors import ArlmError
 
@@ -88,7 +88,6 @@ def test_device_is_checked_in_one_place():
     else:
         with pytest.raises(ArlmError, match="CUDA device"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
-    assert T.resolve_device is resolve_device
 
 
 # -- the governor -----------------------------------------------------------------------
@@ -114,7 +113,7 @@ def run(g, clock, seconds_per_token, steps, step_seconds=0.05, idle=None):
 
 def test_governor_stays_at_all_cores_on_a_quiet_machine():
     clock = Clock()
-    g = T.ThreadGovernor(2, 2, clock=clock, idle_cores=lambda: 0.0)
+    g = threads.ThreadGovernor(2, 2, clock=clock, idle_cores=lambda: 0.0)
     counts = run(g, clock, lambda n: 1.0 if n == 2 else 1.5, 2000)
     assert set(counts) == {2} and g.switches == 0
 
@@ -123,7 +122,7 @@ def test_governor_recovers_promptly_when_a_disturbance_ends():
     clock = Clock()
     load = {"busy": False}
     idle = lambda: 0.05 if load["busy"] else 1.0  # noqa: E731  the other core, as /proc/stat sees it
-    g = T.ThreadGovernor(2, 2, clock=clock, idle_cores=idle)
+    g = threads.ThreadGovernor(2, 2, clock=clock, idle_cores=idle)
     quiet = lambda n: 1.0 if n == 2 else 1.5  # noqa: E731
     busy = lambda n: 20.0 if n == 2 else 2.0  # noqa: E731  spin-waiting threads collapse
     run(g, clock, quiet, 100)
@@ -139,7 +138,7 @@ def test_governor_recovers_promptly_when_a_disturbance_ends():
 
 def test_governor_backs_off_under_a_lasting_load_even_without_proc_stat():
     clock = Clock()
-    g = T.ThreadGovernor(2, 2, clock=clock, idle_cores=lambda: None)
+    g = threads.ThreadGovernor(2, 2, clock=clock, idle_cores=lambda: None)
     run(g, clock, lambda n: 1.0 if n == 2 else 1.5, 50)
     counts = run(g, clock, lambda n: 20.0 if n == 2 else 2.0, 2400)  # 120 s of load
     probes = sum(1 for a, b in zip(counts, counts[1:]) if a == 1 and b == 2)
@@ -149,7 +148,7 @@ def test_governor_backs_off_under_a_lasting_load_even_without_proc_stat():
 
 def test_governor_first_step_after_a_switch_is_not_judged():
     clock = Clock()
-    g = T.ThreadGovernor(1, 2, clock=clock, idle_cores=lambda: 1.0)
+    g = threads.ThreadGovernor(1, 2, clock=clock, idle_cores=lambda: 1.0)
     run(g, clock, lambda n: 1.5, 3)
     clock.t += 1.1
     g.record(1.5)  # the other core is idle: probe all cores
@@ -164,21 +163,21 @@ def test_governor_first_step_after_a_switch_is_not_judged():
 def test_governor_starts_low_then_checks_soon():
     for idle, within in ((lambda: 1.0, 1.5), (lambda: None, 10.5)):  # with and without /proc/stat
         clock = Clock()
-        g = T.ThreadGovernor(1, 2, clock=clock, idle_cores=idle)  # a busy moment at launch
+        g = threads.ThreadGovernor(1, 2, clock=clock, idle_cores=idle)  # a busy moment at launch
         counts = run(g, clock, lambda n: 1.0 if n == 2 else 1.5, 400)
         assert counts.index(2) * 0.05 <= within and counts[-1] == 2
 
 
 def test_governor_steps_down_one_thread_on_big_machines():
     clock = Clock()
-    g = T.ThreadGovernor(8, 8, clock=clock, idle_cores=lambda: 0.0)
+    g = threads.ThreadGovernor(8, 8, clock=clock, idle_cores=lambda: 0.0)
     run(g, clock, lambda n: 1.0, 20)
     run(g, clock, lambda n: 10.0 if n == 8 else 1.2, 10)
     assert g.current == 7
 
 
 def test_disabled_governor_keeps_the_count():
-    g = T.ThreadGovernor(1, 2, enabled=False)
+    g = threads.ThreadGovernor(1, 2, enabled=False)
     for _ in range(50):
         g.record(100.0)
     assert g.current == 1 and torch.get_num_threads() == 1

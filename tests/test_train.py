@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from arlm import checkpoint
-from arlm import train as T
+from arlm import cli_train as C
+from arlm import threads
+from arlm import training as T
 from arlm.errors import ArlmError
 from arlm.vocab import CharVocab
 
@@ -40,7 +42,7 @@ def make(family: str, documents: str, dropout: float = 0.1):
     vocab = CharVocab.train(train_docs + val_docs)
     args = argparse.Namespace(n_layer=1, n_head=2, n_embd=16, n_hidden=24, block_size=16, dropout=dropout)
     torch.manual_seed(0)
-    model, block = T.build_model(family, vocab, args)
+    model, block = C.build_model(family, vocab, args)
     train = T.TokenData.from_documents(vocab, train_docs)
     val = T.TokenData.from_documents(vocab, val_docs)
     return model, vocab, train, val
@@ -112,9 +114,9 @@ def test_file_batches_are_windows():
 
 
 def test_default_threads_and_arguments():
-    assert T.default_threads() >= 1
+    assert threads.default_threads() >= 1
     p = argparse.ArgumentParser()
-    T.add_train_arguments(p)
+    C.add_train_arguments(p)
     a = p.parse_args(["--n-layer", "2", "--max-time", "90s", "--device", "cpu", "--compile"])
     assert a.n_layer == 2 and a.max_time == "90s" and a.compile and a.lr is None
 
@@ -132,7 +134,7 @@ def test_resume_is_exact(tmp_path, family, documents):
     b = tmp_path / "b"
     summary = T.run_training(model, vocab, train, val, settings(documents), b, stop_after_steps=6, progress=False)
     assert summary["step"] == 6 and summary["stopped"] == "interrupted"
-    T.cli_resume(argparse.Namespace(), b)
+    C.cli_resume(argparse.Namespace(), b)
 
     assert [s for s, _ in losses(a)] == list(range(1, 13))
     assert losses(a) == losses(b)  # identical floats at every step
@@ -170,26 +172,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     loaded, _, _ = checkpoint.load(out)
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
     monkeypatch.delenv("ARLM_TEST_NAN_AT_STEP")
-    T.cli_resume(argparse.Namespace(), out)
+    C.cli_resume(argparse.Namespace(), out)
     assert [s for s, _ in losses(out)] == list(range(1, 13))
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(ArlmError, match="cannot resume"):
-        T.cli_resume(argparse.Namespace(), tmp_path)
+        C.cli_resume(argparse.Namespace(), tmp_path)
 
 
 KILL_SCRIPT = """
 import argparse, sys
 sys.path.insert(0, sys.argv[2])
 import torch
-from arlm import train as T
+from arlm import training as T
+from arlm.cli_train import build_model
 from arlm.vocab import CharVocab
 docs = open(sys.argv[3], encoding="utf-8").read().split("\\n")[:400]
 vocab = CharVocab.train(docs)
 args = argparse.Namespace(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1)
 torch.manual_seed(0)
-model, _ = T.build_model("gpt", vocab, args)
+model, _ = build_model("gpt", vocab, args)
 s = T.TrainSettings(batch_size=8, block_size=16, lr=1e-2, max_steps=20, warmup_steps=3, eval_interval=5,
                     eval_iters=2, threads=1, device="cpu", documents="lines")
 T.run_training(model, vocab, T.TokenData.from_documents(vocab, docs[:-40]),
@@ -220,7 +223,7 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(tmp_path):
     _, st = T.read_state(out / T.STATE_FILE)
     assert st["step"] == 5  # the previous checkpoint, intact
     checkpoint.load(out)
-    T.cli_resume(argparse.Namespace(), out)
+    C.cli_resume(argparse.Namespace(), out)
     _, st = T.read_state(out / T.STATE_FILE)
     assert st["step"] == 20 and st["stopped"] == "max_steps"
     assert [s for s, _ in losses(out)] == list(range(1, 21))

@@ -1,0 +1,292 @@
+"""``arlm train`` for the neural families: its flags, and starting or resuming a run from parsed args.
+
+``arlm.cli`` registers the flags (:func:`add_train_arguments`) and calls
+:func:`cli_train` / :func:`cli_resume`; the loop itself is ``arlm.training``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint
+from .errors import ArlmError
+from .training import (DATA_FILE, DEFAULT_MAX_TIME, DEFAULTS, STATE_FILE, STATE_VERSION, TokenData, TrainSettings,
+                       lr_at, parse_duration, read_data, read_state, run_training, schedule_progress)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the neural-training flags on the ``arlm train`` subparser.
+
+    Defaults are None where the family decides (see ``DEFAULTS``).
+    """
+    gd, ld = DEFAULTS["gpt"], DEFAULTS["lstm"]
+
+    def both(name: str) -> str:
+        return f"default: gpt {gd[name]}, lstm {ld[name]}"
+
+    g = parser.add_argument_group("neural models (gpt, lstm)")
+    g.add_argument("--n-layer", type=int, default=None, help=f"layers ({both('n_layer')})")
+    g.add_argument("--n-head", type=int, default=None, help=f"attention heads, gpt only (default: {gd['n_head']})")
+    g.add_argument("--n-embd", type=int, default=None, help=f"embedding width ({both('n_embd')})")
+    g.add_argument("--n-hidden", type=int, default=None, help=f"hidden width, lstm only (default: {ld['n_hidden']})")
+    g.add_argument("--block-size", type=int, default=None,
+                   help=f"context window (gpt) / truncated-backprop window (lstm), in tokens ({both('block_size')})")
+    g.add_argument("--pos-emb", choices=("learned", "rotary"), default=None,
+                   help="gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past "
+                        "--block-size) (default: learned)")
+    g.add_argument("--dropout", type=float, default=None, help=f"dropout probability ({both('dropout')})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"sequences per optimiser step ({both('batch_size')})")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate of AdamW, cosine-decayed to {gd['min_lr_ratio']} of it ({both('lr')})")
+    g.add_argument("--warmup-steps", type=int, default=None,
+                   help=f"linear warm-up steps (default: {TrainSettings.warmup_steps}, or a tenth of a short --max-steps)")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimiser steps (default: no step limit, only --max-time)")
+    g.add_argument("--max-time", type=str, default=None,
+                   help=f"wall-clock budget, e.g. 90s, 2m, 1h (default: {DEFAULT_MAX_TIME:.0f}s when --max-steps "
+                        "is not given, else none)")
+    g.add_argument("--eval-interval", type=int, default=None,
+                   help=f"optimiser steps between val evaluations (default: {TrainSettings.eval_interval})")
+    g.add_argument("--eval-iters", type=int, default=None,
+                   help=f"val batches per evaluation (default: {TrainSettings.eval_iters})")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None,
+                   help="where to train (default: auto, the first available of cuda, mps, cpu)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model before training")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads, kept fixed (default: start with the cores idle at launch and adapt to "
+                        "the load while training)")
+    g.add_argument("--keep-data", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"keep {DATA_FILE}, the encoded train/val token ids that only --resume reads")
+
+
+def _arg(args, name: str):
+    return getattr(args, name, None)
+
+
+def build_model(family: str, vocab, args) -> tuple[Any, int]:
+    """A freshly initialised model of ``family`` from CLI args (None -> family default).
+
+    Returns (model, training window length).
+
+    Raises:
+        ArlmError: unknown family or invalid hyperparameters.
+    """
+    if family not in DEFAULTS:
+        raise ArlmError(f"arlm.training trains gpt and lstm models, not {family!r}")
+    d = DEFAULTS[family]
+
+    def pick(name):
+        v = _arg(args, name)
+        return d[name] if v is None else v
+
+    block = pick("block_size")
+    try:
+        if family == "gpt":
+            from .models.gpt import GPTConfig, GPTModel
+
+            cfg = GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                            n_layer=pick("n_layer"), n_head=pick("n_head"), n_embd=pick("n_embd"),
+                            block_size=block, dropout=pick("dropout"), bias=True,
+                            pos_emb=_arg(args, "pos_emb") or "learned")
+            return GPTModel(cfg), block
+        if _arg(args, "pos_emb") is not None:
+            raise ArlmError(f"--pos-emb applies to gpt models, not {family}")
+        from .models.lstm import LSTMConfig, LSTMModel
+
+        cfg = LSTMConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                         n_layer=pick("n_layer"), n_embd=pick("n_embd"), n_hidden=pick("n_hidden"),
+                         dropout=pick("dropout"))
+        return LSTMModel(cfg), block
+    except ValueError as e:
+        raise ArlmError(str(e)) from None
+
+
+def settings_from_args(args, family: str, block_size: int, documents: str) -> TrainSettings:
+    d = DEFAULTS[family]
+    max_time = _arg(args, "max_time")
+    s = TrainSettings(
+        batch_size=_arg(args, "batch_size") or d["batch_size"],
+        block_size=block_size,
+        lr=_arg(args, "lr") or d["lr"],
+        min_lr_ratio=d["min_lr_ratio"],
+        max_steps=_arg(args, "max_steps"),
+        max_time=parse_duration(max_time) if max_time is not None else None,
+        seed=_arg(args, "seed") if _arg(args, "seed") is not None else 1337,
+        documents=documents,
+        device=_arg(args, "device") or "auto",
+        compile=bool(_arg(args, "compile")),
+        threads=_arg(args, "threads"),
+    )
+    for name in ("warmup_steps", "eval_interval", "eval_iters"):
+        if _arg(args, name) is not None:
+            setattr(s, name, _arg(args, name))
+    if s.max_steps is not None and s.max_steps < 1:
+        raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
+    if s.max_steps is not None and s.warmup_steps > s.max_steps // 2 and _arg(args, "warmup_steps") is None:
+        s.warmup_steps = max(1, s.max_steps // 10)
+    return s
+
+
+def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[str], documents: str,
+              out_dir: Path, meta: dict, token_data: tuple | None = None) -> None:
+    """Train a gpt or lstm from parsed ``arlm train`` args into the model directory ``out_dir``.
+
+    Writes the ``arlm.checkpoint`` model directory (best weights) plus
+    ``training_state.safetensors``, ``training_data.safetensors``,
+    ``train_log.jsonl`` and ``loss.png``. Prints a one-line summary to stderr.
+
+    Raises:
+        ArlmError: bad flags, too little data, or a diverged (non-finite) loss.
+        Interrupted: SIGINT or SIGTERM stopped the run after it saved its checkpoint.
+    """
+    seed = _arg(args, "seed") if _arg(args, "seed") is not None else 1337
+    torch.manual_seed(seed)
+    model, block = build_model(family, vocab, args)
+    s = settings_from_args(args, family, block, documents)
+    if token_data is not None:  # already encoded (a token directory): (train, val or None)
+        train_data, val_data = token_data
+    else:
+        train_data = TokenData.from_documents(vocab, train_docs)
+        val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
+    summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta,
+                           keep_data=_arg(args, "keep_data") is not False)
+    _print_summary(summary, model, out_dir)
+    _raise_if_interrupted(summary, out_dir)
+
+
+#: What may change when a run is resumed: its budget and where it runs (and how
+#: the result is printed). Every other flag defines the run and is refused.
+RESUME_FLAGS = frozenset({"resume", "max_steps", "max_time", "device", "threads", "compile", "json"})
+
+
+def check_resume_flags(given, out_dir: Path, out: str | None = None) -> None:
+    """Refuse flags given with ``--resume`` that would change the run (data, model, vocab, optimiser...).
+
+    ``given`` holds the argparse dests the user typed (``arlm.cli`` finds them);
+    ``data`` is the DATA positional.
+
+    Raises:
+        ArlmError: one line naming every refused flag.
+    """
+    refused = set(given) - RESUME_FLAGS
+    if "out" in refused and out is not None and Path(out).resolve() == Path(out_dir).resolve():
+        refused.discard("out")
+    if refused:
+        names = sorted("DATA" if d == "data" else "--" + d.replace("_", "-") for d in refused)
+        raise ArlmError(
+            f"--resume continues the run in {out_dir} with its own data and settings; {', '.join(names)} cannot "
+            "change on resume (only --max-steps, --max-time, --device, --threads, --compile may): "
+            "drop them, or train a new run into another --out"
+        )
+
+
+def cli_resume(args, out_dir: Path) -> None:
+    """Continue the interrupted run in ``out_dir`` from its last checkpoint.
+
+    ``args`` may carry new ``--max-steps`` / ``--max-time`` (totals for the
+    whole run, counted from its start), ``--device``, ``--threads``, ``--compile``;
+    any other flag the user typed (``args.given_flags``, filled by the CLI) is
+    refused. A changed budget keeps the learning rate continuous: the cosine
+    continues from the rate reached so far down to the floor at the end of the
+    new budget (said on stderr). On CPU the continuation with an unchanged
+    budget is exact: the same losses and final weights as an uninterrupted run
+    with the same limits and a fixed thread count (time limits are not deterministic).
+
+    Raises:
+        ArlmError: no or corrupt training state in ``out_dir``, a model directory
+            whose model is not the run's, or a flag that cannot change on resume.
+        Interrupted: SIGINT or SIGTERM stopped the run again after it saved.
+    """
+    out_dir = Path(out_dir)
+    given = getattr(args, "given_flags", None)
+    if given is not None:
+        check_resume_flags(given, out_dir, _arg(args, "out"))
+    tensors, st = read_state(out_dir / STATE_FILE)
+    if st.get("version") != STATE_VERSION:
+        raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    for stale in out_dir.glob(".*.tmp"):  # half-written files of a killed process (never renamed into place)
+        stale.unlink(missing_ok=True)
+    if (out_dir / checkpoint.CONFIG).is_file():
+        cfg = checkpoint.read_config(out_dir)
+        if cfg.get("family") != st["family"] or cfg.get("vocab") != st["vocab"]:
+            raise ArlmError(
+                f"cannot resume: {out_dir} holds {checkpoint.a_family(cfg.get('family'))} model ({cfg.get('vocab')} vocab) but the "
+                f"training state of a {st['family']} run ({st['vocab']} vocab); resuming would replace that model"
+            )
+    from .models.registry import get_family
+    from .vocab import load_vocab
+
+    config_cls, model_cls = get_family(st["family"])
+    model = model_cls(config_cls(**st["model_config"]))
+    vocab = load_vocab(st["vocab"], out_dir)
+    train_data, val_data = read_data(out_dir)
+    s = TrainSettings(**st["settings"])
+    old = dataclasses.replace(s)
+    if _arg(args, "max_steps") is not None:
+        s.max_steps = _arg(args, "max_steps")
+        if s.max_steps < 1:
+            raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
+    if _arg(args, "max_time") is not None:
+        s.max_time = parse_duration(_arg(args, "max_time"))
+    for name in ("device", "threads"):
+        if _arg(args, name) is not None:
+            setattr(s, name, _arg(args, name))
+    if _arg(args, "compile"):
+        s.compile = True
+    step, elapsed = st["step"], st["elapsed_s"]
+    if (s.max_steps, s.max_time) != (old.max_steps, old.max_time):
+        _continue_schedule(old, s, step, elapsed)
+    summary = run_training(model, vocab, train_data, val_data, s, out_dir, st["meta"], resume_state=(tensors, st))
+    _print_summary(summary, model, out_dir)
+    _raise_if_interrupted(summary, out_dir)
+
+
+def _continue_schedule(old: TrainSettings, new: TrainSettings, step: int, elapsed: float) -> None:
+    """Anchor ``new``'s cosine at the point ``old`` had reached, and say so on stderr."""
+    def budget(x: TrainSettings) -> str:
+        parts = ([f"{x.max_steps} steps"] if x.max_steps is not None else []) + (
+            [f"{x.max_time:g} s"] if x.max_time is not None else [])
+        return " / ".join(parts) or "none"
+
+    lr_now = lr_at(old, step, elapsed)
+    floor = new.lr * new.min_lr_ratio
+    if step >= new.warmup_steps:
+        new.schedule_anchor = [step, elapsed, schedule_progress(old, step, elapsed)]
+    done = (new.max_steps is not None and step >= new.max_steps) or (new.max_time is not None and elapsed >= new.max_time)
+    if done:
+        print(f"resume: the run is already at step {step}, {elapsed:.0f} s, past its budget ({budget(new)}); "
+              "nothing to train: raise --max-steps or --max-time", file=sys.stderr)
+        return
+    if lr_now <= floor * (1 + 1e-9):
+        how = f"the run had already decayed to its floor learning rate {floor:.3g}: it continues at that rate"
+    else:
+        how = (f"the learning rate continues from {lr_now:.3g} at step {step} and decays to {floor:.3g} at the "
+               "end of the new budget (no jump)")
+    print(f"resume: budget {budget(old)} -> {budget(new)}; {how}", file=sys.stderr)
+
+
+def _raise_if_interrupted(summary: dict, out_dir: Path) -> None:
+    signum = summary.get("signal")
+    if summary.get("stopped") == "interrupted" and signum is not None:
+        from .errors import Interrupted
+
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at step {summary['step']}: "
+                                  f"{out_dir} holds its checkpoint; continue with: arlm train --resume {out_dir}")
+
+
+def _print_summary(summary: dict, model, out_dir: Path) -> None:
+    bv = summary["best_val_loss"]
+    print(
+        f"trained {model.family} ({model.num_parameters():,} parameters): {summary['step']} steps in "
+        f"{summary['elapsed_s']:.0f}s ({summary['stopped']}), {summary['tokens_per_s']:.0f} tokens/s; "
+        + (f"best val mean_nll {bv:.4f} nats/token (estimated on {summary.get('val_tokens', 0):,} val tokens) "
+           f"at step {summary['best_step']}" if bv is not None else "no val text") + f" -> {out_dir}",
+        file=sys.stderr,
+    )
