@@ -42,7 +42,9 @@ def cmd_train(args) -> None:
     from . import checkpoint
     from .pipeline import load_split, split_meta, train_ngram
     from .vocab import train_vocab
+    from .cli_train import start_distributed
 
+    main_rank = start_distributed(args).is_main  # --nproc: runs torchrun; under torchrun: joins the process group
     if _cmd_train_from_disk(args):
         return
     if args.resume is not None:
@@ -50,6 +52,8 @@ def cmd_train(args) -> None:
 
         out = Path(args.resume)
         cli_resume(args, out)  # refuses flags that would change the run
+        if not main_rank:
+            return
         cfg = checkpoint.read_config(out)
         if cfg.get("token_dir"):
             _report_token_training(out, args)
@@ -84,10 +88,13 @@ def cmd_train(args) -> None:
         from .cli_train import cli_train
 
         vocab = train_vocab(args.vocab, split.train_docs, args.vocab_size)
-        if replace:  # a run writes its directory as it goes (to resume): empty it first, in one rename
+        if replace and main_rank:  # a run writes its directory as it goes (to resume): empty it first, in one rename
             checkpoint.clear_dir(out)
-        checkpoint.prepare_dir(out)
+        if main_rank:  # under DDP rank 0 alone writes
+            checkpoint.prepare_dir(out)
         cli_train(args, args.model, vocab, split.train_docs, split.val_docs, split.documents, out, meta)
+        if not main_rank:
+            return
     else:
         from .models.registry import get_family
 
@@ -630,20 +637,24 @@ def _save_token_ngram(lm, where, args, stats) -> None:
 def _train_neural_from_tokens(args) -> None:
     from . import checkpoint
     from .cli_train import cli_train
-    from .training import token_data_from_dir
+    from .training import distributed, token_data_from_dir
 
     if args.val_file is not None:
         raise ArlmError("--val-file takes text; with a token directory as DATA, val is its last --val-fraction")
     train, val, tokens = token_data_from_dir(args.data, args.val_fraction, args.seed)
     vocab = tokens.vocab()
     out = Path(args.out or f"runs/{args.model}-{vocab.kind}")
+    main_rank = distributed.current().is_main  # under DDP rank 0 alone writes
     if checkpoint.check_output_dir(out, args.force, family=args.model, vocab=vocab.kind, inputs=[("DATA", args.data)]):
-        checkpoint.clear_dir(out)  # a run writes its directory as it goes: empty it first, in one rename
-    checkpoint.prepare_dir(out)
+        if main_rank:
+            checkpoint.clear_dir(out)  # a run writes its directory as it goes: empty it first, in one rename
+    if main_rank:
+        checkpoint.prepare_dir(out)
     meta = {"documents": tokens.documents, "data": str(args.data), "data_path": str(Path(args.data).resolve()),
             "token_dir": True, "split": {"val_file": None, "val_fraction": args.val_fraction, "seed": args.seed}}
     cli_train(args, args.model, vocab, [], [], tokens.documents, out, meta, token_data=(train, val))
-    _report_token_training(out, args)
+    if main_rank:
+        _report_token_training(out, args)
 
 
 def _report_token_training(out: Path, args) -> None:
@@ -1067,6 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
         args.given_flags = _given_flags(parser, argv, args.command)
+        args.argv = argv  # `arlm train --nproc N` starts the same command under torchrun
         if getattr(args, "device", None) is not None:
             from .device import resolve_device
 
@@ -1078,7 +1090,8 @@ def main(argv: list[str] | None = None) -> int:
         with _warnings_as_lines():
             args.func(args)
     except ArlmError as e:
-        print(f"arlm: error: {e}", file=sys.stderr)
+        if not getattr(e, "printed", False):  # a DDP rank failure is printed at once, before the clean-up
+            print(f"arlm: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"arlm: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from . import checkpoint
 from .errors import ArlmError
+from .training import distributed
 from .training import (DATA_FILE, DEFAULT_MAX_TIME, DEFAULTS, STATE_FILE, STATE_VERSION, TokenData, TrainSettings,
                        lr_at, parse_duration, read_data, read_state, run_training, schedule_progress)
 
@@ -64,6 +66,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "the load while training)")
     g.add_argument("--keep-data", action=argparse.BooleanOptionalAction, default=True,
                    help=f"keep {DATA_FILE}, the encoded train/val token ids that only --resume reads")
+    g.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with N processes on this machine (DDP, started through torchrun; the --batch-size "
+                        "is the global batch, split among them)")
 
 
 def _arg(args, name: str):
@@ -157,13 +162,14 @@ def cli_train(args, family: str, vocab, train_docs: list[str], val_docs: list[st
         val_data = TokenData.from_documents(vocab, val_docs) if val_docs else None
     summary = run_training(model, vocab, train_data, val_data, s, out_dir, meta,
                            keep_data=_arg(args, "keep_data") is not False)
-    _print_summary(summary, model, out_dir)
+    if distributed.current().is_main:
+        _print_summary(summary, model, out_dir)
     _raise_if_interrupted(summary, out_dir)
 
 
 #: What may change when a run is resumed: its budget and where it runs (and how
 #: the result is printed). Every other flag defines the run and is refused.
-RESUME_FLAGS = frozenset({"resume", "max_steps", "max_time", "device", "threads", "compile", "json"})
+RESUME_FLAGS = frozenset({"resume", "max_steps", "max_time", "device", "threads", "compile", "json", "nproc"})
 
 
 def check_resume_flags(given, out_dir: Path, out: str | None = None) -> None:
@@ -211,8 +217,8 @@ def cli_resume(args, out_dir: Path) -> None:
     tensors, st = read_state(out_dir / STATE_FILE)
     if st.get("version") != STATE_VERSION:
         raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
-    for stale in out_dir.glob(".*.tmp"):  # half-written files of a killed process (never renamed into place)
-        stale.unlink(missing_ok=True)
+    for stale in out_dir.glob(".*.tmp") if distributed.current().is_main else ():
+        stale.unlink(missing_ok=True)  # half-written files of a killed process (never renamed into place)
     if (out_dir / checkpoint.CONFIG).is_file():
         cfg = checkpoint.read_config(out_dir)
         if cfg.get("family") != st["family"] or cfg.get("vocab") != st["vocab"]:
@@ -244,7 +250,8 @@ def cli_resume(args, out_dir: Path) -> None:
     if (s.max_steps, s.max_time) != (old.max_steps, old.max_time):
         _continue_schedule(old, s, step, elapsed)
     summary = run_training(model, vocab, train_data, val_data, s, out_dir, st["meta"], resume_state=(tensors, st))
-    _print_summary(summary, model, out_dir)
+    if distributed.current().is_main:
+        _print_summary(summary, model, out_dir)
     _raise_if_interrupted(summary, out_dir)
 
 
@@ -261,15 +268,17 @@ def _continue_schedule(old: TrainSettings, new: TrainSettings, step: int, elapse
         new.schedule_anchor = [step, elapsed, schedule_progress(old, step, elapsed)]
     done = (new.max_steps is not None and step >= new.max_steps) or (new.max_time is not None and elapsed >= new.max_time)
     if done:
-        print(f"resume: the run is already at step {step}, {elapsed:.0f} s, past its budget ({budget(new)}); "
-              "nothing to train: raise --max-steps or --max-time", file=sys.stderr)
+        if distributed.current().is_main:
+            print(f"resume: the run is already at step {step}, {elapsed:.0f} s, past its budget ({budget(new)}); "
+                  "nothing to train: raise --max-steps or --max-time", file=sys.stderr)
         return
     if lr_now <= floor * (1 + 1e-9):
         how = f"the run had already decayed to its floor learning rate {floor:.3g}: it continues at that rate"
     else:
         how = (f"the learning rate continues from {lr_now:.3g} at step {step} and decays to {floor:.3g} at the "
                "end of the new budget (no jump)")
-    print(f"resume: budget {budget(old)} -> {budget(new)}; {how}", file=sys.stderr)
+    if distributed.current().is_main:
+        print(f"resume: budget {budget(old)} -> {budget(new)}; {how}", file=sys.stderr)
 
 
 def _raise_if_interrupted(summary: dict, out_dir: Path) -> None:
@@ -290,3 +299,70 @@ def _print_summary(summary: dict, model, out_dir: Path) -> None:
            f"at step {summary['best_step']}" if bv is not None else "no val text") + f" -> {out_dir}",
         file=sys.stderr,
     )
+
+
+# -- several processes (DDP through torchrun) ----------------------------------------------
+
+
+def start_distributed(args):
+    """``arlm train``'s set-up for DDP; returns the :class:`arlm.training.distributed.Dist` of this process.
+
+    With ``--nproc N`` (outside torchrun) it runs ``python -m torch.distributed.run
+    --standalone --nproc-per-node N -m arlm train ...`` (the same arguments) and
+    exits with its status. Under torchrun it joins the process group (gloo, or
+    NCCL on CUDA). Only gpt and lstm train under DDP.
+
+    Raises:
+        ArlmError: ``--nproc`` below 1, or an n-gram family under torchrun / ``--nproc``.
+        SystemExit: after the launched torchrun ends (its exit status).
+    """
+    nproc = _arg(args, "nproc")
+    neural = _arg(args, "resume") is not None or _arg(args, "model") in DEFAULTS
+    if nproc is not None and nproc < 1:
+        raise ArlmError(f"--nproc must be >= 1, got {nproc}")
+    torchrun = distributed.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not neural and (torchrun or nproc is not None):
+        how = "torchrun" if torchrun else "--nproc"
+        raise ArlmError(f"{how}: only gpt and lstm train with several processes; {_arg(args, 'model')} models are "
+                        "counted in one process: run arlm train without " + how)
+    if torchrun:
+        return distributed.setup(_arg(args, "device"))
+    if nproc is not None and nproc > 1:
+        argv = _without_nproc(getattr(args, "argv", None) or sys.argv[1:])
+        raise SystemExit(launch_torchrun(nproc, argv, _arg(args, "threads")))
+    return distributed.current()
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less ``--nproc N`` / ``--nproc=N`` (torchrun's parser would take ``--nproc`` for its own options)."""
+    out, skip = [], False
+    for a in argv:
+        name = a.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) >= 4 and "--nproc".startswith(name):  # argparse also accepts a prefix such as --npr
+            skip = "=" not in a
+        else:
+            out.append(a)
+    return out
+
+
+def launch_torchrun(nproc: int, argv: list[str], threads: int | None = None) -> int:
+    """Run ``arlm <argv>`` as ``nproc`` DDP processes on this machine through torchrun; returns its exit status.
+
+    Each process gets ``OMP_NUM_THREADS`` = ``threads`` or the CPUs divided among them.
+    """
+    import subprocess
+
+    from .threads import cpu_count
+
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads or max(1, cpu_count() // nproc))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "arlm", *argv]
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the ranks got the Ctrl-C too: they checkpoint and stop; wait for them
+            continue

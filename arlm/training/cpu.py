@@ -12,12 +12,20 @@ class RunThreads:
 
     A count the user fixed (``--threads``, ``OMP_NUM_THREADS``, ...) is kept;
     otherwise, on a CPU, :class:`arlm.threads.ThreadGovernor` adapts it to the load.
+    Under DDP (``dist`` with several ranks) the count is fixed: ``--threads`` or
+    the CPUs divided among the ranks on this machine (``cores // LOCAL_WORLD_SIZE``),
+    so that no rank's speed or float reductions drift from the others'.
     ``record(seconds_per_token)`` after every step; ``current`` is the count now.
     """
 
-    def __init__(self, requested: int | None, device: torch.device):
+    def __init__(self, requested: int | None, device: torch.device, dist=None):
         self.before = torch.get_num_threads()
-        fixed = explicit_threads(requested)  # --threads, OMP_NUM_THREADS or torch.set_num_threads
+        if dist is not None and dist.enabled:
+            if requested is not None and requested < 1:
+                explicit_threads(requested)  # the one error message for a bad --threads
+            fixed = requested or max(1, cpu_count() // max(1, dist.local_world_size))
+        else:
+            fixed = explicit_threads(requested)  # --threads, OMP_NUM_THREADS or torch.set_num_threads
         self.governor = ThreadGovernor(fixed or default_threads(), cpu_count(),
                                        enabled=fixed is None and device.type == "cpu")
 

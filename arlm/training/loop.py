@@ -3,8 +3,8 @@
 Each concern the loop touches is a small named part: batches
 (:mod:`.batches`), the learning rate (:mod:`.schedule`), the optimiser
 (:mod:`.optimizer`), the resumable state (:mod:`.state`), the log and plot
-(:mod:`.report`), threads and memory (:mod:`.cpu`). Recipe lineage: nanoGPT
-(Karpathy) for the GPT training set-up.
+(:mod:`.report`), threads and memory (:mod:`.cpu`), several processes
+(:mod:`.distributed`). Recipe lineage: nanoGPT (Karpathy) for the GPT training set-up.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import checkpoint
 from ..device import resolve_device
 from ..errors import ArlmError
+from . import distributed
 from .batches import IGNORE, TokenData, eval_batches, get_batch
 from .cpu import RunThreads, keep_freed_memory
 from .optimizer import make_optimizer
@@ -46,6 +47,8 @@ def run_training(
     """Train ``model`` in place and keep its best weights in the model directory ``out_dir``.
 
     The loss is the ``mean_nll`` (nats per predicted token) of the next token.
+    Under torchrun every rank calls this with the same arguments and the ranks
+    train one model (:mod:`.distributed`); only rank 0 writes ``out_dir``.
     The model directory always holds the best (lowest val loss) weights, and
     ``training_state.safetensors`` the last checkpoint (see :mod:`.state`).
 
@@ -76,34 +79,37 @@ def run_training(
     from ..progress import Progress
 
     s = settings
-    out_dir = checkpoint.prepare_dir(out_dir)
+    dist = distributed.setup(s.device)  # under torchrun: join the process group; else a single process
+    out_dir = checkpoint.prepare_dir(out_dir) if dist.is_main else Path(out_dir)
     meta = dict(meta or {})
     meta.setdefault("documents", s.documents)
     if train_data.n_tokens < 2 or int(train_data.lengths.max()) < 2:
         raise ArlmError("too little training data: need at least one token per document")
     check_settings(s)
-    device = resolve_device(s.device)
-    threads = RunThreads(s.threads, device)
+    device = dist.device if dist.enabled else resolve_device(s.device)
+    threads = RunThreads(s.threads, device, dist)
     has_val = val_data is not None and val_data.n_tokens >= 2
     # Recurrent models also train on independent random windows from the zero
     # state: carrying the state across consecutive batches (truncated BPTT over
     # contiguous streams) measured worse here (1.766 vs 1.678 nats on
     # tinyshakespeare val, LSTM 256, 2300 steps), the batches being less diverse.
     val_batches = eval_batches(val_data, s.documents, s.batch_size, s.block_size, s.eval_iters, s.seed) if has_val else []
-    tr = Trainer(model, vocab, s, out_dir, meta, device, val_batches)
+    tr = Trainer(model, vocab, s, out_dir, meta, device, val_batches, dist)
     if resume_state is not None:
         tr.resume(*resume_state)
+    elif not dist.is_main:
+        pass
     elif keep_data:
         write_data(out_dir, train_data, val_data if has_val else None)
     else:
         (out_dir / DATA_FILE).unlink(missing_ok=True)  # a stale copy from an earlier run
-    tr.log = RunLog(out_dir, fresh=resume_state is None)
+    tr.log = RunLog(out_dir, fresh=resume_state is None, enabled=dist.is_main)
     run = tr.run
 
     stop_flag = StopFlag()
     clock = Clock(run.elapsed)
     meter = Throughput()
-    bar = Progress(s.max_steps, s.max_time, run.step, run.elapsed, enabled=progress)
+    bar = Progress(s.max_steps, s.max_time, run.step, run.elapsed, enabled=progress and dist.is_main)
     post: dict = {}
     val_loss = stopped = None
     restore_malloc = keep_freed_memory() if device.type == "cpu" else (lambda: None)
@@ -113,7 +119,8 @@ def run_training(
                 val_loss = tr.evaluate_and_checkpoint()
             while True:
                 run.elapsed = clock()
-                stopped = stop_reason(s, run, stop_after_steps, stop_flag)
+                stopped = stop_reason(s, run, stop_after_steps, stop_flag, timed=dist.is_main)
+                stopped, run.elapsed = dist.agree_stop(stopped, run.elapsed)  # rank 0's clock rules every rank
                 if stopped:
                     break
                 t0 = time.perf_counter()
@@ -141,12 +148,17 @@ def run_training(
                 val_loss = tr.evaluate_and_checkpoint(stopped)
             else:
                 tr.checkpoint(stopped)  # record why it stopped
+    except distributed.RankFailure as e:  # say so before the clean-up: torchrun may end this rank any moment
+        raise e.reported(f"; this rank stopped before step {run.step + 1}; {out_dir} keeps the checkpoint of step "
+                         f"{tr.saved_step}: continue with arlm train --resume {out_dir} (under torchrun or "
+                         "with --nproc)") from None
     finally:
         bar.close()
         tr.log.close()
         threads.close()
         restore_malloc()
-        plot_run(out_dir, model, vocab)
+        if dist.is_main:
+            plot_run(out_dir, model, vocab)
     model.eval()
     return {
         "step": run.step,
@@ -168,31 +180,40 @@ class Trainer:
     """
 
     def __init__(self, model, vocab, settings: TrainSettings, out_dir: Path, meta: dict, device: torch.device,
-                 val_batches: list):
+                 val_batches: list, dist: distributed.Dist | None = None):
         self.model, self.vocab, self.s, self.out_dir, self.meta = model, vocab, settings, out_dir, meta
         self.device, self.val_batches = device, val_batches
+        self.dist = dist or distributed.Dist()
         model.to(device)
         model.train()
         self.autocast = autocast_for(device)
-        self.fwd = torch.compile(model) if settings.compile else model
+        self.fwd = self.dist.wrap(model)  # the model itself in a single process
+        if settings.compile:
+            self.fwd = torch.compile(self.fwd)
         self.optimizer = make_optimizer(model, settings, device)
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.run = RunState()
         self.last_eval_step = -1
+        self.saved_step: int | None = None  # the step of the last checkpoint written (by rank 0)
         self.log: RunLog | None = None
         self.nan_at = int(os.environ.get("ARLM_TEST_NAN_AT_STEP", "-1"))  # test hook: a NaN loss at this step
+        # test hook: ARLM_TEST_EXIT_AT="RANK:STEP" makes that rank die (exit 3, no clean-up) before that step
+        self.exit_at = tuple(int(v) for v in os.environ.get("ARLM_TEST_EXIT_AT", "-1:-1").split(":"))
 
     def resume(self, tensors: dict, st: dict) -> None:
         """Continue from a checkpoint: weights, optimiser, RNGs, step; the log is cut back to that step."""
         self.run = restore_state(self.model, self.optimizer, self.gen, tensors, st)
-        self.last_eval_step = self.run.step
-        truncate_log(self.out_dir / LOG_FILE, self.run.step)
-        self.save_model_dir()
+        self.last_eval_step = self.saved_step = self.run.step
+        if self.dist.is_main:
+            truncate_log(self.out_dir / LOG_FILE, self.run.step)
+            self.save_model_dir()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
         """One optimiser step on the batch ``x, y`` (LongTensor[B, T] each) at learning rate ``lr``.
 
-        Returns the batch's loss (``mean_nll``, nats per predicted token) before the step.
+        Under DDP ``x, y`` are the global batch; this rank computes its rows
+        (:meth:`.distributed.Dist.shard`). Returns the global batch's loss
+        (``mean_nll``, nats per predicted token) before the step.
 
         Raises:
             ArlmError: a non-finite loss or gradient norm (see :func:`.report.diverged`).
@@ -200,11 +221,16 @@ class Trainer:
         run, s = self.run, self.s
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with self.autocast():
-            logits = self.fwd(x)  # [B, T, V]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        loss_value = loss.detach().item()
+        if (self.dist.rank, run.step) == self.exit_at:
+            os._exit(3)
+        if self.dist.enabled:
+            loss, loss_value = self._shard_loss(x, y)
+        else:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.fwd(x)  # [B, T, V]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            loss_value = loss.detach().item()
         if run.step == self.nan_at:
             loss_value = float("nan")
         if not math.isfinite(loss_value):
@@ -219,13 +245,25 @@ class Trainer:
         run.step += 1
         return loss_value
 
+    def _shard_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's share of the global batch's loss (scaled so DDP's gradient average is the
+        global ``mean_nll``'s gradient) and the global ``mean_nll`` itself (summed across ranks)."""
+        n_global = int((y != IGNORE).sum())  # predicted tokens of the global batch
+        rows = self.dist.shard(x.shape[0])
+        x, y = x[rows].to(self.device, non_blocking=True), y[rows].to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = self.fwd(x)  # [B / world_size, T, V]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        (total,) = self.dist.all_reduce([nll.detach().item()], what=f"summing the loss of step {self.run.step + 1}")
+        return nll * (self.dist.world_size / max(n_global, 1)), total / max(n_global, 1)
+
     def evaluate_and_checkpoint(self, stopped: str | None = None) -> float | None:
         """Val loss (nats per token, None without val); keep the best weights; write the checkpoint."""
         run = self.run
         self.last_eval_step = run.step
         val = None
         if self.val_batches:
-            val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast)
+            val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast, self.dist)
             self.log({"step": run.step, "val_loss": val, "elapsed_s": round(run.elapsed, 3)})
         if val is None or val < run.best_val or run.best_weights is None:
             if val is not None:
@@ -237,13 +275,18 @@ class Trainer:
         return val
 
     def checkpoint(self, stopped: str | None = None) -> None:
-        """Write the training state (``stopped``: why the run ended, else None)."""
+        """Write the training state (``stopped``: why the run ended, else None); rank 0 only."""
+        self.saved_step = self.run.step
+        if not self.dist.is_main:
+            return
         if self.log is not None:
             self.log.flush()
         save_state(self.out_dir, self.model, self.optimizer, self.gen, self.vocab, self.meta, self.s, self.run, stopped)
 
     def save_model_dir(self) -> None:
         run = self.run
+        if not self.dist.is_main:
+            return
         save_model_dir(self.model, self.vocab, self.out_dir, self.meta, run.best_weights, run.best_step, run.best_val)
 
 
@@ -262,11 +305,15 @@ def batch_tokens(y: torch.Tensor, documents: str) -> int:
     return y.numel() if documents == "file" else int((y != IGNORE).sum())
 
 
-def stop_reason(s: TrainSettings, run: RunState, stop_after_steps: int | None, stop_flag: "StopFlag") -> str | None:
-    """Why the run stops before its next step (``max_steps``, ``max_time``, ``interrupted``), or None."""
+def stop_reason(s: TrainSettings, run: RunState, stop_after_steps: int | None, stop_flag: "StopFlag",
+                timed: bool = True) -> str | None:
+    """Why the run stops before its next step (``max_steps``, ``max_time``, ``interrupted``), or None.
+
+    ``timed`` False (a DDP rank other than 0) leaves ``max_time`` to rank 0's clock.
+    """
     if s.max_steps is not None and run.step >= s.max_steps:
         return "max_steps"
-    if s.max_time is not None and run.elapsed >= s.max_time:
+    if timed and s.max_time is not None and run.elapsed >= s.max_time:
         return "max_time"
     if stop_after_steps is not None and run.step >= stop_after_steps:
         return "interrupted"
@@ -346,12 +393,16 @@ class StopFlag:
 
 
 @torch.no_grad()
-def estimate_val_loss(model, batches, device, autocast) -> float:
-    """Mean NLL (nats per target token) of ``model`` over fixed batches (x, y LongTensor[B, T])."""
+def estimate_val_loss(model, batches, device, autocast, dist: distributed.Dist | None = None) -> float:
+    """Mean NLL (nats per target token) of ``model`` over fixed batches (x, y LongTensor[B, T]).
+
+    Under DDP each rank scores every ``world_size``-th batch and the sums are added across ranks.
+    """
+    dist = dist or distributed.Dist()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in batches:
+    for x, y in batches[dist.rank::dist.world_size]:
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model.logits(x)  # [B, T, V]
@@ -359,4 +410,6 @@ def estimate_val_loss(model, batches, device, autocast) -> float:
         total += float(nll)
         count += int((y != IGNORE).sum())
     model.train(was_training)
+    if dist.enabled:
+        total, count = dist.all_reduce([total, count], what="summing the val loss")
     return total / max(count, 1)
