@@ -68,7 +68,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"keep {DATA_FILE}, the encoded train/val token ids that only --resume reads")
     g.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train with N processes on this machine (DDP, started through torchrun; the --batch-size "
-                        "is the global batch, split among them)")
+                        "is the global batch, split among them) (default: one process)")
 
 
 def _arg(args, name: str):

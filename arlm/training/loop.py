@@ -79,40 +79,15 @@ def run_training(
     from ..progress import Progress
 
     s = settings
-    dist = distributed.setup(s.device)  # under torchrun: join the process group; else a single process
-    out_dir = checkpoint.prepare_dir(out_dir) if dist.is_main else Path(out_dir)
-    meta = dict(meta or {})
-    meta.setdefault("documents", s.documents)
-    if train_data.n_tokens < 2 or int(train_data.lengths.max()) < 2:
-        raise ArlmError("too little training data: need at least one token per document")
-    check_settings(s)
-    device = dist.device if dist.enabled else resolve_device(s.device)
-    threads = RunThreads(s.threads, device, dist)
-    has_val = val_data is not None and val_data.n_tokens >= 2
-    # Recurrent models also train on independent random windows from the zero
-    # state: carrying the state across consecutive batches (truncated BPTT over
-    # contiguous streams) measured worse here (1.766 vs 1.678 nats on
-    # tinyshakespeare val, LSTM 256, 2300 steps), the batches being less diverse.
-    val_batches = eval_batches(val_data, s.documents, s.batch_size, s.block_size, s.eval_iters, s.seed) if has_val else []
-    tr = Trainer(model, vocab, s, out_dir, meta, device, val_batches, dist)
-    if resume_state is not None:
-        tr.resume(*resume_state)
-    elif not dist.is_main:
-        pass
-    elif keep_data:
-        write_data(out_dir, train_data, val_data if has_val else None)
-    else:
-        (out_dir / DATA_FILE).unlink(missing_ok=True)  # a stale copy from an earlier run
-    tr.log = RunLog(out_dir, fresh=resume_state is None, enabled=dist.is_main)
-    run = tr.run
-
+    tr = start_run(model, vocab, train_data, val_data, s, out_dir, meta, resume_state, keep_data)
+    run, dist, threads, out_dir = tr.run, tr.dist, tr.threads, tr.out_dir
     stop_flag = StopFlag()
     clock = Clock(run.elapsed)
     meter = Throughput()
     bar = Progress(s.max_steps, s.max_time, run.step, run.elapsed, enabled=progress and dist.is_main)
     post: dict = {}
     val_loss = stopped = None
-    restore_malloc = keep_freed_memory() if device.type == "cpu" else (lambda: None)
+    restore_malloc = keep_freed_memory() if tr.device.type == "cpu" else (lambda: None)
     try:
         with stop_flag:
             if resume_state is None:
@@ -168,8 +143,42 @@ def run_training(
         "tokens_per_s": meter.tok_s,
         "stopped": stopped,
         "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
-        "val_tokens": sum(int((y != IGNORE).sum()) for _, y in val_batches),
+        "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
     }
+
+
+def start_run(model, vocab, train_data: TokenData, val_data: TokenData | None, s: TrainSettings, out_dir,
+              meta: dict | None, resume_state: tuple[dict, dict] | None, keep_data: bool) -> "Trainer":
+    """Check the settings, join the process group under torchrun, and set up a fresh or resumed run.
+
+    Raises:
+        ArlmError: bad settings or too little data (see :func:`run_training`).
+    """
+    dist = distributed.setup(s.device)  # under torchrun: join the process group; else a single process
+    out_dir = checkpoint.prepare_dir(out_dir) if dist.is_main else Path(out_dir)
+    meta = dict(meta or {})
+    meta.setdefault("documents", s.documents)
+    if train_data.n_tokens < 2 or int(train_data.lengths.max()) < 2:
+        raise ArlmError("too little training data: need at least one token per document")
+    check_settings(s)
+    device = dist.device if dist.enabled else resolve_device(s.device)
+    threads = RunThreads(s.threads, device, dist)
+    has_val = val_data is not None and val_data.n_tokens >= 2
+    # Recurrent models also train on independent random windows from the zero
+    # state: carrying the state across consecutive batches (truncated BPTT over
+    # contiguous streams) measured worse here (1.766 vs 1.678 nats on
+    # tinyshakespeare val, LSTM 256, 2300 steps), the batches being less diverse.
+    val_batches = eval_batches(val_data, s.documents, s.batch_size, s.block_size, s.eval_iters, s.seed) if has_val else []
+    tr = Trainer(model, vocab, s, out_dir, meta, device, val_batches, dist)
+    tr.threads = threads
+    if resume_state is not None:
+        tr.resume(*resume_state)
+    elif dist.is_main and keep_data:
+        write_data(out_dir, train_data, val_data if has_val else None)
+    elif dist.is_main:
+        (out_dir / DATA_FILE).unlink(missing_ok=True)  # a stale copy from an earlier run
+    tr.log = RunLog(out_dir, fresh=resume_state is None, enabled=dist.is_main)
+    return tr
 
 
 class Trainer:
@@ -195,6 +204,7 @@ class Trainer:
         self.run = RunState()
         self.last_eval_step = -1
         self.saved_step: int | None = None  # the step of the last checkpoint written (by rank 0)
+        self.threads: RunThreads | None = None
         self.log: RunLog | None = None
         self.nan_at = int(os.environ.get("ARLM_TEST_NAN_AT_STEP", "-1"))  # test hook: a NaN loss at this step
         # test hook: ARLM_TEST_EXIT_AT="RANK:STEP" makes that rank die (exit 3, no clean-up) before that step
