@@ -188,7 +188,7 @@ def check_resume_flags(given, out_dir: Path, out: str | None = None) -> None:
         names = sorted("DATA" if d == "data" else "--" + d.replace("_", "-") for d in refused)
         raise ArlmError(
             f"--resume continues the run in {out_dir} with its own data and settings; {', '.join(names)} cannot "
-            "change on resume (only --max-steps, --max-time, --device, --threads, --compile may): "
+            "change on resume (only --max-steps, --max-time, --device, --threads, --compile, --nproc may): "
             "drop them, or train a new run into another --out"
         )
 

@@ -14,7 +14,8 @@ minimises the ``mean_nll`` (nats per predicted token) of the next token, with:
   the model directory always holds the best (lowest val loss) weights;
 * exact resume from ``training_state.safetensors`` (:mod:`.state`);
 * ``train_log.jsonl`` and ``loss.png`` (:mod:`.report`);
-* a thread count fixed by the user or adapted to the load (:mod:`.cpu`).
+* a thread count fixed by the user or adapted to the load (:mod:`.cpu`);
+* several processes (DDP) under torchrun (:mod:`.distributed`).
 
 Files in the output directory: the model directory of ``arlm.checkpoint``
 (``config.json``, ``model.safetensors``, vocab), ``training_state.safetensors``,
