@@ -361,8 +361,12 @@ def launch_torchrun(nproc: int, argv: list[str], threads: int | None = None) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "arlm", *argv]
     proc = subprocess.Popen(cmd, env=env)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # the ranks got the Ctrl-C too: they checkpoint and stop; wait for them
-            continue
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))  # torchrun passes it on
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # the ranks got the Ctrl-C too: they checkpoint and stop; wait for them
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, old)
