@@ -124,7 +124,7 @@ def build_tree(vocab_size: int, bos_id: int):
 
 
 #: the arrays that make up a trained state (saved in model.safetensors)
-STATE_ARRAYS = ("cp", "cn", "cc", "sm", "mw", "apm1", "apm2", "mm", "hist", "mtab", "sc")
+STATE_ARRAYS = ("cp", "cn", "cc", "sm", "ch", "ih", "mw", "apm1", "apm2", "mm", "hist", "mtab", "sc")
 
 
 class CMState:
@@ -138,11 +138,12 @@ class CMState:
         self.chk = np.zeros((n_nodes, n_ctx), dtype=np.uint8)
         self.hit = np.zeros((n_nodes, n_ctx), dtype=np.uint8)
         self.smi = np.zeros((n_nodes, n_ctx), dtype=np.int64)
-        self.xin = np.zeros((n_nodes, 2 * n_ctx + 2), dtype=np.int64)
-        self.p0 = np.zeros((n_nodes, 3), dtype=np.int64)
+        self.bhi = np.zeros((n_nodes, n_ctx), dtype=np.int64)
+        self.xin = np.zeros((n_nodes, 3 * n_ctx + 2), dtype=np.int64)
+        self.p0 = np.zeros((n_nodes, 8), dtype=np.int64)
         self.pf = np.zeros(n_nodes, dtype=np.int64)
         self.mexp = np.zeros(n_nodes, dtype=np.int64)
-        self.mset = np.zeros((n_nodes, 2), dtype=np.int64)
+        self.mset = np.zeros((n_nodes, 4), dtype=np.int64)
 
     def reserve(self, extra: int) -> None:
         """Make room in the history for ``extra`` more tokens."""
@@ -200,8 +201,9 @@ class CMModel(LanguageModel):
             "cn": np.zeros((self.n_ctx, S), dtype=np.uint8),
             "cc": np.zeros((self.n_ctx, S), dtype=np.uint8),
             "sm": np.tile(sm_row, (self.n_ctx, 1)),
-            "mw": np.full((max(n, 1) * (K.MIXER_MATCH_SETS + self.n_ctx + 1), 2 * self.n_ctx + 2), 1 << 13,
-                          dtype=np.int32),
+            "ch": np.zeros((self.n_ctx, S), dtype=np.uint8),
+            "ih": np.full((self.n_ctx, 128), 32768, dtype=np.uint16),
+            "mw": self._fresh_mixers(),
             "apm1": np.tile(apm_row, (max(n, 1), 1)),
             "apm2": np.tile(apm_row, (max(n, 1) * c.vocab_size, 1)),
             "mm": np.full(K.N_MATCH_BUCKETS, 49152, dtype=np.uint16),
@@ -209,6 +211,16 @@ class CMModel(LanguageModel):
             "mtab": np.zeros(1 << c.match_bits, dtype=np.int32),
             "sc": np.zeros(K.N_SCALARS, dtype=np.int64),
         }
+
+    def _fresh_mixers(self) -> np.ndarray:
+        """Rows: mixer 1 (node x match length), mixer 2 (node x contexts seen), mixer 3 (node x
+        previous token), then the final mixer (per node; its first 3 columns weigh the three)."""
+        n, C, V = max(self.n_nodes, 1), self.n_ctx, self.config.vocab_size
+        first = n * (K.MIXER_MATCH_SETS + C + 1 + V)
+        mw = np.full((first + n, 3 * C + 2), 1 << 13, dtype=np.int32)
+        mw[first:] = 0
+        mw[first:, :3] = 65536 // 3
+        return mw
 
     def _check_arrays(self, a: dict[str, np.ndarray]) -> None:
         fresh_shapes = {"cp": (self.n_ctx, 1 << self.config.table_bits), "mm": (K.N_MATCH_BUCKETS,),
@@ -229,7 +241,7 @@ class CMModel(LanguageModel):
 
     def _args(self, st: CMState):
         a = self.arrays if st is None else st.a
-        return (a["cp"], a["cn"], a["cc"], a["sm"], a["mw"], a["apm1"], a["apm2"], a["mm"], a["hist"], a["mtab"], a["sc"])
+        return (a["cp"], a["cn"], a["cc"], a["sm"], a["ch"], a["ih"], a["mw"], a["apm1"], a["apm2"], a["mm"], a["hist"], a["mtab"], a["sc"])
 
     def _run(self, st: CMState, ids: np.ndarray) -> np.ndarray:
         """log p(ids[t+1] | ids[:t+1]) for t < T-1 (float64[T-1]); reads every id into ``st``."""
@@ -240,7 +252,7 @@ class CMModel(LanguageModel):
             return out
         K.run_sequence(ids.astype(np.int64), c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders,
                        c.word_contexts, self.is_word, self.path_nodes, self.path_bits, self.path_len,
-                       self.node_depth, self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.xin,
+                       self.node_depth, self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin,
                        st.p0, st.pf, st.mexp, st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate,
                        c.match_min, out)
         st.a["sc"][K.SC_PENDING] = 0  # nothing predicted after the last token
@@ -252,7 +264,7 @@ class CMModel(LanguageModel):
         out = np.empty(c.vocab_size, dtype=np.float64)
         K.step_all(tok, c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders, c.word_contexts,
                    self.is_word, self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf,
-                   self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.xin, st.p0, st.pf, st.mexp,
+                   self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin, st.p0, st.pf, st.mexp,
                    st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate, c.match_min, out)
         return out
 

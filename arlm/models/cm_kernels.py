@@ -129,13 +129,14 @@ def _dot_squash(mw, s, xin, j, n_in):
 
 
 @njit(cache=True)
-def _predict_node(j, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, sc, hs, path_nodes, path_bits, path_len,
-                  node_depth, points, stretch, slot, chk, hit, smi, xin, p0, pf, mexp, mset, bits):
+def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes, path_bits, path_len,
+                  node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp, mset, bits):
     """Predict decision node j (P(right branch) in 12 bits into pf[j]); keep what the update needs.
 
     Inputs: per context, stretch(counter) and stretch(state map of (count, counter)); the
     match model; a bias. Two mixers (weight sets by node x match length, and by node x
-    number of contexts seen) are averaged in the stretch domain, then two APMs refine."""
+    number of contexts seen, and by node x previous token) are combined by a final mixer
+    (weights by node), then two APMs refine."""
     C = hs.shape[0]
     smask = (1 << bits) - 1
     n_seen = 0
@@ -159,9 +160,12 @@ def _predict_node(j, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, sc, hs, path_n
         r = (n if n < 15 else 15) * 64 + (q >> 10)
         smi[j, i] = r
         xin[j, C + i] = stretch[sm[i, r] >> 4]
+        bh = np.int64(ch[i, idx]) if hit[j, i] else 0
+        bhi[j, i] = bh
+        xin[j, 2 * C + i] = stretch[ih[i, bh] >> 4]
     # match model: the token that followed the longest earlier occurrence of the context
     mexp[j] = -1
-    xin[j, 2 * C] = 0
+    xin[j, 3 * C] = 0
     msel = 0
     mlen = sc[SC_MATCH_LEN]
     if mlen > 0:
@@ -170,21 +174,32 @@ def _predict_node(j, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, sc, hs, path_n
         if d < path_len[pt] and path_nodes[pt, d] == j:
             e = path_bits[pt, d]
             st = stretch[mm[_match_bucket(mlen)] >> 4]
-            xin[j, 2 * C] = st if e == 1 else -st
+            xin[j, 3 * C] = st if e == 1 else -st
             mexp[j] = e
             msel = 1 if mlen < 16 else (2 if mlen < 32 else 3)
-    xin[j, 2 * C + 1] = 256  # bias
-    n_in = 2 * C + 2
+    xin[j, 3 * C + 1] = 256  # bias
+    n_in = 3 * C + 2
     n_nodes = node_depth.shape[0]
     s1 = j * MIXER_MATCH_SETS + msel
     s2 = n_nodes * MIXER_MATCH_SETS + j * (C + 1) + n_seen
+    s3 = n_nodes * (MIXER_MATCH_SETS + C + 1) + j * V + sc[SC_LAST]
+    s4 = n_nodes * (MIXER_MATCH_SETS + C + 1 + V) + j
     mset[j, 0] = s1
     mset[j, 1] = s2
-    d1 = _dot_squash(mw, s1, xin, j, n_in)
-    d2 = _dot_squash(mw, s2, xin, j, n_in)
-    p0[j, 1] = squash(d1, points)
-    p0[j, 2] = squash(d2, points)
-    p = squash((d1 + d2) >> 1, points)
+    mset[j, 2] = s3
+    mset[j, 3] = s4
+    dot = 0
+    for h in range(3):
+        d = _dot_squash(mw, mset[j, h], xin, j, n_in)
+        p0[j, 4 + h] = d
+        p0[j, 1 + h] = squash(d, points)
+        dot += np.int64(mw[s4, h]) * d
+    dot = dot >> 16
+    if dot > 2047:
+        dot = 2047
+    if dot < -2047:
+        dot = -2047
+    p = squash(dot, points)
     p0[j, 0] = p
     # two APMs: by node, and by node and the previous token
     st = stretch[p] + 2048
@@ -202,7 +217,7 @@ def _predict_node(j, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, sc, hs, path_n
 
 
 @njit(cache=True)
-def _update_node(j, y, V, cp, cn, cc, sm, mw, apm1, apm2, mm, sc, hs, stretch, recip, slot, chk, hit, smi, xin,
+def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, sc, hs, stretch, recip, slot, chk, hit, smi, bhi, xin,
                  p0, mexp, mset, limit, mixer_lr, apm_rate):
     """Learn from the observed decision y (0/1) at node j, using what ``_predict_node`` kept."""
     C = hs.shape[0]
@@ -213,6 +228,14 @@ def _update_node(j, y, V, cp, cn, cc, sm, mw, apm1, apm2, mm, sc, hs, stretch, r
             cc[i, idx] = chk[j, i]
             cp[i, idx] = 32768
             cn[i, idx] = 0
+            ch[i, idx] = 1
+        bh = (np.int64(ch[i, idx]) << 1) | y
+        if bh >= 128:
+            bh = 64 | (bh & 63)
+        ch[i, idx] = bh
+        b0 = bhi[j, i]
+        a = np.int64(ih[i, b0])
+        ih[i, b0] = a + ((target - a) >> 6)
         n = np.int64(cn[i, idx])
         p = np.int64(cp[i, idx])
         p += ((target - p) * recip[n]) >> 16
@@ -227,11 +250,15 @@ def _update_node(j, y, V, cp, cn, cc, sm, mw, apm1, apm2, mm, sc, hs, stretch, r
         t = 65535 if y == mexp[j] else 0
         m = np.int64(mm[b])
         mm[b] = m + ((t - m) >> 6)
-    for h in range(2):
+    for h in range(3):
         err = ((y << 12) - p0[j, 1 + h]) * mixer_lr
         s = mset[j, h]
-        for k in range(2 * C + 2):
+        for k in range(3 * C + 2):
             mw[s, k] += (xin[j, k] * err) >> 14
+    err = ((y << 12) - p0[j, 0]) * mixer_lr
+    s = mset[j, 3]
+    for h in range(3):
+        mw[s, h] += (p0[j, 4 + h] * err) >> 14
     st = stretch[p0[j, 0]] + 2048
     lo = st >> 7
     near = lo + ((st & 127) >> 6)
@@ -243,15 +270,15 @@ def _update_node(j, y, V, cp, cn, cc, sm, mw, apm1, apm2, mm, sc, hs, stretch, r
 
 
 @njit(cache=True)
-def _observe(tok, bos, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
-             path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, xin, p0, mexp, mset,
+def _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
+             path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, bhi, xin, p0, mexp, mset,
              limit, mixer_lr, apm_rate, match_min):
     """Read one token: learn from it (if its decisions were predicted), append it to the
     history, move the match model, and hash the contexts of the next token."""
     if sc[SC_PENDING]:
         for d in range(path_len[tok]):
-            _update_node(path_nodes[tok, d], np.int64(path_bits[tok, d]), V, cp, cn, cc, sm, mw, apm1, apm2, mm, sc,
-                         hs, stretch, recip, slot, chk, hit, smi, xin, p0, mexp, mset, limit, mixer_lr, apm_rate)
+            _update_node(path_nodes[tok, d], np.int64(path_bits[tok, d]), V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, sc,
+                         hs, stretch, recip, slot, chk, hit, smi, bhi, xin, p0, mexp, mset, limit, mixer_lr, apm_rate)
         sc[SC_PENDING] = 0
     hl = sc[SC_HIST_LEN]
     hist[hl] = tok
@@ -306,17 +333,17 @@ def _leaf_log_prob(v, pf, path_nodes, path_bits, path_len):
 
 
 @njit(cache=True)
-def step_all(tok, bos, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
-             path_nodes, path_bits, path_len, node_depth, is_leaf, points, stretch, recip, slot, chk, hit, smi, xin, p0,
+def step_all(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
+             path_nodes, path_bits, path_len, node_depth, is_leaf, points, stretch, recip, slot, chk, hit, smi, bhi, xin, p0,
              pf, mexp, mset, bits, limit, mixer_lr, apm_rate, match_min, out):
     """Read ``tok``, then predict every decision node and write log p(v) for every token v into out[V]."""
-    _observe(tok, bos, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
-             path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, xin, p0, mexp, mset,
+    _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
+             path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, bhi, xin, p0, mexp, mset,
              limit, mixer_lr, apm_rate, match_min)
     n_nodes = node_depth.shape[0]
     for j in range(n_nodes):
-        _predict_node(j, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, sc, hs, path_nodes, path_bits, path_len,
-                      node_depth, points, stretch, slot, chk, hit, smi, xin, p0, pf, mexp, mset, bits)
+        _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes, path_bits, path_len,
+                      node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp, mset, bits)
     sc[SC_PENDING] = 1
     for v in range(V):
         if is_leaf[v]:
@@ -326,21 +353,21 @@ def step_all(tok, bos, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, mtab, sc, hs
 
 
 @njit(cache=True)
-def run_sequence(ids, bos, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
-                 path_nodes, path_bits, path_len, node_depth, points, stretch, recip, slot, chk, hit, smi, xin, p0,
+def run_sequence(ids, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
+                 path_nodes, path_bits, path_len, node_depth, points, stretch, recip, slot, chk, hit, smi, bhi, xin, p0,
                  pf, mexp, mset, bits, limit, mixer_lr, apm_rate, match_min, out):
     """Read ids[0..T-1]; out[t] = log p(ids[t+1] | ids[:t+1]) (float64[T-1]). Predicts only the
     nodes on the next token's path: the same integers ``step_all`` computes for them."""
     T = ids.shape[0]
     for t in range(T):
-        _observe(ids[t], bos, V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
-                 path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, xin, p0, mexp, mset,
+        _observe(ids[t], bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
+                 path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, bhi, xin, p0, mexp, mset,
                  limit, mixer_lr, apm_rate, match_min)
         if t + 1 < T:
             nxt = ids[t + 1]
             for d in range(path_len[nxt]):
-                _predict_node(path_nodes[nxt, d], V, cp, cn, cc, sm, mw, apm1, apm2, mm, hist, sc, hs, path_nodes,
-                              path_bits, path_len, node_depth, points, stretch, slot, chk, hit, smi, xin, p0, pf, mexp,
+                _predict_node(path_nodes[nxt, d], V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes,
+                              path_bits, path_len, node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp,
                               mset, bits)
             sc[SC_PENDING] = 1
             if path_len[nxt] == 0 and nxt == bos:
