@@ -205,7 +205,7 @@ class CMModel(LanguageModel):
             "ih": np.full((self.n_ctx, 128), 32768, dtype=np.uint16),
             "mw": self._fresh_mixers(),
             "apm1": np.tile(apm_row, (max(n, 1), 1)),
-            "apm2": np.tile(apm_row, (max(n, 1) * c.vocab_size, 1)),
+            "apm2": np.tile(apm_row, (max(n, 1) * c.vocab_size + K.APM3_ROWS, 1)),
             "mm": np.full(K.N_MATCH_BUCKETS, 49152, dtype=np.uint16),
             "hist": np.zeros(1024, dtype=np.int32),
             "mtab": np.zeros(1 << c.match_bits, dtype=np.int32),

@@ -39,6 +39,7 @@ N_SCALARS = 8
 N_MATCH_BUCKETS = 32
 MIXER_MATCH_SETS = 4  # weight sets per node: no match, match length < 16, < 32, longer
 MAX_MATCH_VERIFY = 400
+APM3_ROWS = 1 << 16
 
 # 4096 / (1 + exp(-x / 256)) at x = -2048, -1920, …, 2048 (computed once, rounded to integers)
 _SQUASH_POINTS = np.array([1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048, 2550, 2994,
@@ -113,6 +114,15 @@ def _match_bucket(length):
         return length
     b = 16 + ((length - 16) >> 2)
     return b if b < N_MATCH_BUCKETS else N_MATCH_BUCKETS - 1
+
+
+@njit(cache=True)
+def _apm3_row(j, V, hist, sc, n_nodes):
+    """Row of the order-2 APM (the last two tokens and the node, hashed into APM3_ROWS rows
+    after the n_nodes * V rows of the order-1 APM)."""
+    hl = sc[SC_HIST_LEN]
+    t2 = hist[hl - 2] if hl - 2 >= sc[SC_DOC_START] else V
+    return n_nodes * V + (_mix32((t2 * (V + 1) + sc[SC_LAST]) * 0x9E3779B1 + j) & (APM3_ROWS - 1))
 
 
 @njit(cache=True)
@@ -208,7 +218,9 @@ def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs
     a1 = (np.int64(apm1[j, lo]) * (128 - w) + np.int64(apm1[j, lo + 1]) * w) >> 11
     r2 = j * V + sc[SC_LAST]
     a2 = (np.int64(apm2[r2, lo]) * (128 - w) + np.int64(apm2[r2, lo + 1]) * w) >> 11
-    q = (p + a1 + 2 * a2 + 2) >> 2
+    r3 = _apm3_row(j, V, hist, sc, node_depth.shape[0])
+    a3 = (np.int64(apm2[r3, lo]) * (128 - w) + np.int64(apm2[r3, lo + 1]) * w) >> 11
+    q = (p + a1 + a2 + a3 + 2) >> 2
     if q < 1:
         q = 1
     if q > 4095:
@@ -217,7 +229,7 @@ def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs
 
 
 @njit(cache=True)
-def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, sc, hs, stretch, recip, slot, chk, hit, smi, bhi, xin,
+def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, stretch, recip, slot, chk, hit, smi, bhi, xin,
                  p0, mexp, mset, limit, mixer_lr, apm_rate):
     """Learn from the observed decision y (0/1) at node j, using what ``_predict_node`` kept."""
     C = hs.shape[0]
@@ -267,6 +279,9 @@ def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, sc, hs, st
     r2 = j * V + sc[SC_LAST]
     a = np.int64(apm2[r2, near])
     apm2[r2, near] = a + ((target - a) >> apm_rate)
+    r3 = _apm3_row(j, V, hist, sc, mset.shape[0])
+    a = np.int64(apm2[r3, near])
+    apm2[r3, near] = a + ((target - a) >> apm_rate)
 
 
 @njit(cache=True)
@@ -277,7 +292,7 @@ def _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab
     history, move the match model, and hash the contexts of the next token."""
     if sc[SC_PENDING]:
         for d in range(path_len[tok]):
-            _update_node(path_nodes[tok, d], np.int64(path_bits[tok, d]), V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, sc,
+            _update_node(path_nodes[tok, d], np.int64(path_bits[tok, d]), V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc,
                          hs, stretch, recip, slot, chk, hit, smi, bhi, xin, p0, mexp, mset, limit, mixer_lr, apm_rate)
         sc[SC_PENDING] = 0
     hl = sc[SC_HIST_LEN]
