@@ -74,12 +74,12 @@ class CMConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    orders: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7])
+    orders: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7, 8, 10])
     table_bits: int = 22
-    count_limit: int = 30
-    mixer_lr: int = 3
+    count_limit: int = 255
+    mixer_lr: int = 2
     apm_rate: int = 7
-    match_min: int = 6
+    match_min: int = 4
     match_bits: int = 20
     word_contexts: bool = True
     word_token_ids: list[int] = dataclasses.field(default_factory=list)
