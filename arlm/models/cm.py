@@ -11,21 +11,26 @@ family does the same over any vocabulary:
   probability 0). p(token) = Π over its path of P(decision), and because each
   node's two branches get q and 1 - q, the V - 1 leaf probabilities sum to 1.
 * Each decision node is predicted, for the current history, by
-  - one adaptive counter per context (hashed into a table with a check byte,
-    count-based adaptation rate 1 / (n + 1.5) up to ``count_limit``): the
-    order-k contexts (the last k tokens of the document, for k in ``orders``),
-    and, with ``word_contexts``, the current word and the current word with the
-    previous one (a word is a run of ``word_token_ids``);
+  - one hashed slot per context (a check byte identifies it among the 4
+    slots of its bucket; a new context takes the slot with the smallest count) for the order-k contexts (the last k tokens of the document, for k
+    in ``orders``) and, with ``word_contexts``, the current word and the
+    current word with the previous one (a word is a run of ``word_token_ids``).
+    A slot holds an adaptive counter (rate 1 / (n + 1.5), n capped at
+    ``count_limit``) and the slot's last six decisions (a bit history). Each
+    context gives three inputs: stretch(counter), stretch of an adaptive map of
+    (count, counter), and stretch of an adaptive map of the bit history (the
+    indirect modelling of zpaq's ICM, simplified);
   - a match model: the token that followed the longest earlier occurrence (at
     least ``match_min`` tokens long, in the training text or the document) of
     the current context; its input is ±stretch(P(the match is right | length));
   - a bias.
-* A logistic mixer combines the inputs: p = squash(Σ_i w_i · stretch(p_i)),
-  with weight set selected by the node and the match length, and after each
-  decision w_i += lr · (y - p) · stretch(p_i) (Mahoney 2005).
-* Two adaptive probability maps (SSE; lpaq1's APM) refine p, one per node, one
-  per node and previous token; the final p is their weighted average with the
-  mixer's.
+* Three logistic mixers combine the inputs, p = squash(Σ_i w_i · stretch(p_i)),
+  with weight sets selected by node x match length, node x number of contexts
+  seen, and node x previous token; after each decision w_i += lr · (y - p) ·
+  stretch(p_i) (Mahoney 2005). A final mixer per node combines the three.
+* Three adaptive probability maps (SSE; lpaq1's APM) refine p, by node, by
+  node and previous token, and by node and the last two tokens (hashed); the
+  final p is the average of the mixer's and theirs, clipped to [1, 4095]/4096.
 
 Training (``fit``) reads the training documents once through the model: the
 counters, mixer weights, APMs, the token history and the match index are the

@@ -40,6 +40,7 @@ N_MATCH_BUCKETS = 32
 MIXER_MATCH_SETS = 4  # weight sets per node: no match, match length < 16, < 32, longer
 MAX_MATCH_VERIFY = 400
 APM3_ROWS = 1 << 16
+BUCKET = 4  # slots a context may occupy in its table
 
 # 4096 / (1 + exp(-x / 256)) at x = -2048, -1920, …, 2048 (computed once, rounded to integers)
 _SQUASH_POINTS = np.array([1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048, 2550, 2994,
@@ -154,6 +155,20 @@ def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs
         x = _mix32(hs[i] ^ ((j + 1) * 0x9E3779B1))
         idx = x & smask
         c = (x >> 24) & 255
+        # BUCKET-way bucket: the context's slot is one of BUCKET neighbours; a new context takes
+        # the one with the smallest count (so one-off contexts rarely evict established ones)
+        base = idx & ~(BUCKET - 1)
+        victim = base
+        found = False
+        for a in range(base, base + BUCKET):
+            if cn[i, a] > 0 and cc[i, a] == c:
+                idx = a
+                found = True
+                break
+            if cn[i, a] < cn[i, victim]:
+                victim = a
+        if not found:
+            idx = victim
         slot[j, i] = idx
         chk[j, i] = c
         if cn[i, idx] > 0 and cc[i, idx] == c:
