@@ -149,6 +149,7 @@ FAMILY_CASES.update({
     "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
     "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
     "mixer-bpe": ("bpe", lambda v, d: make_mixer(v, d)),
+    "cm-bpe": ("bpe", lambda v, d: make_cm(v, d)),
 })
 
 _BPE = {}
