@@ -84,6 +84,12 @@ def cmd_train(args) -> None:
         with checkpoint.new_model_dir(out, replace) as where:
             _, val_metrics = make_cache(split, where, order=args.order, vocab=args.vocab, vocab_size=args.vocab_size,
                                         meta=meta)
+    elif args.model == "cm":
+        from .pipeline import make_cm
+
+        with checkpoint.new_model_dir(out, replace) as where:
+            _, val_metrics = make_cm(split, where, vocab=args.vocab, vocab_size=args.vocab_size, meta=meta,
+                                     **_cm_config(args))
     elif args.model in NEURAL:
         from .cli_train import cli_train
 
@@ -110,6 +116,9 @@ _NEURAL_ONLY = ("n_layer", "n_embd", "block_size", "dropout", "batch_size", "lr"
                 "max_time", "eval_interval", "eval_iters", "compile")
 _FLAG_FAMILIES = {**{f: NEURAL for f in _NEURAL_ONLY}, "n_head": ("gpt",), "n_hidden": ("lstm",),
                   "order": ("ngram", "cache"), "no_refit": ("ngram",)}
+_CM_FLAGS = ("orders", "table_bits", "count_limit", "mixer_lr", "apm_rate", "match_min", "match_bits",
+             "no_word_contexts")
+_FLAG_FAMILIES.update({f: ("cm",) for f in _CM_FLAGS})
 
 
 def _check_train_flags_apply(args) -> None:
@@ -470,6 +479,33 @@ def _stream_eval(lm, path, documents: str) -> bool:
     p = Path(path)
     big = p.is_file() and p.stat().st_size > STREAM_EVAL_BYTES
     return big and (documents == "lines" or lm.model.family == "ngram")
+
+
+def _add_cm_train_arguments(t) -> None:
+    from .models.cm import CMConfig
+
+    d = CMConfig(0, 0, 0)
+    t.add_argument("--orders", default=",".join(map(str, d.orders)), metavar="K,K,…",
+                   help="cm: context orders in tokens (0 = none), one hashed counter table each")
+    t.add_argument("--table-bits", type=int, default=d.table_bits, help="cm: log2 of the slots of each context's table")
+    t.add_argument("--count-limit", type=int, default=d.count_limit,
+                   help="cm: counters adapt at rate 1/(n+1.5) with n capped here (smaller: faster forgetting)")
+    t.add_argument("--mixer-lr", type=int, default=d.mixer_lr, help="cm: mixer learning rate, in units of 2^-14")
+    t.add_argument("--apm-rate", type=int, default=d.apm_rate, help="cm: APM (SSE) update shift (larger: slower)")
+    t.add_argument("--match-min", type=int, default=d.match_min,
+                   help="cm: shortest repeated context (tokens) the match model follows")
+    t.add_argument("--match-bits", type=int, default=d.match_bits, help="cm: log2 of the match model's index size")
+    t.add_argument("--no-word-contexts", action="store_true", help="cm: leave out the word and word-pair contexts")
+
+
+def _cm_config(args) -> dict:
+    try:
+        orders = [int(k) for k in args.orders.split(",")]
+    except ValueError:
+        raise ArlmError(f"--orders must be a comma list of integers, got {args.orders!r}") from None
+    return dict(orders=orders, table_bits=args.table_bits, count_limit=args.count_limit, mixer_lr=args.mixer_lr,
+                apm_rate=args.apm_rate, match_min=args.match_min, match_bits=args.match_bits,
+                word_contexts=not args.no_word_contexts)
 
 
 def _add_scale_train_arguments(t) -> None:
@@ -838,7 +874,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTF-8 text file, or a token directory from arlm tokenize, to train on "
                         "(default: the built-in corpus, Python's pydoc topics)")
     t.add_argument("--model", default="ngram",
-                   help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures)")
+                   help="ngram | lstm | gpt | cache (an n-gram of the document read so far; for mixtures) | cm "
+                        "(context mixing, PAQ-style: adaptive, for compression)")
     t.add_argument("--order", type=int, default=5, help="n-gram or cache order (tokens of context + 1), 1..10")
     t.add_argument("--vocab", default="char", choices=["char", "byte", "bpe", "word"],
                    help="vocabulary: the characters of the text, the 256 bytes, byte-level BPE, or whitespace-separated "
@@ -865,6 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
     if add_train_arguments is not None:
         add_train_arguments(t)
     _add_scale_train_arguments(t)
+    _add_cm_train_arguments(t)
     t.set_defaults(func=cmd_train)
     _add_tokenize_parser(sub)
 

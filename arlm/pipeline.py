@@ -104,3 +104,23 @@ def make_cache(split: Split, out: str | Path, order: int = 6, vocab: str = "char
     val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
     lm.save(out, meta)
     return lm, val_metrics
+
+
+def make_cm(split: Split, out: str | Path, vocab: str = "char", vocab_size: int | None = None,
+            meta: dict | None = None, **config) -> tuple[LM, dict | None]:
+    """Train a context-mixing model (``arlm.models.cm``): read the training documents
+    through it once, in order, and save its tables; ``config`` holds ``CMConfig`` fields.
+    Returns ``(lm, val_metrics)``."""
+    import numpy as np
+
+    from .data import encode_document
+    from .models.cm import CMConfig, CMModel, word_token_ids
+
+    checkpoint.prepare_dir(out)
+    v = train_vocab(vocab, split.train_docs, vocab_size)
+    model = CMModel(CMConfig(v.vocab_size, v.bos_id, v.eos_id, word_token_ids=word_token_ids(v), **config))
+    model.fit([np.array(encode_document(v, d), dtype=np.int64) for d in split.train_docs])
+    lm = LM(model, v, split.documents)
+    val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
+    lm.save(out, meta)
+    return lm, val_metrics

@@ -103,6 +103,20 @@ def make_dyneval(vocab, docs=None, seed=0):
     return DynEvalModel(cfg, make_lstm(vocab, docs, seed=seed)).eval()
 
 
+def make_cm(vocab, docs):
+    """A small context-mixing model (tiny tables), trained by reading docs once."""
+    import numpy as np
+
+    from arlm.data import encode_document
+    from arlm.models.cm import CMConfig, CMModel, word_token_ids
+
+    cfg = CMConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, orders=[0, 1, 2, 3], table_bits=12, match_bits=10,
+                   match_min=3, word_token_ids=word_token_ids(vocab))
+    m = CMModel(cfg)
+    m.fit([np.array(encode_document(vocab, d)) for d in (docs or [])[:300]])
+    return m
+
+
 # name -> (vocab kind, builder(vocab, docs))
 FAMILY_CASES = {
     "ngram1-char": ("char", lambda v, d: make_ngram(v, d, 1)),
@@ -122,6 +136,8 @@ FAMILY_CASES = {
     "backoff3-byte": ("byte", lambda v, d: make_backoff(v, d, 3)),
     "mixer-char": ("char", lambda v, d: make_mixer(v, d)),
     "dyneval-lstm-char": ("char", lambda v, d: make_dyneval(v, d)),
+    "cm-char": ("char", lambda v, d: make_cm(v, d)),
+    "cm-byte": ("byte", lambda v, d: make_cm(v, d)),
 }
 
 
@@ -133,6 +149,7 @@ FAMILY_CASES.update({
     "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
     "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
     "mixer-bpe": ("bpe", lambda v, d: make_mixer(v, d)),
+    "cm-bpe": ("bpe", lambda v, d: make_cm(v, d)),
 })
 
 _BPE = {}

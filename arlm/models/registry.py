@@ -16,6 +16,7 @@ FAMILIES = {
     "backoff": ("arlm.models.backoff", "BackoffConfig", "BackoffNGramModel"),
     "mixer": ("arlm.models.mixer", "MixerConfig", "MixerModel"),
     "dyneval": ("arlm.models.dyneval", "DynEvalConfig", "DynEvalModel"),
+    "cm": ("arlm.models.cm", "CMConfig", "CMModel"),
 }
 
 

@@ -1,0 +1,359 @@
+"""A context-mixing model: PAQ-style bitwise prediction, as an exact next-token distribution.
+
+The compressors of the PAQ family (Mahoney, "Adaptive weighing of context models
+for lossless data compression", Florida Tech. TR CS-2005-16, 2005; lpaq1, 2007;
+the zpaq specification, 2009) predict one binary decision at a time from many
+adaptive context models and mix the predictions in the logistic domain. This
+family does the same over any vocabulary:
+
+* Each token is a path of binary decisions in a fixed balanced binary tree over
+  the V - 1 tokens that can follow (``<bos>`` is not a leaf, so it has
+  probability 0). p(token) = Π over its path of P(decision), and because each
+  node's two branches get q and 1 - q, the V - 1 leaf probabilities sum to 1.
+* Each decision node is predicted, for the current history, by
+  - one hashed slot per context (a check byte identifies it among the 4
+    slots of its bucket; a new context takes the slot with the smallest count) for the order-k contexts (the last k tokens of the document, for k
+    in ``orders``) and, with ``word_contexts``, the current word and the
+    current word with the previous one (a word is a run of ``word_token_ids``).
+    A slot holds an adaptive counter (rate 1 / (n + 1.5), n capped at
+    ``count_limit``) and the slot's last six decisions (a bit history). Each
+    context gives three inputs: stretch(counter), stretch of an adaptive map of
+    (count, counter), and stretch of an adaptive map of the bit history (the
+    indirect modelling of zpaq's ICM, simplified);
+  - a match model: the token that followed the longest earlier occurrence (at
+    least ``match_min`` tokens long, in the training text or the document) of
+    the current context; its input is ±stretch(P(the match is right | length));
+  - a bias.
+* Three logistic mixers combine the inputs, p = squash(Σ_i w_i · stretch(p_i)),
+  with weight sets selected by node x match length, node x number of contexts
+  seen, and node x previous token; after each decision w_i += lr · (y - p) ·
+  stretch(p_i) (Mahoney 2005). A final mixer per node combines the three.
+* Three adaptive probability maps (SSE; lpaq1's APM) refine p, by node, by
+  node and previous token, and by node and the last two tokens (hashed); the
+  final p is the average of the mixer's and theirs, clipped to [1, 4095]/4096.
+
+Training (``fit``) reads the training documents once through the model: the
+counters, mixer weights, APMs, the token history and the match index are the
+saved weights. Scoring (``step``, ``logits``, ``sequence_log_probs``) starts each
+sequence from a copy of the trained state and keeps adapting on the sequence
+(prequential: p(x_t | x_<t) depends on the training text and x_<t only, so
+Π_t p(x_t | x_<t) is exact and the scores of a prefix never depend on what
+follows, DESIGN.md §8). Independent sequences never share state.
+
+Determinism: every probability is integer arithmetic (``cm_kernels``), run on one
+thread; the final log-probabilities are float64 ``log`` of 12-bit ratios, so two
+loads of a model give identical log-probs, and ``compress``/``decompress``
+reproduce each other's distributions bit for bit on the same machine.
+``step`` predicts all V - 1 nodes (a full distribution); ``sequence_log_probs``
+predicts only the nodes on the observed token's path, which are the same integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ArlmError
+from . import cm_kernels as K
+from .base import LanguageModel
+
+MAX_CM_ORDER = 24
+
+
+@dataclasses.dataclass
+class CMConfig:
+    """Hyperparameters of the context-mixing family (see the module docstring).
+
+    ``orders``: context orders in tokens (0 = the node alone); ``table_bits``: log2 of the
+    slots of each context's hash table; ``count_limit``: the counters' adaptation count
+    cap (rate ≥ 1 / (limit + 1.5)); ``mixer_lr``: the mixer's learning rate in units of
+    2**-14 (w += x · err · lr >> 14 in 16.16 fixed point); ``apm_rate``: APM update shift;
+    ``match_min``: shortest context (tokens) the match model follows; ``match_bits``:
+    log2 of its index size; ``word_contexts``: add the word and word-pair contexts;
+    ``word_token_ids``: the tokens that make up words (from the vocab at training)."""
+
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    orders: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7, 8, 10])
+    table_bits: int = 22
+    count_limit: int = 255
+    mixer_lr: int = 2
+    apm_rate: int = 7
+    match_min: int = 4
+    match_bits: int = 20
+    word_contexts: bool = True
+    word_token_ids: list[int] = dataclasses.field(default_factory=list)
+
+
+def build_tree(vocab_size: int, bos_id: int):
+    """A balanced binary tree over the tokens other than ``<bos>``.
+
+    Returns (path_nodes int32[V, D], path_bits uint8[V, D], path_len int32[V],
+    node_depth int32[n_nodes], is_leaf uint8[V]): token v's decisions are
+    nodes path_nodes[v, :path_len[v]] with branches path_bits[v, :path_len[v]]
+    (1 = right); n_nodes = V - 2 internal nodes, numbered in preorder.
+    """
+    leaves = [v for v in range(vocab_size) if v != bos_id]
+    paths: dict[int, list[tuple[int, int]]] = {v: [] for v in leaves}
+    depth: list[int] = []
+
+    def build(lo: int, hi: int, d: int, prefix: list[tuple[int, int]]) -> None:
+        if hi - lo == 1:
+            paths[leaves[lo]] = prefix
+            return
+        j = len(depth)
+        depth.append(d)
+        mid = (lo + hi) // 2
+        build(lo, mid, d + 1, prefix + [(j, 0)])
+        build(mid, hi, d + 1, prefix + [(j, 1)])
+
+    if leaves:
+        build(0, len(leaves), 0, [])
+    D = max(1, max((len(p) for p in paths.values()), default=1))
+    path_nodes = np.zeros((vocab_size, D), dtype=np.int32)
+    path_bits = np.zeros((vocab_size, D), dtype=np.uint8)
+    path_len = np.zeros(vocab_size, dtype=np.int32)
+    is_leaf = np.zeros(vocab_size, dtype=np.uint8)
+    for v, p in paths.items():
+        is_leaf[v] = 1
+        path_len[v] = len(p)
+        for d, (j, b) in enumerate(p):
+            path_nodes[v, d] = j
+            path_bits[v, d] = b
+    return path_nodes, path_bits, path_len, np.array(depth, dtype=np.int32), is_leaf
+
+
+#: the arrays that make up a trained state (saved in model.safetensors)
+STATE_ARRAYS = ("cp", "cn", "cc", "sm", "ch", "ih", "mw", "apm1", "apm2", "mm", "hist", "mtab", "sc")
+
+
+class CMState:
+    """One sequence's adaptive state: the tables (copied from the trained model when the
+    sequence starts, then updated in place by ``step``) and per-step scratch arrays."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], n_nodes: int, n_ctx: int):
+        self.a = arrays
+        self.hs = np.zeros(n_ctx, dtype=np.int64)
+        self.slot = np.zeros((n_nodes, n_ctx), dtype=np.int64)
+        self.chk = np.zeros((n_nodes, n_ctx), dtype=np.uint8)
+        self.hit = np.zeros((n_nodes, n_ctx), dtype=np.uint8)
+        self.smi = np.zeros((n_nodes, n_ctx), dtype=np.int64)
+        self.bhi = np.zeros((n_nodes, n_ctx), dtype=np.int64)
+        self.xin = np.zeros((n_nodes, 3 * n_ctx + 2), dtype=np.int64)
+        self.p0 = np.zeros((n_nodes, 8), dtype=np.int64)
+        self.pf = np.zeros(n_nodes, dtype=np.int64)
+        self.mexp = np.zeros(n_nodes, dtype=np.int64)
+        self.mset = np.zeros((n_nodes, 4), dtype=np.int64)
+
+    def reserve(self, extra: int) -> None:
+        """Make room in the history for ``extra`` more tokens."""
+        hist, used = self.a["hist"], int(self.a["sc"][K.SC_HIST_LEN])
+        if used + extra > hist.shape[0]:
+            grown = np.zeros(max(2 * hist.shape[0], used + extra + 1024), dtype=np.int32)
+            grown[:used] = hist[:used]
+            self.a["hist"] = grown
+
+
+class CMModel(LanguageModel):
+    """The context-mixing model of the module docstring. ``block_size`` is None (the whole
+    history is used); ``windowed`` is False."""
+
+    family = "cm"
+
+    def __init__(self, config: CMConfig, arrays: dict[str, np.ndarray] | None = None):
+        super().__init__()
+        c = config
+        if not c.orders or any(not 0 <= k <= MAX_CM_ORDER for k in c.orders):
+            raise ArlmError(f"cm orders must be in 0..{MAX_CM_ORDER}, got {c.orders}")
+        if not 10 <= c.table_bits <= 24:
+            raise ArlmError(f"cm table_bits must be in 10..24, got {c.table_bits}")
+        if not 8 <= c.match_bits <= 26:
+            raise ArlmError(f"cm match_bits must be in 8..26, got {c.match_bits}")
+        if not 1 <= c.count_limit <= 255:
+            raise ArlmError(f"cm count_limit must be in 1..255, got {c.count_limit}")
+        if not 1 <= c.match_min <= 64:
+            raise ArlmError(f"cm match_min must be in 1..64, got {c.match_min}")
+        if not 0 <= c.mixer_lr <= 1024 or not 1 <= c.apm_rate <= 15:
+            raise ArlmError(f"cm mixer_lr must be in 0..64 and apm_rate in 1..15, got {c.mixer_lr}, {c.apm_rate}")
+        self.config = c
+        (self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf) = build_tree(
+            c.vocab_size, c.bos_id)
+        self.n_nodes = len(self.node_depth)
+        self.n_ctx = len(c.orders) + (2 if c.word_contexts else 0)
+        self.orders = np.array(c.orders, dtype=np.int64)
+        self.is_word = np.zeros(c.vocab_size, dtype=np.uint8)
+        for v in c.word_token_ids:
+            if 0 <= v < c.vocab_size and v not in (c.bos_id, c.eos_id):
+                self.is_word[v] = 1
+        self.points, self.stretch, self.recip = K.make_tables()
+        self.arrays = arrays if arrays is not None else self._fresh_arrays()
+        self._check_arrays(self.arrays)
+
+    # -- state ---------------------------------------------------------------------------
+    def _fresh_arrays(self) -> dict[str, np.ndarray]:
+        c, n = self.config, self.n_nodes
+        S = 1 << c.table_bits
+        # state map: row (count, counter // 1024) starts at the counter's own probability
+        sm_row = np.array([(q % 64) * 1024 + 512 for q in range(16 * 64)], dtype=np.uint16)
+        apm_row = np.array([K.squash((i - 16) * 128, self.points) * 16 for i in range(33)], dtype=np.uint16)
+        return {
+            "cp": np.full((self.n_ctx, S), 32768, dtype=np.uint16),
+            "cn": np.zeros((self.n_ctx, S), dtype=np.uint8),
+            "cc": np.zeros((self.n_ctx, S), dtype=np.uint8),
+            "sm": np.tile(sm_row, (self.n_ctx, 1)),
+            "ch": np.zeros((self.n_ctx, S), dtype=np.uint8),
+            "ih": np.full((self.n_ctx, 128), 32768, dtype=np.uint16),
+            "mw": self._fresh_mixers(),
+            "apm1": np.tile(apm_row, (max(n, 1), 1)),
+            "apm2": np.tile(apm_row, (max(n, 1) * c.vocab_size + K.APM3_ROWS, 1)),
+            "mm": np.full(K.N_MATCH_BUCKETS, 49152, dtype=np.uint16),
+            "hist": np.zeros(1024, dtype=np.int32),
+            "mtab": np.zeros(1 << c.match_bits, dtype=np.int32),
+            "sc": np.zeros(K.N_SCALARS, dtype=np.int64),
+        }
+
+    def _fresh_mixers(self) -> np.ndarray:
+        """Rows: mixer 1 (node x match length), mixer 2 (node x contexts seen), mixer 3 (node x
+        previous token), then the final mixer (per node; its first 3 columns weigh the three)."""
+        n, C, V = max(self.n_nodes, 1), self.n_ctx, self.config.vocab_size
+        first = n * (K.MIXER_MATCH_SETS + C + 1 + V)
+        mw = np.full((first + n, 3 * C + 2), 1 << 13, dtype=np.int32)
+        mw[first:] = 0
+        mw[first:, :3] = 65536 // 3
+        return mw
+
+    def _check_arrays(self, a: dict[str, np.ndarray]) -> None:
+        fresh_shapes = {"cp": (self.n_ctx, 1 << self.config.table_bits), "mm": (K.N_MATCH_BUCKETS,),
+                        "sc": (K.N_SCALARS,), "mtab": (1 << self.config.match_bits,)}
+        missing = [k for k in STATE_ARRAYS if k not in a]
+        if missing:
+            raise ArlmError(f"cm weights lack {', '.join(missing)}: the model directory is damaged or from another version")
+        for k, shape in fresh_shapes.items():
+            if a[k].shape != shape:
+                raise ArlmError(f"cm weight {k!r} has shape {a[k].shape}, config says {shape}: config.json and "
+                                "model.safetensors do not match")
+
+    def new_state(self) -> CMState:
+        """A sequence's state: a copy of the trained tables (reading never changes the model)."""
+        arrays = {k: v.copy() for k, v in self.arrays.items()}
+        arrays["sc"][K.SC_PENDING] = 0
+        return CMState(arrays, self.n_nodes, self.n_ctx)
+
+    def _args(self, st: CMState):
+        a = self.arrays if st is None else st.a
+        return (a["cp"], a["cn"], a["cc"], a["sm"], a["ch"], a["ih"], a["mw"], a["apm1"], a["apm2"], a["mm"], a["hist"], a["mtab"], a["sc"])
+
+    def _run(self, st: CMState, ids: np.ndarray) -> np.ndarray:
+        """log p(ids[t+1] | ids[:t+1]) for t < T-1 (float64[T-1]); reads every id into ``st``."""
+        c = self.config
+        st.reserve(len(ids))
+        out = np.zeros(max(len(ids) - 1, 0), dtype=np.float64)
+        if len(ids) == 0:
+            return out
+        K.run_sequence(ids.astype(np.int64), c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders,
+                       c.word_contexts, self.is_word, self.path_nodes, self.path_bits, self.path_len,
+                       self.node_depth, self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin,
+                       st.p0, st.pf, st.mexp, st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate,
+                       c.match_min, out)
+        st.a["sc"][K.SC_PENDING] = 0  # nothing predicted after the last token
+        return out
+
+    def _step_one(self, st: CMState, tok: int) -> np.ndarray:
+        c = self.config
+        st.reserve(1)
+        out = np.empty(c.vocab_size, dtype=np.float64)
+        K.step_all(tok, c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders, c.word_contexts,
+                   self.is_word, self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf,
+                   self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin, st.p0, st.pf, st.mexp,
+                   st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate, c.match_min, out)
+        return out
+
+    # -- training --------------------------------------------------------------------------
+    def fit(self, documents: list[np.ndarray]) -> None:
+        """Read training sequences (int arrays, normally ``[<bos>, …, <eos>]``) once, in order,
+        adapting the model's own tables (the history carries over between documents)."""
+        st = CMState(self.arrays, self.n_nodes, self.n_ctx)
+        st.reserve(sum(len(d) for d in documents))
+        for d in documents:
+            self._run(st, np.asarray(d, dtype=np.int64))
+        self.arrays = st.a
+
+    # -- the contract ----------------------------------------------------------------------
+    @property
+    def block_size(self) -> None:
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def step(self, token_ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """One token per row: LongTensor[B] -> (DoubleTensor[B, V] log-probs, state); ``state``
+        (a list of ``CMState``, one per row) is updated in place."""
+        toks = token_ids.detach().cpu().reshape(-1).tolist()
+        states = state if state is not None else [self.new_state() for _ in toks]
+        rows = [self._step_one(st, int(t)) for st, t in zip(states, toks)]
+        return torch.from_numpy(np.stack(rows)), states  # [B, V]
+
+    @torch.no_grad()
+    def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Natural-log next-token probabilities: LongTensor[B, T] -> DoubleTensor[B, T, V] (via ``step``)."""
+        B, T = token_ids.shape
+        out = np.zeros((B, T, self.config.vocab_size), dtype=np.float64)
+        for b, row in enumerate(token_ids.detach().cpu().tolist()):
+            st = self.new_state()
+            for t, tok in enumerate(row):
+                out[b, t] = self._step_one(st, int(tok))
+        return torch.from_numpy(out)  # [B, T, V]
+
+    @torch.no_grad()
+    def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        """log p(token_ids[t+1] | token_ids[:t+1]) (nats), float64[T-1]; ``stride`` is ignored."""
+        if len(token_ids) < 2:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.from_numpy(self._run(self.new_state(), token_ids.detach().cpu().numpy()))
+
+    @torch.no_grad()
+    def documents_log_probs(self, documents: list[torch.Tensor], max_batch_tokens: int = 0) -> list[torch.Tensor]:
+        return [self.sequence_log_probs(d) for d in documents]
+
+    def num_parameters(self) -> int:
+        return int(sum(v.size for k, v in self.arrays.items() if k not in ("hist", "sc")))
+
+    # -- persistence -------------------------------------------------------------------------
+    def save_weights(self, directory: Path, vocab=None) -> None:
+        from safetensors.numpy import save_file
+
+        from ..io import atomic_path
+
+        arrays = dict(self.arrays)
+        n = int(arrays["sc"][K.SC_HIST_LEN])
+        arrays["hist"] = arrays["hist"][:n].copy() if n else np.zeros(1, dtype=np.int32)
+        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata={"format": "arlm-cm"})
+
+    @classmethod
+    def load_weights(cls, config: CMConfig, directory: Path) -> "CMModel":
+        from safetensors.numpy import load_file
+
+        path = Path(directory) / "model.safetensors"
+        if not path.is_file():
+            raise ArlmError(f"{directory} is incomplete: model.safetensors is missing")
+        return cls(config, dict(load_file(str(path))))
+
+
+def word_token_ids(vocab) -> list[int]:
+    """Ids of the tokens that are letters (or runs of letters, or apostrophes): the word contexts' alphabet."""
+    out = []
+    for v in range(vocab.vocab_size):
+        if v in (vocab.bos_id, vocab.eos_id):
+            continue
+        text = vocab.token_text(v)
+        if text and all(ch.isalpha() or ch == "'" for ch in text):
+            out.append(v)
+    return out
