@@ -59,8 +59,10 @@ IGNORE = -100  # target id of padding positions (F.cross_entropy's ignore_index)
 #: vocab; see the issue note). At that budget the number of optimiser steps limits
 #: the result: small, shallow models with a high learning rate win.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, lr=6e-3, min_lr_ratio=0.01),
-    "lstm": dict(n_layer=1, n_embd=64, n_hidden=256, block_size=64, dropout=0.0, batch_size=32, lr=4e-2, min_lr_ratio=0.01),
+    "gpt": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, lr=6e-3, min_lr_ratio=0.01,
+                precision="bf16", optimizer="muon", muon_lr=0.02),
+    "lstm": dict(n_layer=1, n_embd=64, n_hidden=256, block_size=64, dropout=0.0, batch_size=32, lr=4e-2, min_lr_ratio=0.01,
+                 precision="auto", optimizer="adamw", muon_lr=0.02),
 }
 DEFAULT_MAX_TIME = 120.0  # seconds, when neither --max-steps nor --max-time is given
 
@@ -96,6 +98,13 @@ class TrainSettings:
     device: str = "auto"
     compile: bool = False
     threads: int | None = None
+    #: ``"auto"``: bf16 autocast on CUDA, fp32 elsewhere (runs saved before this field); ``"bf16"``: bf16
+    #: autocast of the training forward on any device (fp32 weights, optimiser and loss); ``"fp32"``: none.
+    precision: str = "auto"
+    #: ``"adamw"`` (runs saved before this field) or ``"muon"``: Muon for hidden matrices, AdamW for the rest
+    #: (:mod:`arlm.muon`), Muon's peak rate being ``muon_lr``.
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
     #: ``[step, elapsed_s, progress]`` where a resume changed the budget: the cosine
     #: continues from ``progress`` at that point over the rest of the new budget
     #: (see :func:`lr_at`), so the learning rate does not jump.
@@ -149,6 +158,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help=f"sequences per optimiser step ({both('batch_size')})")
     g.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate of AdamW, cosine-decayed to {gd['min_lr_ratio']} of it ({both('lr')})")
+    g.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
+                   help=f"adamw, or muon: Muon for hidden matrices, AdamW for embeddings, head, gains "
+                        f"(default: gpt {gd['optimizer']}, lstm {ld['optimizer']})")
+    g.add_argument("--muon-lr", type=float, default=None,
+                   help=f"peak learning rate of Muon, on --lr's schedule (default: {gd['muon_lr']})")
+    g.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="training forward in bf16 autocast (fp32 weights and optimiser) or fp32; scoring is always "
+                        f"fp32 (default: gpt {gd['precision']}, lstm bf16 on cuda, else fp32)")
     g.add_argument("--warmup-steps", type=int, default=None,
                    help=f"linear warm-up steps (default: {TrainSettings.warmup_steps}, or a tenth of a short --max-steps)")
     g.add_argument("--max-steps", type=int, default=None,
@@ -527,8 +544,24 @@ def token_data_from_dir(path, val_fraction: float = 0.1, seed: int = 1337, heade
 # -- optimisation ----------------------------------------------------------------
 
 
-def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only."""
+def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only.
+
+    ``s.optimizer == "muon"``: :class:`arlm.muon.MuonAdamW`, Muon (no weight decay) on the hidden matrices
+    (:func:`arlm.muon.hidden_matrices`), AdamW as above on the rest.
+    """
+    if s.optimizer == "muon":
+        from .muon import MuonAdamW, hidden_matrices
+
+        hidden = {id(p) for p in hidden_matrices(model)}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
+        return MuonAdamW([
+            {"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True, "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        ], lr=s.lr, betas=(s.beta1, s.beta2), lr_ratio=s.muon_lr / s.lr)
+    if s.optimizer != "adamw":
+        raise ArlmError(f"--optimizer must be adamw or muon, got {s.optimizer!r}")
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [
@@ -768,11 +801,10 @@ def run_training(
                               enabled=fixed_threads is None and device.type == "cpu")
     model.to(device)
     model.train()
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda"
-        else (lambda: torch.autocast("cpu", enabled=False))
-    )
+    if s.precision not in ("auto", "bf16", "fp32"):
+        raise ArlmError(f"--precision must be bf16 or fp32, got {s.precision!r}")
+    bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda")
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     fwd = torch.compile(model) if s.compile else model
 
     optimizer = make_optimizer(model, s, device)
@@ -1089,6 +1121,9 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
         device=_arg(args, "device") or "auto",
         compile=bool(_arg(args, "compile")),
         threads=_arg(args, "threads"),
+        precision=_arg(args, "precision") or d["precision"],
+        optimizer=_arg(args, "optimizer") or d["optimizer"],
+        muon_lr=_arg(args, "muon_lr") or d["muon_lr"],
     )
     for name in ("warmup_steps", "eval_interval", "eval_iters"):
         if _arg(args, name) is not None:

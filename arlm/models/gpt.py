@@ -163,7 +163,12 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: to
 
 
 def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (2i, 2i + 1) of x [..., T, D] by ``rotary_tables`` freqs [T, D/2]: a new tensor."""
+    """Rotate the pairs (2i, 2i + 1) of x [..., T, D] by ``rotary_tables`` freqs [T, D/2]: a new tensor.
+
+    bf16 x (training under autocast) is rotated in float32 and rounded back: complex bf16 does not exist.
+    """
+    if x.dtype == torch.bfloat16:
+        return _rotate(x.float(), freqs).to(x.dtype)
     if torch.compiler.is_compiling():  # real arithmetic: what inductor fuses
         pairs = x.unflatten(-1, (-1, 2))  # [..., T, D/2, 2]
         a, b, c, s = pairs[..., 0], pairs[..., 1], freqs.real.to(x.dtype), freqs.imag.to(x.dtype)
@@ -172,7 +177,9 @@ def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 
 def _rotate_(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """In-place ``_rotate`` of a tensor x [..., T, D] whose last dimension is contiguous."""
+    """In-place ``_rotate`` of a tensor x [..., T, D] whose last dimension is contiguous (bf16: via float32)."""
+    if x.dtype == torch.bfloat16:
+        return x.copy_(_rotate_(x.float(), freqs))
     torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)
     return x
 

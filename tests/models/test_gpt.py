@@ -191,6 +191,11 @@ def test_rotary_matches_rotation_matrices():
     torch.testing.assert_close(_rotate_(x.clone(), freqs), got, atol=0, rtol=0)
     f32 = rotary_tables(positions, D, base, torch.float32)
     torch.testing.assert_close(_rotate(x.float(), f32), got.float(), atol=1e-5, rtol=0)
+    # bf16 (training under autocast): rotated in float32, rounded once
+    xb = x.bfloat16()
+    want = _rotate(xb.float(), f32).bfloat16()
+    assert _rotate(xb, f32).dtype == torch.bfloat16 and torch.equal(_rotate(xb, f32), want)
+    assert torch.equal(_rotate_(xb.clone(), f32), want)
     # relative by construction: <R_m q, R_n k> depends on m - n only
     q, k = x[0], x[1]
     dots = []
