@@ -14,7 +14,7 @@ by the nearest semi-orthogonal matrix to its (Nesterov) momentum:
 A = X X^T and (a, b, c) = (3.4445, -4.7750, 2.0315), five steps from
 X = u / ||u||_F (working on the transpose when rows > cols), which pushes every
 singular value into roughly [0.7, 1.2] (not exactly 1: the speedrun's trade of
-accuracy for speed). Here it runs in float32 (bf16 in the speedrun, on GPUs).
+accuracy for speed), in float32 or, as in the speedrun, bfloat16 (``ns_dtype``).
 
 Embeddings, the output head, biases and LayerNorm gains are not hidden
 matrices; they are updated by AdamW (Loshchilov & Hutter 2019) inside the same
@@ -37,14 +37,17 @@ import torch
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate orthogonalisation U V^T of a matrix g [m, n] (g = U S V^T), in float32.
+def newton_schulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximate orthogonalisation U V^T of a matrix g [m, n] (g = U S V^T), computed in ``dtype``.
 
-    Returns a new FloatTensor[m, n] whose singular values lie near 1 (about
-    0.7..1.2 after 5 steps), with g's singular vectors.
+    Returns a new tensor [m, n] of ``dtype`` whose singular values lie near 1
+    (about 0.7..1.2 after 5 steps), with g's singular vectors. bfloat16 is the
+    speedrun's choice (the iteration tolerates its rounding; on CPUs with AMX
+    its matrix products are several times faster).
     """
     a, b, c = NS_COEFFS
-    x = g.float()
+    x = g.to(dtype)
     transpose = x.shape[0] > x.shape[1]
     if transpose:  # iterate on the wide form: A = X X^T is then the smaller square
         x = x.t()
@@ -60,7 +63,7 @@ class MuonAdamW(torch.optim.Optimizer):
     """Muon for groups with ``use_muon=True`` (2-D parameters only), AdamW for the others.
 
     Group keys: ``lr``, ``weight_decay``; Muon groups also ``lr_ratio``,
-    ``momentum``, ``nesterov``, ``ns_steps``; AdamW groups ``betas``, ``eps``.
+    ``momentum``, ``nesterov``, ``ns_steps``, ``ns_dtype`` (``"float32"`` or ``"bfloat16"``); AdamW groups ``betas``, ``eps``.
     Every group carries ``betas`` (unused by Muon) so that saved groups look alike.
 
     Raises:
@@ -68,9 +71,10 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, lr_ratio: float = 1.0):
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, lr_ratio: float = 1.0,
+                 ns_dtype: str = "float32"):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        nesterov=nesterov, ns_steps=ns_steps, lr_ratio=lr_ratio, use_muon=False)
+                        nesterov=nesterov, ns_steps=ns_steps, lr_ratio=lr_ratio, ns_dtype=ns_dtype, use_muon=False)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["use_muon"]:
@@ -104,7 +108,7 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(g)
             u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-            o = newton_schulz5(u, group["ns_steps"])  # [rows, cols]
+            o = newton_schulz5(u, group["ns_steps"], dtype=getattr(torch, group["ns_dtype"]))  # [rows, cols]
             if wd:
                 p.mul_(1.0 - lr * wd)
             p.add_(o.to(p.dtype), alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))

@@ -38,6 +38,10 @@ def test_newton_schulz_matches_reference_and_orthogonalises(shape):
     # ...and the singular vectors are g's: o is close to U V^T
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
     assert torch.linalg.matrix_norm(o - u @ vh, ord=2) < 0.35
+    # the speedrun's bfloat16 iteration: the same map up to bf16 rounding
+    o16 = newton_schulz5(g, dtype=torch.bfloat16)
+    assert o16.dtype == torch.bfloat16
+    torch.testing.assert_close(o16.float(), o, atol=0.05, rtol=0)
 
 
 def test_muon_step_is_nesterov_momentum_then_orthogonalised_update():
