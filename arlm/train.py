@@ -101,7 +101,8 @@ class TrainSettings:
     compile: bool = False
     threads: int | None = None
     #: ``"auto"``: bf16 autocast on CUDA, fp32 elsewhere (runs saved before this field); ``"bf16"``: bf16
-    #: autocast of the training forward on any device (fp32 weights, optimiser and loss); ``"fp32"``: none.
+    #: autocast of the training forward (fp32 weights, optimiser and loss) where bf16 is native (CUDA, CPUs
+    #: with AVX-512 BF16 or AMX: :func:`native_bf16`), fp32 elsewhere; ``"fp32"``: no autocast.
     precision: str = "auto"
     #: ``"adamw"`` (runs saved before this field) or ``"muon"``: Muon for hidden matrices, AdamW for the rest
     #: (:mod:`arlm.muon`), Muon's peak rate being ``muon_lr``.
@@ -166,8 +167,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--muon-lr", type=float, default=None,
                    help=f"peak learning rate of Muon, on --lr's schedule (default: {gd['muon_lr']})")
     g.add_argument("--precision", choices=("bf16", "fp32"), default=None,
-                   help="training forward in bf16 autocast (fp32 weights and optimiser) or fp32; scoring is always "
-                        f"fp32 (default: gpt {gd['precision']}, lstm bf16 on cuda, else fp32)")
+                   help="training forward in bf16 autocast where the hardware has bf16 (CUDA, AVX-512 BF16 or AMX "
+                        "CPUs; fp32 elsewhere), or fp32; weights, optimiser and scoring stay fp32 "
+                        f"(default: gpt {gd['precision']}, lstm bf16 on cuda, else fp32)")
     g.add_argument("--warmup-steps", type=int, default=None,
                    help=f"linear warm-up steps (default: {TrainSettings.warmup_steps}, or a tenth of a short --max-steps)")
     g.add_argument("--max-steps", type=int, default=None,
@@ -546,6 +548,27 @@ def token_data_from_dir(path, val_fraction: float = 0.1, seed: int = 1337, heade
 # -- optimisation ----------------------------------------------------------------
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True on CUDA and on CPUs with AVX-512 BF16 or AMX tiles; elsewhere bf16 is emulated (slower than fp32)."""
+    if device.type == "cuda":
+        return True
+    try:
+        return device.type == "cpu" and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
+def uses_bf16(s: TrainSettings, device: torch.device) -> bool:
+    """Whether the training forward runs under bf16 autocast (``s.precision``; see :class:`TrainSettings`).
+
+    Raises:
+        ArlmError: an unknown precision.
+    """
+    if s.precision not in ("auto", "bf16", "fp32"):
+        raise ArlmError(f"--precision must be bf16 or fp32, got {s.precision!r}")
+    return (s.precision == "bf16" and native_bf16(device)) or (s.precision == "auto" and device.type == "cuda")
+
+
 def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only.
 
@@ -562,7 +585,7 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
             {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ], lr=s.lr, betas=(s.beta1, s.beta2), lr_ratio=s.muon_lr / s.lr,
-           ns_dtype="bfloat16" if s.precision == "bf16" else "float32")
+           ns_dtype="bfloat16" if uses_bf16(s, device) else "float32")
     if s.optimizer != "adamw":
         raise ArlmError(f"--optimizer must be adamw or muon, got {s.optimizer!r}")
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -804,9 +827,7 @@ def run_training(
                               enabled=fixed_threads is None and device.type == "cpu")
     model.to(device)
     model.train()
-    if s.precision not in ("auto", "bf16", "fp32"):
-        raise ArlmError(f"--precision must be bf16 or fp32, got {s.precision!r}")
-    bf16 = s.precision == "bf16" or (s.precision == "auto" and device.type == "cuda")
+    bf16 = uses_bf16(s, device)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     fwd = torch.compile(model) if s.compile else model
 

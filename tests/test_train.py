@@ -300,3 +300,15 @@ def test_old_settings_mean_adamw_and_fp32_on_cpu():
     assert (s.optimizer, s.precision) == ("adamw", "auto")
     model, *_ = make("gpt", "file")
     assert type(T.make_optimizer(model, s, torch.device("cpu"))) is torch.optim.AdamW
+
+
+def test_bf16_only_where_native(monkeypatch):
+    cpu = torch.device("cpu")
+    assert T.uses_bf16(settings("file", precision="fp32"), cpu) is False
+    assert T.uses_bf16(settings("file", precision="auto"), cpu) is False  # old runs: fp32 on CPU
+    monkeypatch.setattr(T, "native_bf16", lambda device: False)  # a CPU without AVX-512 BF16 / AMX
+    assert T.uses_bf16(settings("file", precision="bf16"), cpu) is False
+    monkeypatch.setattr(T, "native_bf16", lambda device: True)
+    assert T.uses_bf16(settings("file", precision="bf16"), cpu) is True
+    with pytest.raises(ArlmError, match="--precision"):
+        T.uses_bf16(settings("file", precision="fp16"), cpu)
