@@ -47,6 +47,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help=f"sequences per optimiser step ({both('batch_size')})")
     g.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate of AdamW, cosine-decayed to {gd['min_lr_ratio']} of it ({both('lr')})")
+    g.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
+                   help=f"adamw, or muon: Muon for hidden matrices, AdamW for embeddings, head, gains "
+                        f"(default: gpt {gd['optimizer']}, lstm {ld['optimizer']})")
+    g.add_argument("--muon-lr", type=float, default=None,
+                   help=f"peak learning rate of Muon, on --lr's schedule (default: {gd['muon_lr']})")
+    g.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="training forward in bf16 autocast where the hardware has bf16 (CUDA, AVX-512 BF16 or AMX "
+                        "CPUs; fp32 elsewhere), or fp32; weights, optimiser and scoring stay fp32 "
+                        f"(default: gpt {gd['precision']}, lstm bf16 on cuda, else fp32)")
     g.add_argument("--warmup-steps", type=int, default=None,
                    help=f"linear warm-up steps (default: {TrainSettings.warmup_steps}, or a tenth of a short --max-steps)")
     g.add_argument("--max-steps", type=int, default=None,
@@ -128,6 +137,9 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
         device=_arg(args, "device") or "auto",
         compile=bool(_arg(args, "compile")),
         threads=_arg(args, "threads"),
+        precision=_arg(args, "precision") or d["precision"],
+        optimizer=_arg(args, "optimizer") or d["optimizer"],
+        muon_lr=_arg(args, "muon_lr") or d["muon_lr"],
     )
     for name in ("warmup_steps", "eval_interval", "eval_iters"):
         if _arg(args, name) is not None:

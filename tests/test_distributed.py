@@ -1,9 +1,9 @@
 """DDP through the real torchrun on 127.0.0.1 (gloo, one thread per rank): the run does not depend on the ranks.
 
-Every run trains the same tiny GPT (1 layer, n_embd 32, block 16, global batch 8) for 20 steps on names.txt and
-is compared with one process. Weights agree within 1e-5 and losses at every step within float rounding, except
-the key part of the attention bias: its true gradient is exactly zero (softmax ignores a shift shared by all
-scores), so it moves only by Adam-normalised rounding noise, which a different summation order changes.
+Every run trains the same tiny GPT (1 layer, n_embd 32, block 16, global batch 8; the default optimiser, Muon) for
+20 steps on names.txt and is compared with one process: every weight within 1e-5 and the loss of every step within
+1e-5. The runs use ``--precision fp32``: under bf16 autocast the rounding of activations depends on how a batch is
+split into matmuls, so a split batch is only equal to float rounding amplified by bf16, not within 1e-5.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from arlm.training.distributed import Dist
 DATA = Path(__file__).resolve().parent / "data"
 TRAIN = ["train", str(DATA / "names.txt"), "--model", "gpt", "--documents", "lines", "--n-layer", "1",
          "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "8", "--max-steps", "20",
-         "--eval-interval", "5", "--eval-iters", "2", "--threads", "1", "--dropout", "0"]
-N_EMBD = 32
+         "--eval-interval", "5", "--eval-iters", "2", "--threads", "1", "--dropout", "0", "--precision", "fp32"]
 
 
 def env(**extra) -> dict:
@@ -85,9 +84,6 @@ def assert_matches_one_process(run: Path, single: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         diff = (wa[k] - wb[k]).abs()
-        if k.endswith("attn.c_attn.bias"):  # [q | k | v]: the key bias has a zero gradient (see the module doc)
-            assert float(diff[N_EMBD:2 * N_EMBD].max()) < 1e-3, k
-            diff = torch.cat([diff[:N_EMBD], diff[2 * N_EMBD:]])
         assert float(diff.max()) < 1e-5, (k, float(diff.max()))
 
 

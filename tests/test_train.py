@@ -278,3 +278,42 @@ def test_cli_trains_rotary_gpt_that_generates_past_its_window(tmp_path):
     bad = subprocess.run([*cmd[:5], "--model", "lstm", "--pos-emb", "rotary", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "--pos-emb" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resume_is_exact_with_muon_and_bf16(tmp_path):
+    """Muon's momentum buffers and the AdamW moments travel in training_state; bf16 autocast is training-only."""
+    kw = dict(optimizer="muon", muon_lr=0.02, precision="bf16")
+    model, vocab, train, val = make("gpt", "file", dropout=0.0)
+    a = tmp_path / "a"
+    T.run_training(model, vocab, train, val, settings("file", **kw), a, progress=False)
+    model, vocab, train, val = make("gpt", "file", dropout=0.0)
+    b = tmp_path / "b"
+    T.run_training(model, vocab, train, val, settings("file", **kw), b, stop_after_steps=6, progress=False)
+    C.cli_resume(argparse.Namespace(), b)
+    assert losses(a) == losses(b) and len(losses(a)) == 12
+    wa, wb = current_weights(a), current_weights(b)
+    assert any(k.endswith(".momentum_buffer") for k in wa) and any(k.endswith(".exp_avg_sq") for k in wa)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    loaded, _, _ = checkpoint.load(a)
+    assert loaded.logits(torch.tensor([[vocab.bos_id, 3, 4]])).dtype == torch.float32  # scoring stays fp32
+
+
+def test_old_settings_mean_adamw_and_fp32_on_cpu():
+    s = settings("file")  # a saved run's settings without the new fields
+    assert (s.optimizer, s.precision) == ("adamw", "auto")
+    model, *_ = make("gpt", "file")
+    assert type(T.make_optimizer(model, s, torch.device("cpu"))) is torch.optim.AdamW
+
+
+def test_bf16_only_where_native(monkeypatch):
+    cpu = torch.device("cpu")
+    assert T.uses_bf16(settings("file", precision="fp32"), cpu) is False
+    assert T.uses_bf16(settings("file", precision="auto"), cpu) is False  # old runs: fp32 on CPU
+    from arlm.training import optimizer as O
+
+    monkeypatch.setattr(O, "native_bf16", lambda device: False)  # a CPU without AVX-512 BF16 / AMX
+    assert T.uses_bf16(settings("file", precision="bf16"), cpu) is False
+    monkeypatch.setattr(O, "native_bf16", lambda device: True)
+    assert T.uses_bf16(settings("file", precision="bf16"), cpu) is True
+    with pytest.raises(ArlmError, match="--precision"):
+        T.uses_bf16(settings("file", precision="fp16"), cpu)

@@ -163,7 +163,12 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: to
 
 
 def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (2i, 2i + 1) of x [..., T, D] by ``rotary_tables`` freqs [T, D/2]: a new tensor."""
+    """Rotate the pairs (2i, 2i + 1) of x [..., T, D] by ``rotary_tables`` freqs [T, D/2]: a new tensor.
+
+    bf16 x (training under autocast) is rotated in float32 and rounded back: complex bf16 does not exist.
+    """
+    if x.dtype == torch.bfloat16:
+        return _rotate(x.float(), freqs).to(x.dtype)
     if torch.compiler.is_compiling():  # real arithmetic: what inductor fuses
         pairs = x.unflatten(-1, (-1, 2))  # [..., T, D/2, 2]
         a, b, c, s = pairs[..., 0], pairs[..., 1], freqs.real.to(x.dtype), freqs.imag.to(x.dtype)
@@ -172,7 +177,9 @@ def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 
 def _rotate_(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """In-place ``_rotate`` of a tensor x [..., T, D] whose last dimension is contiguous."""
+    """In-place ``_rotate`` of a tensor x [..., T, D] whose last dimension is contiguous (bf16: via float32)."""
+    if x.dtype == torch.bfloat16:
+        return x.copy_(_rotate_(x.float(), freqs))
     torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)
     return x
 
@@ -312,6 +319,14 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        if config.bias and config.pos_emb == "learned":
+            # With learned positions the key bias b adds q_i . b to every score of query i alike, which the
+            # softmax ignores: its true gradient is exactly zero, so what autograd returns is rounding noise,
+            # which Adam would normalise into steps of up to lr (and which differs between a single process
+            # and DDP ranks). Zero it: the key bias keeps its initial (or imported) value. Under rotary
+            # embeddings b is rotated by position and does matter.
+            n = config.n_embd
+            self.c_attn.bias.register_hook(lambda g: torch.cat([g[:n], g.new_zeros(n), g[2 * n:]]))
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def _qkv(self, x: torch.Tensor):

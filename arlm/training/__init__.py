@@ -3,7 +3,8 @@
 One loop for every neural family (:func:`run_training` in :mod:`.loop`). It
 minimises the ``mean_nll`` (nats per predicted token) of the next token, with:
 
-* AdamW, weight decay on matrices only (:mod:`.optimizer`);
+* AdamW, weight decay on matrices only, or Muon for the hidden matrices
+  (:mod:`.optimizer`, :mod:`.muon`); bf16 autocast of the forward where native;
 * a linear warm-up, then cosine decay of the learning rate to a floor, fitted
   to ``max_steps`` and/or the wall-clock ``max_time`` (:mod:`.schedule`);
 * gradient-norm clipping;
@@ -25,7 +26,7 @@ Files in the output directory: the model directory of ``arlm.checkpoint``
 from .batches import IGNORE, TokenData, eval_batches, get_batch, token_data_from_dir
 from .cpu import keep_freed_memory
 from .loop import estimate_val_loss, run_training
-from .optimizer import make_optimizer
+from .optimizer import make_optimizer, native_bf16, uses_bf16
 from .report import LOG_FILE, PLOT_FILE
 from .schedule import lr_at, schedule_progress
 from .settings import DEFAULT_MAX_TIME, DEFAULTS, TrainSettings, parse_duration
@@ -34,6 +35,6 @@ from .state import DATA_FILE, STATE_FILE, STATE_VERSION, read_data, read_state, 
 __all__ = [
     "DATA_FILE", "DEFAULTS", "DEFAULT_MAX_TIME", "IGNORE", "LOG_FILE", "PLOT_FILE", "STATE_FILE", "STATE_VERSION",
     "TokenData", "TrainSettings", "estimate_val_loss", "eval_batches", "get_batch", "keep_freed_memory", "lr_at",
-    "make_optimizer", "parse_duration", "read_data", "read_state", "run_training", "schedule_progress",
-    "token_data_from_dir", "write_state",
+    "make_optimizer", "native_bf16", "parse_duration", "read_data", "read_state", "run_training", "schedule_progress",
+    "token_data_from_dir", "uses_bf16", "write_state",
 ]

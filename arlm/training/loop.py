@@ -24,7 +24,7 @@ from ..errors import ArlmError
 from . import distributed
 from .batches import IGNORE, TokenData, eval_batches, get_batch
 from .cpu import RunThreads, keep_freed_memory
-from .optimizer import make_optimizer
+from .optimizer import make_optimizer, uses_bf16
 from .report import LOG_FILE, RunLog, diverged, plot_run, truncate_log
 from .schedule import lr_at
 from .settings import TrainSettings, check_settings
@@ -195,7 +195,7 @@ class Trainer:
         self.dist = dist or distributed.Dist()
         model.to(device)
         model.train()
-        self.autocast = autocast_for(device)
+        self.autocast = autocast_for(settings, device)
         self.fwd = self.dist.wrap(model)  # the model itself in a single process
         if settings.compile:
             self.fwd = torch.compile(self.fwd)
@@ -303,11 +303,11 @@ class Trainer:
 # -- small parts of the loop -------------------------------------------------------------
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, none elsewhere: a function returning the context manager."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return lambda: torch.autocast("cpu", enabled=False)
+def autocast_for(s: TrainSettings, device: torch.device):
+    """bf16 autocast of the training forward where ``s.precision`` asks for it (:func:`.optimizer.uses_bf16`),
+    none elsewhere: a function returning the context manager."""
+    bf16 = uses_bf16(s, device)
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def batch_tokens(y: torch.Tensor, documents: str) -> int:

@@ -1,14 +1,57 @@
-"""The optimiser: AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization")."""
+"""The optimiser and precision: AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay
+Regularization"), or Muon for the hidden matrices (:mod:`.muon`); bf16 autocast of the training forward."""
 
 from __future__ import annotations
 
 import torch
 
+from ..errors import ArlmError
 from .settings import TrainSettings
 
 
-def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only."""
+def native_bf16(device: torch.device) -> bool:
+    """True on CUDA and on CPUs with AVX-512 BF16 or AMX tiles; elsewhere bf16 is emulated (slower than fp32)."""
+    if device.type == "cuda":
+        return True
+    try:
+        return device.type == "cpu" and bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
+def uses_bf16(s: TrainSettings, device: torch.device) -> bool:
+    """Whether the training forward runs under bf16 autocast (``s.precision``; see :class:`TrainSettings`).
+
+    Raises:
+        ArlmError: an unknown precision.
+    """
+    if s.precision not in ("auto", "bf16", "fp32"):
+        raise ArlmError(f"--precision must be bf16 or fp32, got {s.precision!r}")
+    return (s.precision == "bf16" and native_bf16(device)) or (s.precision == "auto" and device.type == "cuda")
+
+
+def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only.
+
+    ``s.optimizer == "muon"``: :class:`arlm.training.muon.MuonAdamW`, Muon (no weight decay) on the hidden
+    matrices (:func:`arlm.training.muon.hidden_matrices`), AdamW as above on the rest.
+
+    Raises:
+        ArlmError: an unknown optimizer.
+    """
+    if s.optimizer == "muon":
+        from .muon import MuonAdamW, hidden_matrices
+
+        hidden = {id(p) for p in hidden_matrices(model)}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
+        return MuonAdamW([
+            {"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True, "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        ], lr=s.lr, betas=(s.beta1, s.beta2), lr_ratio=s.muon_lr / s.lr,
+           ns_dtype="bfloat16" if uses_bf16(s, device) else "float32")
+    if s.optimizer != "adamw":
+        raise ArlmError(f"--optimizer must be adamw or muon, got {s.optimizer!r}")
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [

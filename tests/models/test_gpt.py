@@ -191,6 +191,11 @@ def test_rotary_matches_rotation_matrices():
     torch.testing.assert_close(_rotate_(x.clone(), freqs), got, atol=0, rtol=0)
     f32 = rotary_tables(positions, D, base, torch.float32)
     torch.testing.assert_close(_rotate(x.float(), f32), got.float(), atol=1e-5, rtol=0)
+    # bf16 (training under autocast): rotated in float32, rounded once
+    xb = x.bfloat16()
+    want = _rotate(xb.float(), f32).bfloat16()
+    assert _rotate(xb, f32).dtype == torch.bfloat16 and torch.equal(_rotate(xb, f32), want)
+    assert torch.equal(_rotate_(xb.clone(), f32), want)
     # relative by construction: <R_m q, R_n k> depends on m - n only
     q, k = x[0], x[1]
     dots = []
@@ -340,3 +345,19 @@ def test_decoding_follows_weight_updates(pos_emb):
             p.mul_(1.5)
     out, _ = model.step(ids[:, 3], model.prefill(ids[:, :3])[1])
     torch.testing.assert_close(out, model.logits(ids[:, :4])[:, -1], atol=1e-10, rtol=0)
+
+
+def test_key_bias_gets_no_gradient_with_learned_positions_only():
+    """The softmax ignores a key bias under learned positions (its exact gradient is 0); rotary rotates it (it matters)."""
+    for pos_emb, zero in (("learned", True), ("rotary", False)):
+        torch.manual_seed(0)
+        model = GPTModel(GPTConfig(vocab_size=11, bos_id=0, eos_id=1, n_layer=1, n_head=2, n_embd=8, block_size=8,
+                                   pos_emb=pos_emb))
+        with torch.no_grad():
+            for b in model.h:
+                b.attn.c_attn.bias.normal_()
+        x = torch.randint(0, 11, (3, 8))
+        torch.nn.functional.cross_entropy(model.logits(x).flatten(0, 1), x.roll(-1, 1).flatten()).backward()
+        g = model.h[0].attn.c_attn.bias.grad
+        assert bool((g[8:16] == 0).all()) is zero
+        assert float(g[:8].abs().sum()) > 0 and float(g[16:].abs().sum()) > 0

@@ -1,0 +1,151 @@
+"""Muon: momentum orthogonalised by Newton–Schulz, for the 2-D hidden matrices; AdamW for the rest.
+
+Muon (Keller Jordan et al. 2024, "Muon: An optimizer for hidden layers in
+neural networks", https://kellerjordan.github.io/posts/muon/, the optimizer
+of the modded-nanoGPT speedrun) replaces each hidden weight matrix's update
+by the nearest semi-orthogonal matrix to its (Nesterov) momentum:
+
+    m <- mu m + g                       (momentum buffer, per matrix)
+    u = g + mu m                        (Nesterov)
+    O = NewtonSchulz5(u)  ~  U V^T      where u = U S V^T (its SVD)
+    W <- W (1 - lr wd) - lr sqrt(max(1, rows / cols)) O
+
+``NewtonSchulz5`` is the quintic iteration X <- a X + (b A + c A^2) X with
+A = X X^T and (a, b, c) = (3.4445, -4.7750, 2.0315), five steps from
+X = u / ||u||_F (working on the transpose when rows > cols), which pushes every
+singular value into roughly [0.7, 1.2] (not exactly 1: the speedrun's trade of
+accuracy for speed), in float32 or, as in the speedrun, bfloat16 (``ns_dtype``).
+
+Embeddings, the output head, biases and LayerNorm gains are not hidden
+matrices; they are updated by AdamW (Loshchilov & Hutter 2019) inside the same
+optimizer (param groups with ``use_muon=False``), so one ``state_dict`` holds
+everything a resume needs: the Muon momentum buffers (``momentum_buffer``) and
+the AdamW moments (``exp_avg``, ``exp_avg_sq``, ``step``).
+
+Learning rates: the training loop sets one scheduled rate ``lr`` on every
+group; a Muon group applies ``lr * lr_ratio`` (``lr_ratio`` = Muon's peak rate
+over AdamW's), so one schedule drives both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Coefficients of the quintic Newton–Schulz iteration (Jordan et al. 2024).
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximate orthogonalisation U V^T of a matrix g [m, n] (g = U S V^T), computed in ``dtype``.
+
+    Returns a new tensor [m, n] of ``dtype`` whose singular values lie near 1
+    (about 0.7..1.2 after 5 steps), with g's singular vectors. bfloat16 is the
+    speedrun's choice (the iteration tolerates its rounding; on CPUs with AMX
+    its matrix products are several times faster).
+    """
+    a, b, c = NS_COEFFS
+    x = g.to(dtype)
+    transpose = x.shape[0] > x.shape[1]
+    if transpose:  # iterate on the wide form: A = X X^T is then the smaller square
+        x = x.t()
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        A = x @ x.t()  # [m, m]
+        B = torch.addmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        x = torch.addmm(x, B, x, beta=a)  # a X + B X
+    return x.t() if transpose else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for groups with ``use_muon=True`` (2-D parameters only), AdamW for the others.
+
+    Group keys: ``lr``, ``weight_decay``; Muon groups also ``lr_ratio``,
+    ``momentum``, ``nesterov``, ``ns_steps``, ``ns_dtype`` (``"float32"`` or ``"bfloat16"``); AdamW groups ``betas``, ``eps``.
+    Every group carries ``betas`` (unused by Muon) so that saved groups look alike.
+
+    Raises:
+        ValueError: a Muon group holding a parameter that is not 2-D.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.99), eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, lr_ratio: float = 1.0,
+                 ns_dtype: str = "float32"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                        nesterov=nesterov, ns_steps=ns_steps, lr_ratio=lr_ratio, ns_dtype=ns_dtype, use_muon=False)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["use_muon"]:
+                for p in group["params"]:
+                    if p.dim() != 2:
+                        raise ValueError(f"Muon updates 2-D matrices only, got a parameter of shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["use_muon"]:
+                self._muon(group)
+            else:
+                self._adamw(group)
+        return loss
+
+    def _muon(self, group: dict) -> None:
+        lr = group["lr"] * group["lr_ratio"]
+        mu, wd = group["momentum"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.mul_(mu).add_(g)
+            u = g.add(buf, alpha=mu) if group["nesterov"] else buf
+            o = newton_schulz5(u, group["ns_steps"], dtype=getattr(torch, group["ns_dtype"]))  # [rows, cols]
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(o.to(p.dtype), alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
+
+    def _adamw(self, group: dict) -> None:
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = float(state["step"])
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(g, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            denom = (v / (1.0 - beta2 ** t)).sqrt_().add_(eps)
+            p.addcdiv_(m, denom, value=-lr / (1.0 - beta1 ** t))
+
+
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters Muon updates: 2-D weights of ``nn.Linear`` and recurrent layers, except the output head.
+
+    Embeddings (``nn.Embedding``), the output head (a model's ``lm_head`` or
+    ``head``, tied to the embedding or not), biases and gains are left to AdamW,
+    as in the speedrun (Muon's orthogonalised step suits maps between hidden
+    features, not the rows of a lookup table or the logits).
+    """
+    excluded = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) or name in ("lm_head", "head"):
+            excluded.update(id(p) for p in module.parameters(recurse=False))
+    return [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and id(p) not in excluded]

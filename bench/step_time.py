@@ -1,0 +1,74 @@
+"""Training-step time of the GPT, fp32 against bf16 autocast (and AdamW against Muon), alternated in one process.
+
+Usage: python bench/step_time.py [--threads N] [--steps S] [--rounds K]
+
+For each model size (the default GPT, and n_layer 4 / n_embd 256 / block 128) it times full training steps
+(forward under ``torch.autocast("cpu", bfloat16)`` or not, fp32 loss, backward, optimiser step) on random
+tokens, alternating the configurations round by round, and prints each one's *fastest* step (on a shared
+machine the minimum is the figure least disturbed by other processes) and the ratio to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from arlm.models.gpt import GPTConfig, GPTModel  # noqa: E402
+from arlm.training.muon import MuonAdamW, hidden_matrices  # noqa: E402
+
+
+def step_time(cfg: dict, batch: int, bf16: bool, muon: bool, steps: int) -> float:
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=67, bos_id=65, eos_id=66, **cfg)).train()
+    if muon:
+        hidden = {id(p) for p in hidden_matrices(model)}
+        opt = MuonAdamW([{"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True},
+                         {"params": [p for p in model.parameters() if id(p) not in hidden]}], lr=1e-3,
+                        ns_dtype="bfloat16" if bf16 else "float32")
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    T = model.config.block_size
+    x, y = torch.randint(0, 65, (batch, T)), torch.randint(0, 65, (batch, T))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)  # [B, T, V]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return min(times[3:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--steps", type=int, default=25, help="steps per measurement")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = [("fp32 adamw", False, False), ("bf16 adamw", True, False), ("bf16 muon", True, True)]
+    for cfg, batch in [({}, 32), (dict(n_layer=4, n_embd=256, n_head=4, block_size=128), 32)]:
+        best = {name: float("inf") for name, *_ in variants}
+        for _ in range(args.rounds):
+            for name, bf16, muon in variants:
+                best[name] = min(best[name], step_time(cfg, batch, bf16, muon, args.steps))
+        base = best[variants[0][0]]
+        tokens = batch * (cfg.get("block_size", 64))
+        print(f"{cfg or 'default GPT'}, batch {batch}, {args.threads} threads:")
+        for name in best:
+            print(f"  {name}: {best[name] * 1e3:.1f} ms/step, {tokens / best[name]:.0f} tokens/s, "
+                  f"speed x{base / best[name]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
