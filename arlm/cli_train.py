@@ -52,6 +52,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: gpt {gd['optimizer']}, lstm {ld['optimizer']})")
     g.add_argument("--muon-lr", type=float, default=None,
                    help=f"peak learning rate of Muon, on --lr's schedule (default: {gd['muon_lr']})")
+    g.add_argument("--lr-schedule", choices=("cosine", "wsd"), default=None,
+                   help="decay after the warm-up: cosine, or wsd (stable, then linear over the last "
+                        f"--cooldown-fraction of the budget) (default: gpt {gd['lr_schedule']}, lstm {ld['lr_schedule']})")
+    g.add_argument("--cooldown-fraction", type=float, default=None,
+                   help=f"share of the budget over which wsd decays (default: {gd['cooldown_fraction']})")
     g.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="training forward in bf16 autocast where the hardware has bf16 (CUDA, AVX-512 BF16 or AMX "
                         "CPUs; fp32 elsewhere), or fp32; weights, optimiser and scoring stay fp32 "
@@ -140,6 +145,8 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
         precision=_arg(args, "precision") or d["precision"],
         optimizer=_arg(args, "optimizer") or d["optimizer"],
         muon_lr=_arg(args, "muon_lr") or d["muon_lr"],
+        lr_schedule=_arg(args, "lr_schedule") or d["lr_schedule"],
+        cooldown_fraction=_arg(args, "cooldown_fraction") or d["cooldown_fraction"],
     )
     for name in ("warmup_steps", "eval_interval", "eval_iters"):
         if _arg(args, name) is not None:

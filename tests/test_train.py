@@ -92,6 +92,20 @@ def test_lr_schedule_warmup_cosine_floor():
     assert T.lr_at(st, 5, 200.0) == pytest.approx(0.1)
 
 
+def test_lr_schedule_wsd_stable_then_linear_to_the_floor(tmp_path):
+    s = settings("file", lr=1.0, max_steps=110, warmup_steps=10, lr_schedule="wsd", cooldown_fraction=0.4)
+    lrs = [T.lr_at(s, i, 0.0) for i in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(x == pytest.approx(1.0) for x in lrs[10:71])  # stable until progress 0.6 (step 10 + 60)
+    assert lrs[90] == pytest.approx(1.0 - 0.9 * 0.5)  # halfway through the cool-down
+    assert lrs[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert [T.schedule_progress(s, i, 0.0) for i in (0, 10, 60, 110)] == pytest.approx([0.0, 0.0, 0.5, 1.0])
+    with pytest.raises(ArlmError, match="--lr-schedule"):
+        T.run_training(*make("gpt", "file")[:4], settings("file", lr_schedule="step"), tmp_path / "o",
+                       progress=False)
+
+
 def test_lines_batches_mask_padding():
     vocab = CharVocab.train(["ab", "abcdefghij"])
     data = T.TokenData.from_documents(vocab, ["ab", "abcdefghij"])

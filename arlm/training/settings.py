@@ -16,9 +16,9 @@ from ..errors import ArlmError
 #: AdamW) and a bf16 training forward (~1.5x tokens/s, the same loss per step).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, lr=6e-3, min_lr_ratio=0.01,
-                precision="bf16", optimizer="muon", muon_lr=0.05),
+                precision="bf16", optimizer="muon", muon_lr=0.05, lr_schedule="cosine", cooldown_fraction=0.5),
     "lstm": dict(n_layer=1, n_embd=64, n_hidden=256, block_size=64, dropout=0.0, batch_size=32, lr=4e-2, min_lr_ratio=0.01,
-                 precision="auto", optimizer="adamw", muon_lr=0.02),
+                 precision="auto", optimizer="adamw", muon_lr=0.02, lr_schedule="cosine", cooldown_fraction=0.5),
 }
 DEFAULT_MAX_TIME = 120.0  # seconds, when neither --max-steps nor --max-time is given
 
@@ -62,6 +62,10 @@ class TrainSettings:
     #: (:mod:`arlm.training.muon`), Muon's peak rate being ``muon_lr``.
     optimizer: str = "adamw"
     muon_lr: float = 0.02
+    #: ``"cosine"`` (runs saved before this field) or ``"wsd"``: the decay's shape (:func:`arlm.training.lr_at`);
+    #: ``cooldown_fraction``: the share of the budget over which ``"wsd"`` decays linearly.
+    lr_schedule: str = "cosine"
+    cooldown_fraction: float = 0.5
     #: ``[step, elapsed_s, progress]`` where a resume changed the budget: the cosine
     #: continues from ``progress`` at that point over the rest of the new budget
     #: (see :func:`lr_at`), so the learning rate does not jump.
@@ -107,5 +111,9 @@ def check_settings(s: TrainSettings) -> None:
         raise ArlmError("--eval-interval and --eval-iters must be >= 1")
     if s.max_steps is None and s.max_time is None:
         s.max_time = DEFAULT_MAX_TIME
+    if s.lr_schedule not in ("cosine", "wsd"):
+        raise ArlmError(f"--lr-schedule must be cosine or wsd, got {s.lr_schedule!r}")
+    if not 0.0 < s.cooldown_fraction <= 1.0:
+        raise ArlmError(f"--cooldown-fraction must be in (0, 1], got {s.cooldown_fraction}")
     if s.threads is not None and s.threads < 1:
         raise ArlmError(f"--threads must be >= 1, got {s.threads}")
