@@ -113,7 +113,8 @@ def cmd_train(args) -> None:
 
 #: ``arlm train`` flags that only some models or vocabs use: given elsewhere they are refused, not ignored.
 _NEURAL_ONLY = ("n_layer", "n_embd", "block_size", "dropout", "batch_size", "lr", "warmup_steps", "max_steps",
-                "max_time", "eval_interval", "eval_iters", "compile")
+                "max_time", "eval_interval", "eval_iters", "compile", "optimizer", "muon_lr", "precision",
+                "lr_schedule", "cooldown_fraction")
 _FLAG_FAMILIES = {**{f: NEURAL for f in _NEURAL_ONLY}, "n_head": ("gpt",), "n_hidden": ("lstm",),
                   "order": ("ngram", "cache"), "no_refit": ("ngram",)}
 _CM_FLAGS = ("orders", "table_bits", "count_limit", "mixer_lr", "apm_rate", "match_min", "match_bits",
