@@ -565,11 +565,20 @@ def _cmd_tokenize(args) -> None:
     from .models.ngram_count import parse_memory
 
     from . import checkpoint
-    from .data import is_token_dir
+    from .data import TokenDir, is_token_dir
 
     out = Path(args.out)
-    # a token directory is replaced whole by a rerun; anything else (a model, other files) needs --force
-    replace = checkpoint.check_output_dir(out, args.force or is_token_dir(out),
+    # a token directory of the same vocab kind and document mode is replaced whole by a rerun; anything else
+    # (another vocab or mode, a model, other files) needs --force
+    rerun = False
+    if is_token_dir(out) and not args.force:
+        old = TokenDir(out).header
+        kind = args.vocab or ("char" if args.vocab_from is None else old["vocab"])
+        if (old["vocab"], old["documents"]) != (kind, args.documents):
+            raise ArlmError(f"--out {out} holds tokens of a {old['vocab']} vocab ({old['documents']} mode), not "
+                            f"{kind} ({args.documents}): choose another --out, or --force to replace them")
+        rerun = True
+    replace = checkpoint.check_output_dir(out, args.force or rerun,
                                           inputs=[("DATA", args.data), ("--vocab-from", args.vocab_from)])
     with checkpoint.new_model_dir(out, replace) as where:
         r = _tokenize(args.data, where, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size),

@@ -46,12 +46,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=None, help=f"dropout probability ({both('dropout')})")
     g.add_argument("--batch-size", type=int, default=None, help=f"sequences per optimiser step ({both('batch_size')})")
     g.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate of AdamW, cosine-decayed to {gd['min_lr_ratio']} of it ({both('lr')})")
+                   help=f"peak learning rate of AdamW, decayed by --lr-schedule to {gd['min_lr_ratio']} of it ({both('lr')})")
     g.add_argument("--optimizer", choices=("adamw", "muon"), default=None,
                    help=f"adamw, or muon: Muon for hidden matrices, AdamW for embeddings, head, gains "
                         f"(default: gpt {gd['optimizer']}, lstm {ld['optimizer']})")
     g.add_argument("--muon-lr", type=float, default=None,
-                   help=f"peak learning rate of Muon, on --lr's schedule (default: {gd['muon_lr']})")
+                   help=f"gpt/lstm with --optimizer muon: peak learning rate of Muon, on --lr's schedule (default: {gd['muon_lr']})")
     g.add_argument("--lr-schedule", choices=("cosine", "wsd"), default=None,
                    help="decay after the warm-up: cosine, or wsd (stable, then linear over the last "
                         f"--cooldown-fraction of the budget) (default: gpt {gd['lr_schedule']}, lstm {ld['lr_schedule']})")
@@ -332,7 +332,8 @@ def start_distributed(args):
     NCCL on CUDA). Only gpt and lstm train under DDP.
 
     Raises:
-        ArlmError: ``--nproc`` below 1, or an n-gram family under torchrun / ``--nproc``.
+        ArlmError: ``--nproc`` below 1, an n-gram family under torchrun / ``--nproc``, or a
+            ``--batch-size`` that does not divide among the processes (checked before any is started).
         SystemExit: after the launched torchrun ends (its exit status).
     """
     nproc = _arg(args, "nproc")
@@ -344,6 +345,9 @@ def start_distributed(args):
         how = "torchrun" if torchrun else "--nproc"
         raise ArlmError(f"{how}: only gpt and lstm train with several processes; {_arg(args, 'model')} models are "
                         "counted in one process: run arlm train without " + how)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if torchrun else (nproc or 1)
+    if _arg(args, "resume") is None and world > 1:  # before anything is launched or written
+        distributed.check_batch_split(_arg(args, "batch_size") or DEFAULTS[_arg(args, "model")]["batch_size"], world)
     if torchrun:
         return distributed.setup(_arg(args, "device"))
     if nproc is not None and nproc > 1:

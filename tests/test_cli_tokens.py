@@ -110,7 +110,13 @@ def test_tokenize_never_clobbers_a_model_and_resume_refuses_retokenized_data(tmp
     tok, run_dir = tmp_path / "tok", tmp_path / "gpt"
     run(capsys, "tokenize", names, "--out", tok)
     run(capsys, "tokenize", names, "--out", tok)  # a rerun replaces a token directory without --force
+    rc, _, err = run(capsys, "tokenize", names, "--out", tok, "--vocab", "byte", check=False)
+    assert rc == 2 and "holds tokens of a char vocab" in err and len(err.strip().splitlines()) == 1  # another vocab
+    rc, _, err = run(capsys, "tokenize", names, "--out", tok, "--documents", "lines", check=False)
+    assert rc == 2 and "--force" in err  # another document mode
     run(capsys, "train", tok, *TINY_GPT, "--out", run_dir)
     run(capsys, "tokenize", text, "--out", tok)  # other text, other vocab
     rc, _, err = run(capsys, "train", "--resume", run_dir, "--max-steps", "12", check=False)
     assert rc == 2 and "re-tokenized" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(capsys, "train", "--resume", model, check=False)  # an n-gram is not trained step by step
+    assert rc == 2 and "holds a model of family ngram; only gpt and lstm runs" in err, err

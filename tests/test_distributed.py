@@ -143,6 +143,13 @@ def test_ngram_refuses_several_processes(tmp_path):
     assert not (tmp_path / "n").exists()
 
 
+def test_a_batch_that_does_not_split_is_refused_before_anything_starts(tmp_path):
+    out = tmp_path / "g"
+    r = arlm(*TRAIN, "--nproc", "3", "--out", str(out))  # global batch 8 among 3 processes
+    assert r.returncode == 2 and r.stderr.startswith("arlm: error: --batch-size 8 is the global batch"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()  # torchrun never started, nothing written
+
+
 def test_global_batch_splits_evenly_among_ranks():
     d = Dist(rank=1, world_size=4)
     assert d.shard(8) == slice(2, 4)

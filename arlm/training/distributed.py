@@ -147,11 +147,20 @@ class Dist:
         Raises:
             ArlmError: ``rows`` does not divide evenly among the ranks.
         """
-        if rows % self.world_size:
-            raise ArlmError(f"--batch-size {rows} is the global batch: it must divide evenly among the "
-                            f"{self.world_size} ranks (try {max(self.world_size, rows // self.world_size * self.world_size)})")
+        check_batch_split(rows, self.world_size)
         per = rows // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def check_batch_split(rows: int, world_size: int) -> None:
+    """Refuse a global batch of ``rows`` that does not divide evenly among ``world_size`` ranks.
+
+    Raises:
+        ArlmError: one line, with the nearest batch size that divides.
+    """
+    if rows % world_size:
+        raise ArlmError(f"--batch-size {rows} is the global batch: it must divide evenly among the "
+                        f"{world_size} ranks (try {max(world_size, rows // world_size * world_size)})")
 
 
 def _first_sentence(e: BaseException) -> str:

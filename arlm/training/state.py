@@ -71,7 +71,15 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import safe_open
 
     if not path.is_file():
-        raise ArlmError(f"cannot resume: {path} is missing (was the run trained by arlm train?)")
+        try:
+            family = json.loads((path.parent / "config.json").read_text(encoding="utf-8")).get("family")
+        except (OSError, ValueError, AttributeError):
+            family = None
+        if family is not None and family not in ("gpt", "lstm"):
+            raise ArlmError(f"cannot resume: {path.parent} holds a model of family {family}; only gpt and lstm runs are "
+                            "trained step by step and resume")
+        raise ArlmError(f"cannot resume: {path} is missing (every gpt or lstm run of arlm train "
+                        "writes it; a model directory copied without it cannot resume)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = json.loads((f.metadata() or {})["arlm_training_state"])
