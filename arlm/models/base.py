@@ -98,6 +98,25 @@ class LanguageModel(torch.nn.Module):
         return self._windowed_log_probs(ids, stride)
 
     @torch.no_grad()
+    def stepwise_log_probs(self, token_ids: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+        """``sequence_log_probs`` by the ``step`` loop, for adaptive models whose ``logits`` is that loop anyway.
+
+        Args:
+            token_ids: LongTensor[T].
+            normalise: ``step`` returns logits (take ``log_softmax`` in float64) rather than log-probs.
+
+        Returns:
+            FloatTensor[T - 1] (float64): entry t is log p(token_ids[t+1] | token_ids[:t+1]), nats.
+        """
+        ids = token_ids.detach().cpu().reshape(-1)
+        out = torch.zeros(max(len(ids) - 1, 0), dtype=torch.float64)
+        state = None
+        for t in range(len(ids) - 1):
+            lp, state = self.step(ids[t : t + 1], state)
+            out[t] = torch.log_softmax(lp[0].double(), -1)[ids[t + 1]] if normalise else lp[0, ids[t + 1]]
+        return out
+
+    @torch.no_grad()
     def dense_log_probs(self, token_ids: torch.Tensor) -> torch.Tensor:
         """log_softmax of ``logits`` for any length: LongTensor[B, T] -> DoubleTensor[B, T, V].
 

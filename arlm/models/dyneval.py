@@ -138,13 +138,7 @@ class DynEvalModel(LanguageModel):
 
     @torch.no_grad()
     def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
-        ids = token_ids.detach().cpu().reshape(-1)
-        out = torch.zeros(max(len(ids) - 1, 0), dtype=torch.float64)
-        state = None
-        for t in range(len(ids) - 1):
-            lp, state = self.step(ids[t : t + 1], state)
-            out[t] = torch.log_softmax(lp[0].double(), -1)[ids[t + 1]]
-        return out
+        return self.stepwise_log_probs(token_ids, normalise=True)
 
     @torch.no_grad()
     def documents_log_probs(self, documents: list[torch.Tensor], max_batch_tokens: int = 0) -> list[torch.Tensor]:

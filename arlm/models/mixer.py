@@ -168,13 +168,7 @@ class MixerModel(LanguageModel):
     @torch.no_grad()
     def sequence_log_probs(self, token_ids: torch.Tensor, stride: int | None = None) -> torch.Tensor:
         """log p(token_ids[t+1] | token_ids[:t+1]), float64[T-1], by the ``step`` loop."""
-        ids = token_ids.detach().cpu().reshape(-1)
-        out = torch.zeros(max(len(ids) - 1, 0), dtype=torch.float64)
-        state = None
-        for t in range(len(ids) - 1):
-            lp, state = self.step(ids[t : t + 1], state)
-            out[t] = lp[0, ids[t + 1]]
-        return out
+        return self.stepwise_log_probs(token_ids)
 
     @torch.no_grad()
     def documents_log_probs(self, documents: list[torch.Tensor], max_batch_tokens: int = 0) -> list[torch.Tensor]:
