@@ -8,7 +8,8 @@ Public API::
     lm.evaluate(open("val.txt").read())       # nll, mean_nll, bits_per_char, perplexity
     lm.generate("ROMEO:", max_new_tokens=100, temperature=0.8, top_k=40, seed=1)
 
-    lm = arlm.fit("names.txt", model="ngram", order=5, documents="lines", out="runs/names")
+    lm = arlm.train("names.txt", model="ngram", order=5, documents="lines", out="runs/names")
+    lm = arlm.train("names.txt", model="gpt", documents="lines", max_steps=50, out="runs/names-gpt")
 """
 
 from __future__ import annotations
@@ -27,36 +28,23 @@ def load(path: str | Path) -> LM:
     return LM.load(path)
 
 
-def fit(data: str | Path | None = None, model: str = "ngram", out: str | Path = "runs/model", *,
-          order: int = 5, vocab: str = "char", vocab_size: int | None = None, documents: str = "file",
-          val_file: str | Path | None = None, val_fraction: float = 0.1, seed: int = 1337,
-          force: bool = False) -> LM:
-    """Train a model on the text file ``data`` (the built-in corpus when None) and save it to ``out``.
+def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char", out: str | Path | None = None,
+          **kwargs) -> LM | None:
+    """Train a model on a text file and save it: see :func:`arlm.pipeline.train` (what ``arlm train`` calls).
 
-    Named ``fit`` rather than ``train`` because ``arlm.training`` is the neural
-    training-loop module. This entry point covers the n-gram family; neural
-    families train through ``arlm train --model gpt|lstm``.
-
-    ``out`` may be absent, empty, or hold an n-gram model of the same vocab
-    (replaced as a whole); anything else needs ``force=True``, as with
-    ``arlm train --force``.
+    ``arlm.train("names.txt", model="gpt", documents="lines", max_steps=50, out="runs/names")``.
 
     Raises:
-        ArlmError: bad input (see ``arlm train --help`` for the options), or an
-            ``out`` that holds another model.
+        ArlmError: bad input, an unknown hyperparameter or one the family does not use.
     """
-    from . import checkpoint
-    from .pipeline import load_split, split_meta, train_ngram
+    from .pipeline import train as _train
 
-    if model != "ngram":
-        raise ArlmError(f"arlm.fit() fits n-gram models; train {model!r} with `arlm train --model {model}`")
-    replace = checkpoint.check_output_dir(out, force, family="ngram", vocab=vocab,
-                                          inputs=[("data", data), ("val_file", val_file)], flag="out")
-    split = load_split(data, documents, val_file, val_fraction, seed)
-    with checkpoint.new_model_dir(out, replace) as where:
-        lm, _ = train_ngram(split, where, order=order, vocab=vocab, vocab_size=vocab_size,
-                            meta=split_meta(split, val_file, val_fraction, seed))
-    return lm
+    return _train(data, model, vocab, out, **kwargs)
 
 
-__all__ = ["ArlmError", "LM", "Sample", "load", "fit", "__version__"]
+def fit(data: str | Path | None = None, model: str = "ngram", out: str | Path = "runs/model", **kwargs) -> LM:
+    """:func:`train` with the n-gram family by default (kept for code written against it)."""
+    return train(data, model=model, out=out, **kwargs)
+
+
+__all__ = ["ArlmError", "LM", "Sample", "load", "train", "fit", "__version__"]

@@ -10,18 +10,14 @@ mixture fits its weights on dev; val is used for nothing but the table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 from .errors import ArlmError
 from .io import atomic_write_text
-from .lm import LM
-from .pipeline import Split, load_split, split_meta, train_ngram
-
-NEURAL = ("gpt", "lstm")
-
+from .models.registry import FAMILIES
+from .pipeline import Split, load_split, train
 
 def parse_model_specs(text: str) -> list[tuple[str, dict]]:
     """``"ngram:7,lstm,gpt"`` -> ``[("ngram", {"order": 7}), ("lstm", {}), ("gpt", {})]``.
@@ -32,17 +28,18 @@ def parse_model_specs(text: str) -> list[tuple[str, dict]]:
     specs = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         family, _, opt = part.partition(":")
-        if family in ("ngram", "cache"):
+        fam = FAMILIES.get(family)
+        if fam is None or "compare" not in fam.commands:
+            raise ArlmError(f"unknown model {family!r} in --models: choose from ngram:ORDER, cache:ORDER, lstm, gpt")
+        if fam.trains in ("count", "none"):
             try:
                 specs.append((family, {"order": int(opt) if opt else (5 if family == "ngram" else 7)}))
             except ValueError:
                 raise ArlmError(f"bad model spec {part!r}: use {family}:ORDER, e.g. {family}:7") from None
-        elif family in NEURAL:
+        else:
             if opt:
                 raise ArlmError(f"bad model spec {part!r}: {family} takes no option here (use arlm train for more)")
             specs.append((family, {}))
-        else:
-            raise ArlmError(f"unknown model {family!r} in --models: choose from ngram:ORDER, cache:ORDER, lstm, gpt")
     if not specs:
         raise ArlmError("--models names no model")
     return specs
@@ -74,7 +71,6 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
     """
     from . import checkpoint
     from .models.mixture import build_mixture
-    from .vocab import train_vocab
 
     out = checkpoint.prepare_dir(out)
     report_dir = Path(report_dir) if report_dir is not None else out
@@ -98,22 +94,11 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
             name = f"{family}:{opt['order']}" if "order" in opt else family
             mdir = out / f"{name.replace(':', '')}-{vocab_kind}"
             t0 = time.time()
-            if family == "ngram":
-                lm, _ = train_ngram(sub, mdir, order=opt["order"], vocab=vocab_kind, vocab_size=vocab_size,
-                                    meta=split_meta(sub, None, dev_fraction, seed), refit=False)
-            elif family == "cache":
-                from .pipeline import make_cache
-
-                lm, _ = make_cache(sub, mdir, order=opt["order"], vocab=vocab_kind, vocab_size=vocab_size,
-                                   meta=split_meta(sub, None, dev_fraction, seed))
-            else:
-                from .cli_train import cli_train
-
-                vocab = train_vocab(vocab_kind, train_docs, vocab_size)
-                args = argparse.Namespace(max_time=str(max_time), seed=seed)
-                cli_train(args, family, vocab, train_docs, dev_docs, documents, checkpoint.prepare_dir(mdir),
-                          split_meta(sub, None, dev_fraction, seed))
-                lm = LM.load(mdir)
+            opts = {"order": opt["order"], "refit": False} if family == "ngram" else dict(opt)
+            if FAMILIES[family].trains == "gradient":
+                opts["max_time"] = str(max_time)
+            lm = train(sub, family, vocab_kind, mdir, val_fraction=dev_fraction, seed=seed, vocab_size=vocab_size,
+                       **opts)
             seconds = time.time() - t0
             lm.model.source_dir = mdir.resolve()  # the mixture refers to this directory instead of copying it
             rows.append(_row(name, vocab_kind, lm, seconds, split, report_dir / mdir.name))

@@ -1,11 +1,11 @@
-"""Text file -> split -> vocab -> fitted model directory: the steps `arlm train` composes.
-
-Kept apart from ``cli.py`` so the Python API (``arlm.train``) and the CLI share them.
+"""Text file -> split -> vocab -> fitted model directory: :func:`train` (``arlm.train``, what ``arlm train``
+calls) and the steps it composes, one per way a family trains (the family table, ``arlm.models.registry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from . import checkpoint
@@ -51,6 +51,130 @@ def split_meta(split: Split, val_file, val_fraction: float, seed: int) -> dict:
         "data": split.source,
         "split": {"val_file": str(val_file) if val_file else None, "val_fraction": val_fraction, "seed": seed},
     }
+
+
+@dataclasses.dataclass
+class Trained:
+    """What :func:`train` measured, attached to the returned LM as ``lm.trained``.
+
+    ``split``: the train/val split (None for a token directory); ``val``: the val metrics of the model before
+    any refit (None: not measured here; a neural run reports its own estimate in ``train_log.jsonl``);
+    ``counting``: the n-gram counting statistics of a token-directory run; ``seconds``: wall time.
+    """
+
+    out: Path
+    split: Split | None = None
+    val: dict | None = None
+    token_dir: bool = False
+    counting: dict | None = None
+    seconds: float = 0.0
+
+
+_API_LABELS = {"data": "data", "val_file": "val_file", "out": "out"}
+_CLI_LABELS = {"data": "DATA", "val_file": "--val-file", "out": "--out"}
+
+
+def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char", out: str | Path | None = None,
+          *, documents: str = "file", val_file: str | Path | None = None, val_fraction: float = 0.1,
+          seed: int = 1337, vocab_size: int | None = None, force: bool = False, keep_data: bool = True,
+          progress: bool = True, cli_names: bool = False, **hyperparameters) -> LM | None:
+    """Train a model of family ``model`` on the text file ``data`` and save it to the model directory ``out``.
+
+    ``data``: a UTF-8 text file (None: the built-in corpus), a token directory from ``arlm tokenize``, or
+    a :class:`Split` already made (``arlm compare``: its ``documents`` then win, ``val_fraction`` is recorded);
+    ``documents``: ``"file"`` (one document) or ``"lines"`` (each non-empty line); val is ``val_file`` or
+    the last ``val_fraction`` of ``data`` (shuffled documents in lines mode, by ``seed``). ``out`` defaults
+    to ``runs/MODEL-VOCAB``; it may be absent, empty, or hold a model of the same family and vocab
+    (replaced as a whole); anything else needs ``force=True``. ``hyperparameters`` are the family's
+    options, named as the fields of its config dataclass and of its training settings (``n_layer=4``,
+    ``max_steps=50``, ``order=5``; ``arlm train --model MODEL --help`` lists them as flags); those not
+    given take the family table's defaults. ``progress``: progress bars on stderr (a terminal only);
+    ``cli_names``: name inputs and options in messages as the command line does (``DATA``, ``--n-layer``).
+
+    Returns:
+        The trained :class:`LM` (``lm.trained``: a :class:`Trained`), or None in a DDP process other than rank 0.
+
+    Raises:
+        ArlmError: an unknown family or hyperparameter, one the family does not use, bad input, or an
+            ``out`` that holds another model.
+        Interrupted: SIGINT or SIGTERM stopped a neural run after it saved its checkpoint.
+    """
+    from .data import is_token_dir
+    from .models.registry import check_options, family
+
+    fam = family(model)
+    spell = (lambda n: "--" + n.replace("_", "-")) if cli_names else str
+    if fam.trains is None:
+        raise ArlmError(f"`arlm train` cannot train a {model!r} model; use `arlm mix` for mixtures")
+    if hyperparameters.get("memory") is not None and model != "ngram":
+        raise ArlmError("--memory bounds n-gram counting; neural training reads batches from a token directory "
+                        "(arlm tokenize) without holding it")
+    check_options(fam, hyperparameters, spell=spell)
+    labels = _CLI_LABELS if cli_names else _API_LABELS
+    given_split = data if isinstance(data, Split) else None
+    if given_split is None and ((data is not None and is_token_dir(data)) or hyperparameters.get("memory") is not None):
+        from .tokens import train_from_tokens
+
+        return train_from_tokens(fam, data, out, vocab, documents, val_file, val_fraction, seed, force,
+                                 keep_data, progress, **hyperparameters)
+    out = Path(out if out is not None else f"runs/{model}-{vocab}")
+    inputs = [(labels["data"], None if given_split else data), (labels["val_file"], val_file)]
+    replace = checkpoint.check_output_dir(out, force, family=model, vocab=vocab, flag=labels["out"], inputs=inputs)
+    split = given_split or load_split(data, documents, val_file, val_fraction, seed)
+    meta = split_meta(split, val_file, val_fraction, seed)
+    if cli_names:  # the command line records where its inputs were
+        meta["data_path"] = None if data is None else str(Path(data).resolve())
+        if val_file is not None:
+            meta["split"]["val_file"] = str(Path(val_file).resolve())
+    t0 = time.time()
+    if fam.trains == "gradient":
+        lm = _train_gradient(fam, split, out, replace, vocab, vocab_size, meta, seed, keep_data, hyperparameters)
+        val = None
+        if lm is None:
+            return None
+    else:
+        step = {"count": train_ngram, "none": make_cache, "adaptive": make_cm}[fam.trains]
+        with checkpoint.new_model_dir(out, replace) as where:
+            lm, val = step(split, where, vocab=vocab, vocab_size=vocab_size, meta=meta,
+                           **_procedure_options(fam, hyperparameters))
+    lm.trained = Trained(out, split, val, seconds=time.time() - t0)
+    return lm
+
+
+def _procedure_options(fam, given: dict) -> dict:
+    """The keyword arguments of a counted/adaptive/cache family's training step: its config's
+    hyperparameters and its procedure's settings, given or by default (the table's, else the field's)."""
+    from .models.registry import default_of, hyperparameters, settings_class
+
+    fields = hyperparameters(fam.config_class())
+    cls = settings_class(fam)
+    fields += [f for f in hyperparameters(cls)] if cls is not None and fam.trains == "count" else []
+    kw = {f.name: given[f.name] if given.get(f.name) is not None else default_of(fam, f) for f in fields}
+    kw.pop("memory", None)
+    if isinstance(kw.get("orders"), str):
+        try:
+            kw["orders"] = [int(k) for k in kw["orders"].split(",")]
+        except ValueError:
+            raise ArlmError(f"--orders must be a comma list of integers, got {kw['orders']!r}") from None
+    return kw
+
+
+def _train_gradient(fam, split: Split, out: Path, replace: bool, vocab: str, vocab_size, meta: dict, seed: int,
+                    keep_data: bool, hyper: dict) -> LM | None:
+    """A neural run writes its directory as it goes (to resume), so it is emptied first, in one rename;
+    under DDP rank 0 alone writes."""
+    from .training import distributed
+    from .training.run import train_gradient
+
+    main_rank = distributed.current().is_main
+    v = train_vocab(vocab, split.train_docs, vocab_size)
+    if replace and main_rank:
+        checkpoint.clear_dir(out)
+    if main_rank:
+        checkpoint.prepare_dir(out)
+    train_gradient(fam.name, v, split.train_docs, split.val_docs, split.documents, out, meta, seed=seed,
+                   keep_data=keep_data, **hyper)
+    return LM.load(out) if main_rank else None
 
 
 def train_ngram(split: Split, out: str | Path, order: int = 5, vocab: str = "char",

@@ -79,14 +79,18 @@ class CMConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    orders: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7, 8, 10])
-    table_bits: int = 22
-    count_limit: int = 255
-    mixer_lr: int = 2
-    apm_rate: int = 7
-    match_min: int = 4
-    match_bits: int = 20
-    word_contexts: bool = True
+    orders: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7, 8, 10], metadata={
+        "help": "cm: context orders in tokens (0 = none), one hashed counter table each", "metavar": "K,K,…"})
+    table_bits: int = dataclasses.field(default=22, metadata={"help": "cm: log2 of the slots of each context's table"})
+    count_limit: int = dataclasses.field(default=255, metadata={
+        "help": "cm: counters adapt at rate 1/(n+1.5) with n capped here (smaller: faster forgetting)"})
+    mixer_lr: int = dataclasses.field(default=2, metadata={"help": "cm: mixer learning rate, in units of 2^-14"})
+    apm_rate: int = dataclasses.field(default=7, metadata={"help": "cm: APM (SSE) update shift (larger: slower)"})
+    match_min: int = dataclasses.field(default=4, metadata={
+        "help": "cm: shortest repeated context (tokens) the match model follows"})
+    match_bits: int = dataclasses.field(default=20, metadata={"help": "cm: log2 of the match model's index size"})
+    word_contexts: bool = dataclasses.field(default=True, metadata={
+        "help": "cm: leave out the word and word-pair contexts"})  # the help of the flag --no-word-contexts
     word_token_ids: list[int] = dataclasses.field(default_factory=list)
 
 

@@ -48,7 +48,7 @@ numbers (one vectorised operation; real arithmetic under ``torch.compile``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -77,15 +77,15 @@ class GPTConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
+    n_layer: int = field(default=2, metadata={"help": "layers"})
+    n_head: int = field(default=4, metadata={"help": "attention heads, gpt only"})
+    n_embd: int = field(default=128, metadata={"help": "embedding width"})
+    block_size: int = field(default=64, metadata={"help": "context window in tokens"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = True
-    pos_emb: str = "learned"
+    pos_emb: str = field(default="learned", metadata={"help": "gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past --block-size)", "choices": ("learned", "rotary")})
     rotary_base: float = 10000.0
 
 

@@ -9,7 +9,7 @@ memory stays bounded while every token is conditioned on everything before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -33,10 +33,10 @@ class LSTMConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    n_layer: int = 1
-    n_embd: int = 64
-    n_hidden: int = 256
-    dropout: float = 0.0
+    n_layer: int = field(default=1, metadata={"help": "layers"})
+    n_embd: int = field(default=64, metadata={"help": "embedding width"})
+    n_hidden: int = field(default=256, metadata={"help": "hidden width, lstm only"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
 
 
 class LSTMModel(LanguageModel):

@@ -1,26 +1,15 @@
-"""What a training run is, apart from the model: :class:`TrainSettings`, the family defaults, durations."""
+"""What a training run is, apart from the model: :class:`TrainSettings` (the gradient loop),
+:class:`CountSettings` (counting), durations. Fields with ``metadata["help"]`` are ``arlm train`` flags;
+the family table (``arlm.models.registry``) holds the defaults that differ per family."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 from ..errors import ArlmError
 
-#: Family defaults, tuned for a 2-minute run on a 2-core CPU (tinyshakespeare, char
-#: vocab; see the issue note). At that budget the number of optimiser steps limits
-#: the result: small, shallow models with a high learning rate win. GPT (issue 14,
-#: bench/README.md): Muon for the hidden matrices (-0.15 nats at 400 steps against
-#: AdamW; its rate 0.03 measured best at 2,600 steps, a 2-minute run) and a bf16
-#: training forward (~1.5x tokens/s, the same loss per step).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, lr=6e-3, min_lr_ratio=0.01,
-                precision="bf16", optimizer="muon", muon_lr=0.03, lr_schedule="cosine", cooldown_fraction=0.5),
-    "lstm": dict(n_layer=1, n_embd=64, n_hidden=256, block_size=64, dropout=0.0, batch_size=32, lr=4e-2, min_lr_ratio=0.01,
-                 precision="auto", optimizer="adamw", muon_lr=0.02, lr_schedule="cosine", cooldown_fraction=0.5),
-}
 DEFAULT_MAX_TIME = 120.0  # seconds, when neither --max-steps nor --max-time is given
 
 
@@ -37,41 +26,70 @@ class TrainSettings:
     across machines and loads, fix it: float reductions depend on it).
     """
 
-    batch_size: int
-    block_size: int
-    lr: float
-    max_steps: int | None = None
-    max_time: float | None = None
+    batch_size: int = field(metadata={"help": "sequences per optimiser step"})
+    block_size: int = field(metadata={"help": "training window in tokens (lstm: the truncated-backprop length)"})
+    lr: float = field(metadata={"help": "peak learning rate of AdamW, decayed by --lr-schedule to its floor"})
+    max_steps: int | None = field(default=None,
+        metadata={"help": "stop after this many optimiser steps (default: no step limit, only --max-time)",
+                  "resume": True})
+    max_time: float | None = field(default=None,
+        metadata={"help": "wall-clock budget, e.g. 90s, 2m, 1h (default: 120s when --max-steps is not "
+                           "given, else none)", "flag_type": str, "resume": True})
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = field(default=100,
+        metadata={"help": "linear warm-up steps (default: 100, or a tenth of a short --max-steps)"})
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
-    eval_interval: int = 250
-    eval_iters: int = 10
+    eval_interval: int = field(default=250, metadata={"help": "optimiser steps between val evaluations"})
+    eval_iters: int = field(default=10, metadata={"help": "val batches per evaluation"})
     seed: int = 1337
     documents: str = "file"
-    device: str = "auto"
-    compile: bool = False
-    threads: int | None = None
+    device: str = field(default="auto",
+        metadata={"help": "where to train (default: auto, the first available of cuda, mps, cpu)",
+                  "choices": ("auto", "cpu", "cuda", "mps"), "any_model": True, "resume": True})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model before training", "resume": True})
+    threads: int | None = field(default=None,
+        metadata={"help": "CPU threads, kept fixed (default: start with the cores idle at launch and adapt "
+                           "to the load while training)", "any_model": True, "resume": True})
     #: ``"auto"``: bf16 autocast on CUDA, fp32 elsewhere (runs saved before this field); ``"bf16"``: bf16
     #: autocast of the training forward (fp32 weights, optimiser and loss) where bf16 is native (CUDA, CPUs
     #: with AVX-512 BF16 or AMX: :func:`arlm.training.optimizer.native_bf16`), fp32 elsewhere; ``"fp32"``: no autocast.
-    precision: str = "auto"
+    precision: str = field(default="auto",
+        metadata={"help": "training forward in bf16 autocast where the hardware has bf16 (CUDA, AVX-512 "
+                           "BF16 or AMX CPUs; fp32 elsewhere), or fp32; weights, optimiser and scoring stay "
+                           "fp32 (default: {defaults}; auto: bf16 on cuda, else fp32)",
+                  "choices": ("bf16", "fp32")})
     #: ``"adamw"`` (runs saved before this field) or ``"muon"``: Muon for hidden matrices, AdamW for the rest
     #: (:mod:`arlm.training.muon`), Muon's peak rate being ``muon_lr``.
-    optimizer: str = "adamw"
-    muon_lr: float = 0.02
+    optimizer: str = field(default="adamw",
+        metadata={"help": "adamw, or muon: Muon for hidden matrices, AdamW for embeddings, head, gains",
+                  "choices": ("adamw", "muon")})
+    muon_lr: float = field(default=0.02,
+        metadata={"help": "with --optimizer muon: peak learning rate of Muon, on --lr's schedule"})
     #: ``"cosine"`` (runs saved before this field) or ``"wsd"``: the decay's shape (:func:`arlm.training.lr_at`);
     #: ``cooldown_fraction``: the share of the budget over which ``"wsd"`` decays linearly.
-    lr_schedule: str = "cosine"
-    cooldown_fraction: float = 0.5
+    lr_schedule: str = field(default="cosine",
+        metadata={"help": "decay after the warm-up: cosine, or wsd (stable, then linear over the last "
+                           "--cooldown-fraction of the budget)", "choices": ("cosine", "wsd")})
+    cooldown_fraction: float = field(default=0.5, metadata={"help": "share of the budget over which wsd decays"})
     #: ``[step, elapsed_s, progress]`` where a resume changed the budget: the cosine
     #: continues from ``progress`` at that point over the rest of the new budget
     #: (see :func:`lr_at`), so the learning rate does not jump.
     schedule_anchor: list[float] | None = None
 
+
+@dataclass
+class CountSettings:
+    """How a counted family (the n-gram) is fitted, apart from its model's hyperparameters."""
+
+    refit: bool = field(default=True, metadata={
+        "help": "n-gram: keep the val split out of the saved model (without it the model is refitted on all of "
+                "DATA after val is scored)"})
+    memory: str | None = field(default=None, metadata={
+        "help": "n-gram: count in chunks within SIZE bytes (e.g. 2G), spilling sorted runs to $TMPDIR; fits on "
+                "all of DATA, val only from --val-file (default: count in memory)", "metavar": "SIZE"})
 
 
 def parse_duration(text: str) -> float:
@@ -92,8 +110,6 @@ def parse_duration(text: str) -> float:
     if not value > 0 or not math.isfinite(value):
         raise ArlmError(f"duration must be positive, got {text!r}")
     return value
-
-
 
 
 def check_settings(s: TrainSettings) -> None:

@@ -1,0 +1,67 @@
+"""What every command module shares: the parser classes, JSON and metric printing, small argument types."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+DOCUMENTS_HELP = "lines: each non-empty line is a document; file: the whole file is one document"
+JSON_HELP = "print the result as JSON on stdout instead of text"
+MODEL_DIR_HELP = "model directory (written by arlm train or arlm mix)"
+
+
+def print_json(obj) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    # a surrogate (an undecodable byte of an argument) has no UTF-8 form: keep it as a JSON \u escape
+    print(re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text))
+
+
+def fmt_metrics(m: dict) -> str:
+    return (
+        f"bits_per_char {m['bits_per_char']:.4f}  bits_per_byte {m['bits_per_byte']:.4f}  "
+        f"mean_nll {m['mean_nll']:.4f} nats/token  perplexity {m['perplexity']:.3f}  "
+        f"(nll {m['nll']:.1f} nats over {m['n_tokens']} tokens, {m['n_chars']} chars, {m['n_documents']} documents)"
+    )
+
+
+def sample_header(i: int, n: int, s) -> str:
+    """``--- sample 1 of 3 (stop, 37 new tokens) ---``: the line above each sample's text."""
+    k = len(s.token_ids)
+    return f"--- sample {i + 1} of {n} ({s.finish_reason}, {k} new token{'' if k == 1 else 's'}) ---"
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show:
+    flags (off unless given), required options, and None defaults, whose help
+    says in words what happens without the option."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if (action.default is None or action.default is False or action.required
+                or action.default is argparse.SUPPRESS or "default" in h):
+            return h
+        if action.default == "":
+            return h + " (default: empty)"
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other bad input; help with defaults."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*a, **kw)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
