@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"  # small fixtures kept in the repo (see data/README.md)
 NAMES = DATA / "names.txt"
 SHAKESPEARE = DATA / "shakespeare.txt"
+
+
+def run_arlm(*args, check: bool = True, text: bool = True, **kw) -> subprocess.CompletedProcess:
+    """``python -m arlm ARGS`` in a subprocess (arguments: str, Path, or bytes for undecodable ones), output
+    captured; with ``check`` a non-zero exit fails the test, showing stderr. ``kw`` goes to ``subprocess.run``."""
+    argv = [sys.executable, "-m", "arlm", *(a if isinstance(a, bytes) else str(a) for a in args)]
+    res = subprocess.run(argv, capture_output=True, text=text, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"arlm {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
+    return res
 
 
 def names_docs(n: int = 2000) -> list[str]:

@@ -8,15 +8,10 @@ import sys
 
 import pytest
 
-from conftest import NAMES, SHAKESPEARE
+from conftest import NAMES, SHAKESPEARE, run_arlm
 
 
-def arlm(*args, check=True, cwd=None):
-    res = subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True, cwd=cwd)
-    if check and res.returncode != 0:
-        raise AssertionError(f"arlm {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
-    return res
-
+arlm = run_arlm  # the shared helper (conftest), named as these tests call it
 
 @pytest.fixture(scope="module")
 def names_model(tmp_path_factory):

@@ -7,21 +7,14 @@ One real subprocess checks the command line end to end; the rest call
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import NAMES, SHAKESPEARE
+from conftest import NAMES, SHAKESPEARE, run_arlm
 
 TINY_GPT = ["--model", "gpt", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
             "--batch-size", "4", "--max-steps", "8", "--eval-interval", "4", "--eval-iters", "2", "--threads", "1"]
 
 
-def arlm(*args, check=True):
-    res = subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"arlm {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
-    return res
-
+arlm = run_arlm
 
 def run(capsys, *args, check=True):
     """``arlm ARGS`` in this process: (exit status, stdout, stderr)."""
@@ -88,11 +81,11 @@ def test_token_errors_are_one_line(tmp_path, capsys):
 
 
 def test_eval_reads_a_big_file_in_pieces(tmp_path, capsys, monkeypatch):
-    import arlm.cli
+    import arlm.cli.score
 
     run(capsys, "train", NAMES, "--documents", "lines", "--order", "3", "--out", tmp_path / "m")
     whole = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
-    monkeypatch.setattr(arlm.cli, "STREAM_EVAL_BYTES", 0)  # every file counts as big
+    monkeypatch.setattr(arlm.cli.score, "STREAM_EVAL_BYTES", 0)  # every file counts as big
     pieces = json.loads(run(capsys, "eval", tmp_path / "m", NAMES, "--json")[1])
     assert pieces == whole
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from arlm.coding import PRECISION, compress_bytes, decompress_bytes, quantise
 from arlm.errors import ArlmError
 from arlm.lm import LM
 
-from conftest import FAMILY_CASES, build_case, names_docs
+from conftest import FAMILY_CASES, build_case, names_docs, run_arlm
 
 # multi-byte characters (2, 3 and 4 UTF-8 bytes), longer than the tiny GPT's block of 8
 TEXT = "emma naïve café — ☃ olivia 𝄞 ava\r\nzoë\n"
@@ -58,12 +56,7 @@ def test_quantise_is_a_full_distribution_with_every_token(z):
     assert np.all(freq / (1 << PRECISION) >= p * (1 - len(z) / (1 << PRECISION)) - 1 / (1 << PRECISION))
 
 
-def _arlm(*args, check=True):
-    res = subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"arlm {' '.join(map(str, args))} failed:\n{res.stderr}")
-    return res
-
+_arlm = run_arlm
 
 def test_cli_size_matches_eval_and_decodes_in_a_fresh_process(tmp_path):
     """Compressed size = Σ −log₂ p from `arlm eval` within 0.1% + 64 bytes; decoding in another process."""

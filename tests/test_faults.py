@@ -8,6 +8,7 @@ stderr) run ``python -m arlm`` in a subprocess.
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import signal
@@ -21,20 +22,17 @@ import torch
 
 from arlm import cli
 from arlm import training as T
-from arlm.cli_train import build_model
+from arlm.models.registry import FAMILIES
+from arlm.training.run import build_model
 from arlm.lm import LM
 
-from conftest import NAMES, SHAKESPEARE
+from conftest import NAMES, SHAKESPEARE, run_arlm
 
 GPT = ["--model", "gpt", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
        "--batch-size", "4", "--warmup-steps", "2", "--eval-interval", "5", "--eval-iters", "2", "--threads", "1"]
 
 
-def arlm_proc(*args, **kw):
-    """``python -m arlm ARGS`` in a subprocess; ``args`` may be bytes (undecodable arguments)."""
-    argv = [sys.executable, "-m", "arlm", *(a if isinstance(a, bytes) else str(a) for a in args)]
-    return subprocess.run(argv, capture_output=True, **kw)
-
+arlm_proc = functools.partial(run_arlm, check=False, text=False)  # args may be bytes
 
 def main(*args) -> int:
     return cli.main([str(a) for a in args])
@@ -163,14 +161,12 @@ def test_3_output_dir_of_another_model_is_refused_or_replaced_whole(tmp_path, te
 
 
 def _tiny_run_parts(text_file):
-    import argparse
-
     from arlm.vocab import CharVocab
 
     text = text_file.read_text()
     vocab = CharVocab.train([text])
     torch.manual_seed(0)
-    model, _ = build_model("gpt", vocab, argparse.Namespace(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0))
+    model, _ = build_model("gpt", vocab, n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0)
     return model, vocab, T.TokenData.from_documents(vocab, [text[:18000]]), T.TokenData.from_documents(vocab, [text[18000:]])
 
 
@@ -201,7 +197,7 @@ def test_4_resume_refuses_flags_it_would_ignore_and_keeps_the_lr_continuous(tmp_
     assert len(lrs) == 20
     assert all(b <= a * 1.0001 for a, b in zip(lrs[2:], lrs[3:]))  # after warm-up it never jumps up
     # the old schedule had reached its floor at step 10 (lr * 0.01): the extension goes on from there
-    assert lrs[10] == pytest.approx(T.DEFAULTS["gpt"]["lr"] * 0.01) and lrs[-1] == pytest.approx(lrs[10])
+    assert lrs[10] == pytest.approx(FAMILIES["gpt"].defaults["lr"] * 0.01) and lrs[-1] == pytest.approx(lrs[10])
 
 
 # -- 5. devices ---------------------------------------------------------------------------------

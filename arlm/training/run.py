@@ -47,7 +47,7 @@ def build_model(name: str, vocab, **hyper) -> tuple[Any, int]:
         raise ArlmError(str(e)) from None
 
 
-def make_settings(name: str, block_size: int, documents: str, seed: int = 1337, **hyper) -> TrainSettings:
+def make_settings(name: str, window: int, documents: str, seed: int = 1337, **hyper) -> TrainSettings:
     """The loop's :class:`TrainSettings` for family ``name``: ``hyper``'s values (None: not given), else the
     family table's default, else the dataclass's. ``max_time`` may be a duration string (``"90s"``).
 
@@ -66,7 +66,7 @@ def make_settings(name: str, block_size: int, documents: str, seed: int = 1337, 
             kw[f.name] = fam.defaults[f.name]
     if kw.get("max_time") is not None:
         kw["max_time"] = parse_duration(kw["max_time"])
-    kw.update(block_size=block_size, documents=documents, seed=seed, compile=bool(kw.get("compile")))
+    kw.update(block_size=window, documents=documents, seed=seed, compile=bool(kw.get("compile")))
     s = TrainSettings(**kw)
     if s.max_steps is not None and s.max_steps < 1:
         raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from arlm.lm import LM
 from arlm.models.cm import CMConfig, CMModel, build_tree, word_token_ids
 from arlm.vocab import ByteVocab, CharVocab
 
-from conftest import make_cm, names_docs
+from conftest import make_cm, names_docs, run_arlm
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -86,12 +84,7 @@ def test_bad_config_is_an_arlm_error():
             CMModel(CMConfig(5, 3, 4, **bad))
 
 
-def _arlm(*args, check=True):
-    res = subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"arlm {' '.join(map(str, args))} failed:\n{res.stderr}")
-    return res
-
+_arlm = run_arlm
 
 @pytest.mark.parametrize("vocab", ["char", "byte"])
 def test_cli_train_compress_decompress_and_eval_agree(vocab, tmp_path):

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from arlm import checkpoint
-from arlm import cli_train as C
+from arlm.cli.flags import add_family_flags
+from arlm.training import run as C
 from arlm import threads
 from arlm import training as T
 from arlm.errors import ArlmError
 from arlm.vocab import CharVocab
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 
 
@@ -40,9 +41,9 @@ def make(family: str, documents: str, dropout: float = 0.1):
         text = shakespeare()
         train_docs, val_docs = [text[:18000]], [text[18000:]]
     vocab = CharVocab.train(train_docs + val_docs)
-    args = argparse.Namespace(n_layer=1, n_head=2, n_embd=16, n_hidden=24, block_size=16, dropout=dropout)
+    hyper = dict(n_layer=1, n_head=2, n_embd=16, n_hidden=24, block_size=16, dropout=dropout)
     torch.manual_seed(0)
-    model, block = C.build_model(family, vocab, args)
+    model, block = C.build_model(family, vocab, **hyper)
     train = T.TokenData.from_documents(vocab, train_docs)
     val = T.TokenData.from_documents(vocab, val_docs)
     return model, vocab, train, val
@@ -130,7 +131,7 @@ def test_file_batches_are_windows():
 def test_default_threads_and_arguments():
     assert threads.default_threads() >= 1
     p = argparse.ArgumentParser()
-    C.add_train_arguments(p)
+    add_family_flags(p)
     a = p.parse_args(["--n-layer", "2", "--max-time", "90s", "--device", "cpu", "--compile"])
     assert a.n_layer == 2 and a.max_time == "90s" and a.compile and a.lr is None
 
@@ -148,7 +149,7 @@ def test_resume_is_exact(tmp_path, family, documents):
     b = tmp_path / "b"
     summary = T.run_training(model, vocab, train, val, settings(documents), b, stop_after_steps=6, progress=False)
     assert summary["step"] == 6 and summary["stopped"] == "interrupted"
-    C.cli_resume(argparse.Namespace(), b)
+    C.resume(b)
 
     assert [s for s, _ in losses(a)] == list(range(1, 13))
     assert losses(a) == losses(b)  # identical floats at every step
@@ -186,13 +187,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     loaded, _, _ = checkpoint.load(out)
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
     monkeypatch.delenv("ARLM_TEST_NAN_AT_STEP")
-    C.cli_resume(argparse.Namespace(), out)
+    C.resume(out)
     assert [s for s, _ in losses(out)] == list(range(1, 13))
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(ArlmError, match="cannot resume"):
-        C.cli_resume(argparse.Namespace(), tmp_path)
+        C.resume(tmp_path)
 
 
 KILL_SCRIPT = """
@@ -200,13 +201,12 @@ import argparse, sys
 sys.path.insert(0, sys.argv[2])
 import torch
 from arlm import training as T
-from arlm.cli_train import build_model
+from arlm.training.run import build_model
 from arlm.vocab import CharVocab
 docs = open(sys.argv[3], encoding="utf-8").read().split("\\n")[:400]
 vocab = CharVocab.train(docs)
-args = argparse.Namespace(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1)
 torch.manual_seed(0)
-model, _ = build_model("gpt", vocab, args)
+model, _ = build_model("gpt", vocab, n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1)
 s = T.TrainSettings(batch_size=8, block_size=16, lr=1e-2, max_steps=20, warmup_steps=3, eval_interval=5,
                     eval_iters=2, threads=1, device="cpu", documents="lines")
 T.run_training(model, vocab, T.TokenData.from_documents(vocab, docs[:-40]),
@@ -237,7 +237,7 @@ def test_sigkill_during_checkpoint_write_resumes_from_previous(tmp_path):
     _, st = T.read_state(out / T.STATE_FILE)
     assert st["step"] == 5  # the previous checkpoint, intact
     checkpoint.load(out)
-    C.cli_resume(argparse.Namespace(), out)
+    C.resume(out)
     _, st = T.read_state(out / T.STATE_FILE)
     assert st["step"] == 20 and st["stopped"] == "max_steps"
     assert [s for s, _ in losses(out)] == list(range(1, 21))
@@ -303,7 +303,7 @@ def test_resume_is_exact_with_muon_and_bf16(tmp_path):
     model, vocab, train, val = make("gpt", "file", dropout=0.0)
     b = tmp_path / "b"
     T.run_training(model, vocab, train, val, settings("file", **kw), b, stop_after_steps=6, progress=False)
-    C.cli_resume(argparse.Namespace(), b)
+    C.resume(b)
     assert losses(a) == losses(b) and len(losses(a)) == 12
     wa, wb = current_weights(a), current_weights(b)
     assert any(k.endswith(".momentum_buffer") for k in wa) and any(k.endswith(".exp_avg_sq") for k in wa)

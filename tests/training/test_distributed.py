@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_arlm
 from arlm import checkpoint
 from arlm.errors import ArlmError
 from arlm.training import STATE_FILE, read_state
 from arlm.training.distributed import Dist
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 TRAIN = ["train", str(DATA / "names.txt"), "--model", "gpt", "--documents", "lines", "--n-layer", "1",
          "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "8", "--max-steps", "20",
          "--eval-interval", "5", "--eval-iters", "2", "--threads", "1", "--dropout", "0", "--precision", "fp32"]
@@ -42,9 +43,7 @@ def free_port() -> int:
 
 
 def arlm(*argv, timeout=120, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arlm", *argv], capture_output=True, text=True, env=env(**extra),
-                          timeout=timeout)
-
+    return run_arlm(*argv, check=False, env=env(**extra), timeout=timeout)
 
 def torchrun(*launcher, argv, timeout=120, **extra) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "arlm", *argv],
