@@ -14,7 +14,7 @@ per token for the GPT; Kaplan et al. 2020's approximation), so
     matmul fraction = step FLOPs / step time / reference matmul FLOP/s.
 
 **Before/after.** For the default GPT configuration of the *current*
-``arlm.training.DEFAULTS`` (the same model and batch for both trees), it runs the
+family table (``arlm.models.registry``; the same model and batch for both trees), it runs the
 real training loop, ``arlm.training.run_training``, of two code trees in
 alternating subprocesses: the working tree, and the ``arlm/`` package of the git
 ref ``--baseline`` (default ``3a78434``, the commit that introduced the GPT
@@ -50,7 +50,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from arlm import training as T  # noqa: E402
-from arlm.cli_train import build_model  # noqa: E402
+from arlm.models.registry import default_of, family, hyperparameters  # noqa: E402
+from arlm.training.run import build_model  # noqa: E402
 
 BASELINE = "3a78434"  # "GPT (KV cache) and LSTM families, neural training loop ...": where issue 4 began
 
@@ -86,11 +87,16 @@ def step_flops(model, tokens: int, block: int) -> float:
     return (6 * n + attn) * tokens
 
 
-def bench_model(family: str, args) -> dict:
-    d = T.DEFAULTS[family]
-    ns = argparse.Namespace(block_size=args.block_size, batch_size=args.batch_size)
+def defaults(name: str) -> dict:
+    """The family's model hyperparameters and training settings when none is given (the family table's)."""
+    fam = family(name)
+    return {**{f.name: default_of(fam, f) for f in hyperparameters(fam.config_class())}, **fam.defaults}
+
+
+def bench_model(name: str, args) -> dict:
+    d = defaults(name)
     torch.manual_seed(0)
-    model, block = build_model(family, _Vocab(67), ns)
+    model, block = build_model(name, _Vocab(67), block_size=args.block_size)
     batch = args.batch_size or d["batch_size"]
     model.train()
     s = T.TrainSettings(batch_size=batch, block_size=block, lr=1e-3)
@@ -117,7 +123,7 @@ def bench_model(family: str, args) -> dict:
     dt = statistics.median(times)
     tokens = batch * block
     return {
-        "family": family,
+        "family": name,
         "params": model.num_parameters(),
         "batch": batch,
         "block": block,
@@ -191,7 +197,7 @@ def run_worker(tree: Path, script: Path, spec: dict) -> dict:
 
 
 def before_after(args, threads: int, ref_gflops: float) -> None:
-    d = T.DEFAULTS["gpt"]
+    d = defaults("gpt")
     model_cfg = {k: d[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
     if args.block_size:
         model_cfg["block_size"] = args.block_size
@@ -219,7 +225,7 @@ def before_after(args, threads: int, ref_gflops: float) -> None:
                       flush=True)
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in res.items()}
     torch.manual_seed(0)
-    probe, block = build_model("gpt", _Vocab(67), argparse.Namespace(block_size=args.block_size))
+    probe, block = build_model("gpt", _Vocab(67), block_size=args.block_size)
     per_token = step_flops(probe, 1, block)  # vocab 67 ~ tinyshakespeare's 65 + <bos>, <eos>
     for k in ("baseline", "current"):
         print(f"  median {k:8s}: {med[k]:9,.0f} tokens/s = {med[k] * per_token / 1e9 / ref_gflops:.0%} of matmul throughput")

@@ -195,7 +195,7 @@ def _continue_schedule(old: TrainSettings, new: TrainSettings, step: int, elapse
 def _raise_if_interrupted(summary: dict, out_dir: Path) -> None:
     signum = summary.get("signal")
     if summary.get("stopped") == "interrupted" and signum is not None:
-        from .errors import Interrupted
+        from ..errors import Interrupted
 
         raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} at step {summary['step']}: "
                                   f"{out_dir} holds its checkpoint; continue with: arlm train --resume {out_dir}")

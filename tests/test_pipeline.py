@@ -1,0 +1,56 @@
+"""``arlm.train``: the one training entry point (Python and ``arlm train``), and the flags the family table makes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import arlm
+from arlm.errors import ArlmError
+from conftest import NAMES, run_arlm
+
+
+def test_train_gpt_from_python(tmp_path):
+    lm = arlm.train(NAMES, model="gpt", documents="lines", max_steps=50, out=tmp_path / "gpt", threads=1)
+    assert lm.model.family == "gpt" and lm.documents == "lines"
+    steps = [json.loads(r)["step"] for r in (tmp_path / "gpt" / "train_log.jsonl").read_text().splitlines()]
+    assert max(steps) == 50
+    assert lm.model.config.n_layer == arlm.load(tmp_path / "gpt").model.config.n_layer == 2  # the table's default
+
+
+def test_train_ngram_and_fit_agree(tmp_path):
+    a = arlm.train(NAMES, model="ngram", order=3, documents="lines", out=tmp_path / "a")
+    b = arlm.fit(NAMES, order=3, documents="lines", out=tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert a.trained.val["n_documents"] > 0 and a.log_prob("anna") == b.log_prob("anna")
+
+
+def test_unknown_or_inapplicable_hyperparameters_are_named(tmp_path):
+    with pytest.raises(ArlmError, match="unknown hyperparameter n_layers"):
+        arlm.train(NAMES, model="gpt", n_layers=2, out=tmp_path / "x")
+    with pytest.raises(ArlmError, match="lr, n_embd do not apply to --model ngram"):
+        arlm.train(NAMES, model="ngram", lr=0.1, n_embd=8, out=tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_every_config_hyperparameter_is_a_flag_with_its_default():
+    from arlm.cli import build_parser
+    from arlm.models.registry import default_of, family, hyperparameters
+
+    train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    by_dest = {a.dest: a for a in train._actions}
+    for name in ("gpt", "lstm", "cm"):
+        fam = family(name)
+        for f in hyperparameters(fam.config_class()):
+            a = by_dest["no_" + f.name if f.default is True else f.name]
+            assert f.metadata["help"] in a.help
+            if not isinstance(f.default, bool):
+                shown = default_of(fam, f)
+                shown = ",".join(map(str, shown)) if isinstance(shown, list) else str(shown)
+                assert shown in a.help, (name, f.name, a.help)
+
+
+def test_train_help_of_one_family():
+    out = run_arlm("train", "--model", "lstm", "--help").stdout
+    assert "--n-hidden" in out and "--lr" in out and "--n-head" not in out and "--table-bits" not in out
