@@ -100,7 +100,8 @@ def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char
         Interrupted: SIGINT or SIGTERM stopped a neural run after it saved its checkpoint.
     """
     from .data import is_token_dir
-    from .models.registry import check_options, family
+    from .models.registry import family
+    from .options import check_options
 
     fam = family(model)
     spell = (lambda n: "--" + n.replace("_", "-")) if cli_names else str
@@ -144,11 +145,11 @@ def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char
 def _procedure_options(fam, given: dict) -> dict:
     """The keyword arguments of a counted/adaptive/cache family's training step: its config's
     hyperparameters and its procedure's settings, given or by default (the table's, else the field's)."""
-    from .models.registry import default_of, hyperparameters, settings_class
+    from .models.registry import default_of, hyperparameters
+    from .options import SETTINGS
 
     fields = hyperparameters(fam.config_class())
-    cls = settings_class(fam)
-    fields += [f for f in hyperparameters(cls)] if cls is not None and fam.trains == "count" else []
+    fields += hyperparameters(SETTINGS["count"]) if fam.trains == "count" else []
     kw = {f.name: given[f.name] if given.get(f.name) is not None else default_of(fam, f) for f in fields}
     kw.pop("memory", None)
     if isinstance(kw.get("orders"), str):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ArlmError
-from ..models.registry import FAMILIES, default_of, family, options, trainable
+from ..models.registry import FAMILIES, default_of, family, trainable
+from ..options import options
 
 _TYPES = {"int": int, "float": float, "str": str}
 

@@ -45,7 +45,8 @@ class CacheConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    order: int = dataclasses.field(default=6, metadata={"help": "n-gram or cache order (tokens of context + 1), 1..10"})
+    order: int = dataclasses.field(default=6, metadata={
+        "help": "n-gram or cache order (tokens of context + 1), 1..10"})
     discount: float = 0.75
 
 

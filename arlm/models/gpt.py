@@ -85,7 +85,9 @@ class GPTConfig:
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = True
-    pos_emb: str = field(default="learned", metadata={"help": "gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past --block-size)", "choices": ("learned", "rotary")})
+    pos_emb: str = field(default="learned", metadata={
+        "help": "gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past "
+                "--block-size)", "choices": ("learned", "rotary")})
     rotary_base: float = 10000.0
 
 

@@ -66,7 +66,8 @@ class NGramConfig:
     vocab_size: int
     bos_id: int
     eos_id: int
-    order: int = dataclasses.field(default=5, metadata={"help": "n-gram or cache order (tokens of context + 1), 1..10"})
+    order: int = dataclasses.field(default=5, metadata={
+        "help": "n-gram or cache order (tokens of context + 1), 1..10"})
     discounts: list[list[float]] | None = None
     fallback_orders: list[int] = dataclasses.field(default_factory=list)
 
