@@ -8,7 +8,6 @@ import re
 
 DOCUMENTS_HELP = "lines: each non-empty line is a document; file: the whole file is one document"
 JSON_HELP = "print the result as JSON on stdout instead of text"
-MODEL_DIR_HELP = "model directory (written by arlm train or arlm mix)"
 
 
 def print_json(obj) -> None:

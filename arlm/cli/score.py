@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from ..errors import ArlmError
 from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, positive_int, print_json, sample_header
 
-LN2 = 0.6931471805599453  # math.log(2.0)
+LN2 = math.log(2.0)
 STREAM_EVAL_BYTES = 256 << 20
 
 

@@ -75,8 +75,12 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             family = json.loads((path.parent / "config.json").read_text(encoding="utf-8")).get("family")
         except (OSError, ValueError, AttributeError):
             family = None
-        if family is not None and family not in ("gpt", "lstm"):
-            raise ArlmError(f"cannot resume: {path.parent} holds a model of family {family}; only gpt and lstm runs are "
+        from ..models.registry import FAMILIES
+
+        resumable = [f.name for f in FAMILIES.values() if f.resumes]
+        if family is not None and family not in resumable:
+            raise ArlmError(f"cannot resume: {path.parent} holds a model of family {family}; only "
+                            f"{' and '.join(resumable)} runs are "
                             "trained step by step and resume")
         raise ArlmError(f"cannot resume: {path} is missing (every gpt or lstm run of arlm train "
                         "writes it; a model directory copied without it cannot resume)")
