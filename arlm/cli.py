@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from .errors import ArlmError
+from .units import LN2
 
-LN2 = math.log(2.0)
 NEURAL = ("gpt", "lstm")
 
 
@@ -269,7 +269,7 @@ def cmd_split(args) -> None:
 def cmd_mix(args) -> None:
     from .corpus import read_text
     from .lm import LM
-    from .models.mixture import build_mixture
+    from .pipeline import build_mixture
 
     from . import checkpoint
 
@@ -286,7 +286,7 @@ def cmd_mix(args) -> None:
         lm, history = build_mixture(lms, read_text(args.fit_on), documents, bucketed=args.bucketed)
         source = {"fit_on": str(args.fit_on)}
     else:
-        from .models.mixture import reuse_weights
+        from .pipeline import reuse_weights
 
         lm, history = reuse_weights(lms, LM.load(args.weights_from), documents)
         source = {"weights_from": str(args.weights_from)}
@@ -780,7 +780,7 @@ def _add_mixer_parser(sub) -> None:
 def _cmd_mixer(args) -> None:
     from .corpus import read_text
     from .lm import LM
-    from .models.mixer import build_mixer
+    from .pipeline import build_mixer
 
     from . import checkpoint
 

@@ -73,7 +73,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
     directory that replaces ``report_dir`` at the end).
     """
     from . import checkpoint
-    from .models.mixture import build_mixture
+    from .pipeline import build_mixture
     from .vocab import train_vocab
 
     out = checkpoint.prepare_dir(out)

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .corpus import line_documents
 from .vocab.base import Vocab
 
 
@@ -111,8 +112,7 @@ def _split_lines(text: str, carry: str, final: bool) -> tuple[list[str], str]:
     """Documents of ``lines`` mode in ``carry + text`` (as ``corpus.split_documents``), and the unfinished last line."""
     lines = (carry + text).split("\n")
     carry = "" if final else lines.pop()
-    docs = [line[:-1] if line.endswith("\r") else line for line in lines]
-    return [d for d in docs if d], carry
+    return line_documents(lines), carry
 
 
 def _bpe_safe_cut(text: str) -> int:
