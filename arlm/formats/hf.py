@@ -93,7 +93,7 @@ def _expand(n_layer: int) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def _refuse_family(family: str, fmt: str) -> ArlmError:
+def refuse_family(family: str, fmt: str) -> ArlmError:
     supported = ", ".join(f"{f} -> --format {x}" for f, x in EXPORT_FORMATS.items())
     return ArlmError(f"a {family} model cannot be exported as {fmt}: {family} has "
                      f"{'no other format' if family not in EXPORT_FORMATS else '--format ' + EXPORT_FORMATS[family]} "
@@ -110,9 +110,9 @@ def _check_positions(config) -> None:
 
 # -- tokenizers ---------------------------------------------------------------------------------
 def _byte_alphabet() -> dict[int, str]:
-    from ..vocab.bpe import _bytes_to_unicode
+    from ..vocab.bpe import bytes_to_unicode
 
-    return _bytes_to_unicode()
+    return bytes_to_unicode()
 
 
 def _native_tokenizer(vocab):
@@ -120,7 +120,7 @@ def _native_tokenizer(vocab):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     if vocab.kind == "bpe":
-        tok = Tokenizer.from_str(vocab._tokenizer.to_str())
+        tok = Tokenizer.from_str(vocab.to_json())
     elif vocab.kind == "char":
         table = {c: i for i, c in enumerate(vocab.chars)}
         table.update({BOS: vocab.bos_id, EOS: vocab.eos_id})
@@ -173,7 +173,7 @@ def export_hf(lm, out: str | Path) -> dict:
 
     model, vocab = lm.model, lm.vocab
     if model.family != "gpt":
-        raise _refuse_family(model.family, "hf")
+        raise refuse_family(model.family, "hf")
     cfg = model.config
     _check_positions(cfg)
     sd = model.state_dict()
@@ -186,7 +186,7 @@ def export_hf(lm, out: str | Path) -> dict:
     vocab_size, bos_id, eos_id = cfg.vocab_size, cfg.bos_id, cfg.eos_id
     if meta:  # imported from Hugging Face: drop the <bos> row arlm added, restore the names
         vocab_size, bos_id, eos_id = meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]
-        spec = json.loads(vocab._tokenizer.to_str())
+        spec = json.loads(vocab.to_json())
         spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < meta["tokenizer_size"]]
         _rename_token(spec, EOS, meta["eos_token"])
         tokenizer = Tokenizer.from_str(json.dumps(spec))
