@@ -20,3 +20,7 @@ PLOT_FILE = "loss.png"  #: the loss curves
 RUN_FILES = frozenset({STATE_FILE, DATA_FILE, LOG_FILE, PLOT_FILE})
 #: What a neural run writes before its first checkpoint.
 RUN_LEFTOVERS = frozenset({DATA_FILE, LOG_FILE, PLOT_FILE})
+
+TOKENS_HEADER = "tokens.json"  #: a token directory's header (``arlm tokenize``)
+TOKENS_FILE = "tokens.bin"  #: its token ids, uint16/uint32
+OFFSETS_FILE = "offsets.bin"  #: its document offsets, int64
