@@ -77,7 +77,7 @@ VOCAB_HEADER = "# arlm-vocab:"
 DOCUMENTS_HEADER = "# arlm-documents:"
 EXPORTABLE_VOCABS = ("char", "byte", "word")
 _ESCAPED = re.compile(r"(?:<U\+[0-9A-F]{4,6}>)+")
-_BYTE_NAME = re.compile(r"<0x([0-9A-F]{2})>")
+BYTE_NAME = re.compile(r"<0x([0-9A-F]{2})>")
 
 
 # -- token names ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArlmError
-from .arpa import (_BYTE_NAME, CHUNK_LINES, DOCUMENTS_HEADER, EXPORTABLE_VOCABS, MARKERS, UNK_LOG10, VOCAB_HEADER,
+from .arpa import (BYTE_NAME, CHUNK_LINES, DOCUMENTS_HEADER, EXPORTABLE_VOCABS, MARKERS, UNK_LOG10, VOCAB_HEADER,
                    unescape_word)
 
 
@@ -116,7 +116,7 @@ def _unigram_vocab(words: list[bytes], kind: str, line_of, cur: _Cursor):
             if t in MARKERS.values():
                 ids.append(-1)
                 continue
-            m = _BYTE_NAME.fullmatch(t)
+            m = BYTE_NAME.fullmatch(t)
             if m is None and not (len(t) == 1 and 0x21 <= ord(t) <= 0x7E):
                 raise cur.error(line_of(j), f"{t!r} is not a byte token (a printable ASCII character or <0xNN>)")
             ids.append(int(m.group(1), 16) if m else ord(t))
