@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .paths import OFFSETS_FILE, TOKENS_FILE, TOKENS_HEADER
+from .paths import TOKENS_HEADER
 
 TOKENS_FORMAT = "arlm-tokens"
 

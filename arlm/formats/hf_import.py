@@ -73,7 +73,7 @@ def _read_hf_config(d: Path) -> dict:
     if hc.get("model_type") != "gpt2" or arch not in ("GPT2LMHeadModel", "GPT2Model"):
         raise ArlmError(f"{d} holds a {arch} ({hc.get('model_type')}) model; arlm imports only GPT-2-architecture "
                         f"checkpoints (GPT2LMHeadModel)")
-    n_embd, n_layer, n_head = hc.get("n_embd", 768), hc.get("n_layer", 12), hc.get("n_head", 12)
+    n_embd = hc.get("n_embd", 768)
     unsupported = []
     if hc.get("activation_function", "gelu_new") not in GPT2_ACTIVATIONS:
         unsupported.append(f"activation_function={hc.get('activation_function')!r}")
