@@ -22,14 +22,14 @@ from .errors import ArlmError
 from .io import atomic_write_text, os_reason
 from .models.base import config_from_dict, config_to_dict
 from .models.registry import get_family
+from .paths import CONFIG_FILE, RUN_LEFTOVERS, STATE_FILE
+from .version import __version__
 from .vocab import load_vocab
 
-CONFIG = "config.json"
+CONFIG = CONFIG_FILE  # the name other modules have used
 
 
 def arlm_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -51,11 +51,6 @@ def prepare_dir(directory: str | Path) -> Path:
 
 
 # -- output directories: never a mix of two runs ---------------------------------------
-
-STATE_FILE = "training_state.safetensors"  # arlm.training's resumable state (kept in step with it)
-#: What a neural run writes before its first checkpoint (arlm.training's file names).
-RUN_LEFTOVERS = frozenset({"training_data.safetensors", "train_log.jsonl", "loss.png"})
-
 
 def _describe(d: Path) -> tuple[str, dict | None]:
     """What a non-empty directory holds, in words, and its config when it is an arlm model."""
@@ -214,6 +209,8 @@ def new_model_dir(out: str | Path, replace: bool):
 def save(directory: str | Path, model, vocab, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` and ``vocab`` into ``directory``; ``meta`` adds JSON fields to config.json."""
     d = prepare_dir(directory)
+    for rel, component in model.components_to_save(d):  # a composite's components, each a model directory
+        save(d / rel, component, vocab)
     model.save_weights(d, vocab)
     vocab.save(d)
     cfg = {
@@ -264,7 +261,11 @@ def load(directory: str | Path, expect_family: str | None = None):
     try:
         config = config_from_dict(config_cls, cfg["config"])
         vocab = load_vocab(cfg.get("vocab", "char"), d)
-        model = model_cls.load_weights(config, d)
+        component_dirs = model_cls.component_dirs(config, d)
+        if component_dirs:
+            model = model_cls.load_weights(config, d, [load(c)[0] for c in component_dirs])
+        else:
+            model = model_cls.load_weights(config, d)
     except ArlmError:
         raise
     except FileNotFoundError as e:

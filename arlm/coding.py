@@ -45,7 +45,6 @@ bytes), at most 4 bytes of coder termination and 2**-PRECISION-scale rounding.
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 import time
 import zlib
@@ -55,15 +54,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .corpus import check_document_mode
 from .errors import ArlmError
+from .paths import LOG_FILE, STATE_FILE
+from .units import LN2
 
 MAGIC = b"ARLZ"
 FORMAT_VERSION = 1
 PRECISION = 24  # bits of each quantised probability (constriction's default range coder)
 FINGERPRINT_BYTES = 12
-LN2 = math.log(2.0)
 # files in a model directory that do not change its probabilities
-_NOT_MODEL = {"train_log.jsonl", "training_state.safetensors"}
+_NOT_MODEL = {LOG_FILE, STATE_FILE}
 
 
 # -- the model side -------------------------------------------------------------------------
@@ -219,11 +220,13 @@ class Header:
 
 
 def _documents(text: str, documents: str) -> tuple[list[str], bool]:
-    """The documents that are coded, and whether a final line break is implied (lines mode)."""
+    """The documents that are coded, and whether a final line break is implied (lines mode).
+
+    Lossless, unlike ``corpus.split_documents``: every line is kept as it is (empty lines and
+    ``\r`` too), so that decoding gives back the exact bytes."""
+    check_document_mode(documents)
     if documents == "file":
         return ([text] if text else []), False
-    if documents != "lines":
-        raise ArlmError(f"unknown document mode {documents!r}: choose one of lines, file")
     if not text:
         return [], False
     lines = text.split("\n")

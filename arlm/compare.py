@@ -70,7 +70,7 @@ def run_compare(data, specs, vocabs, max_time: float, out: Path, documents="file
     directory that replaces ``report_dir`` at the end).
     """
     from . import checkpoint
-    from .models.mixture import build_mixture
+    from .pipeline import build_mixture
 
     out = checkpoint.prepare_dir(out)
     report_dir = Path(report_dir) if report_dir is not None else out

@@ -71,6 +71,20 @@ def read_text(path: str | Path) -> str:
         ) from None
 
 
+def check_document_mode(documents: str) -> None:
+    """Raises:
+        ArlmError: ``documents`` is not one of ``DOCUMENT_MODES``."""
+    if documents not in DOCUMENT_MODES:
+        raise ArlmError(f"unknown document mode {documents!r}: choose one of {', '.join(DOCUMENT_MODES)}")
+
+
+def line_documents(lines: list[str]) -> list[str]:
+    """The documents of ``lines`` mode among ``lines`` (a text split at ``\n``): each line
+    without a trailing ``\r``, empty lines dropped. The one rule every reader uses."""
+    docs = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [d for d in docs if d]
+
+
 def split_documents(text: str, documents: str) -> list[str]:
     """Split ``text`` into documents.
 
@@ -80,13 +94,8 @@ def split_documents(text: str, documents: str) -> list[str]:
     Raises:
         ArlmError: unknown mode, or no non-empty document.
     """
-    if documents == "file":
-        docs = [text] if text else []
-    elif documents == "lines":
-        docs = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-        docs = [d for d in docs if d]
-    else:
-        raise ArlmError(f"unknown document mode {documents!r}: choose one of {', '.join(DOCUMENT_MODES)}")
+    check_document_mode(documents)
+    docs = ([text] if text else []) if documents == "file" else line_documents(text.split("\n"))
     if not docs:
         raise ArlmError("the text holds no non-empty document")
     return docs

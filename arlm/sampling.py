@@ -16,9 +16,8 @@ seed gives the same text in any process, whatever ran before.
 
 from __future__ import annotations
 
-import hashlib
-
 import dataclasses
+import hashlib
 import math
 
 import torch
@@ -63,7 +62,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     if torch.isneginf(logits).all(dim=-1).any():
         raise ArlmError("the model gave every token probability zero; refusing to sample")
     V = logits.shape[-1]
-    if temperature == 0 or top_p == 0.0 or top_k == 1:
+    if is_greedy(temperature, top_k, top_p):
         keep = torch.zeros_like(logits, dtype=torch.bool)  # [B, V]
         keep.scatter_(1, logits.argmax(dim=-1, keepdim=True), True)
         return torch.where(keep, 0.0, -math.inf)
@@ -87,13 +86,45 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return torch.log_softmax(filtered, dim=-1)
 
 
+def is_greedy(temperature: float, top_k: int | None, top_p: float) -> bool:
+    """True when the knobs keep only the argmax (no random draw)."""
+    return temperature == 0 or top_p == 0.0 or top_k == 1
+
+
 def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
-    """Draw one token per row from FloatTensor[B, V] logits after filtering: LongTensor[B]."""
+    """Draw one token per row from FloatTensor[B, V] logits after filtering, every row from
+    ``generator``: LongTensor[B]. (Rows with a generator each: :func:`sample_rows`.)"""
     lp = filter_logits(logits, temperature, top_k, top_p)  # [B, V]
-    if temperature == 0 or top_p == 0.0 or top_k == 1:
+    if is_greedy(temperature, top_k, top_p):
         return lp.argmax(dim=-1)
     return torch.multinomial(lp.exp().cpu(), 1, generator=generator)[:, 0]
+
+
+def sample_rows(logits: torch.Tensor, generators: list[torch.Generator], temperature: float = 1.0,
+                top_k: int | None = None, top_p: float = 1.0) -> list[int | ArlmError]:
+    """The batched sampler of ``LM.generate`` and the server: one token per row of FloatTensor[B, V]
+    logits, filtered together (:func:`filter_logits` is row-wise), row b drawing from ``generators[b]``.
+
+    Row b's token depends on its logits and its generator only, never on the other rows, so
+    a row sampled alone or in any batch gives the same token. A row whose logits are
+    non-finite gets the ArlmError they raise instead of a token; the other rows are sampled.
+    """
+    try:
+        lp = filter_logits(logits, temperature, top_k, top_p)  # [B, V] float64
+    except ArlmError as e:
+        if len(generators) == 1:
+            return [e]
+        return [sample_rows(logits[r : r + 1], [g], temperature, top_k, top_p)[0] for r, g in enumerate(generators)]
+    if is_greedy(temperature, top_k, top_p):
+        return lp.argmax(dim=-1).tolist()
+    probs = lp.exp().cpu()  # [B, V]
+    return [int(torch.multinomial(probs[i : i + 1], 1, generator=g)[0, 0]) for i, g in enumerate(generators)]
+
+
+def find_stop(text: str, stops: list[str]) -> int:
+    """Where ``text`` is cut for the stop strings: the index of the earliest occurrence of any, or -1."""
+    return min((j for j in (text.find(s) for s in stops) if j >= 0), default=-1)
 
 
 @torch.no_grad()
@@ -170,9 +201,11 @@ def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_
         logits, state = model.prefill(torch.tensor([prompt_ids] * B, device=model.device))  # [B, V]
         for i in range(max_new_tokens):
             tok = torch.full((B,), vocab.eos_id, dtype=torch.long)  # [B]; finished rows are fed <eos>
-            for r in range(B):
-                if finish[r] != "stop":
-                    tok[r] = sample_next(logits[r : r + 1], generators[r], temperature, top_k, top_p)[0]
+            live = [r for r in range(B) if finish[r] != "stop"]
+            for r, t in zip(live, sample_rows(logits[live], [generators[r] for r in live], temperature, top_k, top_p)):
+                if isinstance(t, ArlmError):
+                    raise t
+                tok[r] = t
             for r, t in enumerate(tok.tolist()):
                 if finish[r] == "stop":
                     continue
@@ -182,7 +215,7 @@ def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_
                 new_ids[r].append(t)
                 if stops:
                     text = vocab.decode(new_ids[r])
-                    cut = min((j for j in (text.find(s) for s in stops) if j >= 0), default=-1)
+                    cut = find_stop(text, stops)
                     if cut >= 0:
                         finish[r], texts[r] = "stop", text[:cut]
             if all(f == "stop" for f in finish):

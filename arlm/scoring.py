@@ -28,9 +28,8 @@ import torch
 from .corpus import split_documents
 from .data import encode_document
 from .errors import ArlmError
+from .units import LN2
 from .vocab.base import text_bytes
-
-LN2 = math.log(2.0)
 
 
 def _ids_tensor(ids: list[int]) -> torch.Tensor:

@@ -126,3 +126,18 @@ def test_num_samples_run_as_one_batch_with_per_row_rules(case):
     assert samples == generate_many(model, vocab, "", 5, max_new_tokens=30, temperature=1.5, seed=4, stop="a")
     with pytest.raises(ArlmError, match="num_samples"):
         generate_many(model, vocab, "", 0)
+
+
+def test_sample_rows_does_not_depend_on_the_batch():
+    # The one batched sampler of LM.generate and the server: a row's token depends on its logits and its
+    # generator only; a row with non-finite logits gets its error while the other rows are still sampled.
+    from arlm.sampling import sample_generator, sample_rows
+
+    logits = torch.randn(4, 37, generator=torch.Generator().manual_seed(5))
+    logits[2, 3] = float("nan")
+    for knobs in (dict(temperature=0.8, top_k=10, top_p=0.9), dict(temperature=1.0), dict(temperature=0.0)):
+        batch = sample_rows(logits, [sample_generator(7, r) for r in range(4)], **knobs)
+        alone = [sample_rows(logits[r : r + 1], [sample_generator(7, r)], **knobs)[0] for r in range(4)]
+        assert isinstance(batch[2], ArlmError) and isinstance(alone[2], ArlmError)
+        assert [batch[r] for r in (0, 1, 3)] == [alone[r] for r in (0, 1, 3)]
+        assert all(isinstance(batch[r], int) and 0 <= batch[r] < 37 for r in (0, 1, 3))

@@ -97,7 +97,7 @@ def _add_dyneval_parser(sub) -> None:
 def cmd_mix(args) -> None:
     from ..corpus import read_text
     from ..lm import LM
-    from ..models.mixture import build_mixture
+    from ..pipeline import build_mixture
 
     from .. import checkpoint
 
@@ -114,7 +114,7 @@ def cmd_mix(args) -> None:
         lm, history = build_mixture(lms, read_text(args.fit_on), documents, bucketed=args.bucketed)
         source = {"fit_on": str(args.fit_on)}
     else:
-        from ..models.mixture import reuse_weights
+        from ..pipeline import reuse_weights
 
         lm, history = reuse_weights(lms, LM.load(args.weights_from), documents)
         source = {"weights_from": str(args.weights_from)}
@@ -190,7 +190,7 @@ def cmd_compare(args) -> None:
 def _cmd_mixer(args) -> None:
     from ..corpus import read_text
     from ..lm import LM
-    from ..models.mixer import build_mixer
+    from ..pipeline import build_mixer
 
     from .. import checkpoint
 

@@ -103,11 +103,11 @@ def _cmd_export(args) -> None:
         result = export_hf(lm, args.out)
     else:
         from ..formats.arpa import export_arpa
-        from ..formats.hf import _refuse_family
+        from ..formats.hf import refuse_family
         from ..models.registry import FAMILIES
 
         if lm.model.family not in FAMILIES or "arpa" not in FAMILIES[lm.model.family].formats:
-            raise _refuse_family(lm.model.family, "arpa")
+            raise refuse_family(lm.model.family, "arpa")
         result = export_arpa(lm.model, lm.vocab, args.out, documents=lm.documents)
     if args.json:
         print_json(result)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 from ..errors import ArlmError
 from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, positive_int, print_json, sample_header
 
-LN2 = math.log(2.0)
+from ..units import LN2
 STREAM_EVAL_BYTES = 256 << 20
 
 

@@ -45,7 +45,6 @@ names: export ∘ import is the identity on weights and tokenizer.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -83,7 +82,7 @@ EXPORT_FORMATS = {"gpt": "hf", "ngram": "arpa", "backoff": "arpa"}
 HF_META = "hf_import"  # config.json key of an imported model: what export needs to restore the original
 
 
-def _expand(n_layer: int) -> list[tuple[str, str, bool]]:
+def weight_names(n_layer: int) -> list[tuple[str, str, bool]]:
     rows = []
     for ours, theirs, transpose in GPT2_NAMES:
         if "{i}" in ours:
@@ -93,7 +92,7 @@ def _expand(n_layer: int) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def _refuse_family(family: str, fmt: str) -> ArlmError:
+def refuse_family(family: str, fmt: str) -> ArlmError:
     supported = ", ".join(f"{f} -> --format {x}" for f, x in EXPORT_FORMATS.items())
     return ArlmError(f"a {family} model cannot be exported as {fmt}: {family} has "
                      f"{'no other format' if family not in EXPORT_FORMATS else '--format ' + EXPORT_FORMATS[family]} "
@@ -110,9 +109,9 @@ def _check_positions(config) -> None:
 
 # -- tokenizers ---------------------------------------------------------------------------------
 def _byte_alphabet() -> dict[int, str]:
-    from ..vocab.bpe import _bytes_to_unicode
+    from ..vocab.bpe import bytes_to_unicode
 
-    return _bytes_to_unicode()
+    return bytes_to_unicode()
 
 
 def _native_tokenizer(vocab):
@@ -120,7 +119,7 @@ def _native_tokenizer(vocab):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     if vocab.kind == "bpe":
-        tok = Tokenizer.from_str(vocab._tokenizer.to_str())
+        tok = Tokenizer.from_str(vocab.to_json())
     elif vocab.kind == "char":
         table = {c: i for i, c in enumerate(vocab.chars)}
         table.update({BOS: vocab.bos_id, EOS: vocab.eos_id})
@@ -146,7 +145,7 @@ def _native_tokenizer(vocab):
     return tok
 
 
-def _rename_token(spec: dict, old: str, new: str) -> None:
+def rename_token(spec: dict, old: str, new: str) -> None:
     for t in spec.get("added_tokens", []):
         if t["content"] == old:
             t["content"] = new
@@ -156,49 +155,10 @@ def _rename_token(spec: dict, old: str, new: str) -> None:
 
 
 # -- export -------------------------------------------------------------------------------------
-def export_hf(lm, out: str | Path) -> dict:
-    """Write ``lm`` (a GPT) as a Hugging Face ``GPT2LMHeadModel`` directory (see the module docstring).
-
-    Returns:
-        ``{"path", "vocab_size", "n_layer", "tied"}``.
-
-    Raises:
-        ArlmError: not a GPT, a position scheme other than GPT-2's, a word vocab,
-            or ``out`` cannot be written.
-    """
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer
-
-    from ..checkpoint import prepare_dir
-
-    model, vocab = lm.model, lm.vocab
-    if model.family != "gpt":
-        raise _refuse_family(model.family, "hf")
-    cfg = model.config
-    _check_positions(cfg)
-    sd = model.state_dict()
-    if "wpe.weight" not in sd:
-        raise ArlmError("--format hf needs GPT-2's learned position embeddings (wpe); this model has none")
-    tied = model.lm_head.weight is model.wte.weight
-    meta = (lm.info or {}).get(HF_META)
-    out = prepare_dir(out)
-
-    vocab_size, bos_id, eos_id = cfg.vocab_size, cfg.bos_id, cfg.eos_id
-    if meta:  # imported from Hugging Face: drop the <bos> row arlm added, restore the names
-        vocab_size, bos_id, eos_id = meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]
-        spec = json.loads(vocab._tokenizer.to_str())
-        spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < meta["tokenizer_size"]]
-        _rename_token(spec, EOS, meta["eos_token"])
-        tokenizer = Tokenizer.from_str(json.dumps(spec))
-        specials = {"bos_token": meta["bos_token"], "eos_token": meta["eos_token"]}
-        suppress = []
-    else:
-        tokenizer = _native_tokenizer(vocab)
-        specials = {"bos_token": BOS, "eos_token": EOS}
-        suppress = [bos_id]
-
+def _hf_tensors(sd: dict, n_layer: int, tied: bool, vocab_size: int) -> dict:
+    """arlm's GPT state dict -> GPT2LMHeadModel's tensors (Conv1D weights transposed; the vocab cut to ``vocab_size``)."""
     tensors = {}
-    for ours, theirs, transpose in _expand(cfg.n_layer):
+    for ours, theirs, transpose in weight_names(n_layer):
         if ours == "lm_head.weight" and tied:
             continue
         if ours in sd:
@@ -211,8 +171,12 @@ def export_hf(lm, out: str | Path) -> dict:
         if ours in ("wte.weight", "lm_head.weight"):
             t = t[:vocab_size]
         tensors[theirs] = (t.t() if transpose else t).detach().cpu().contiguous().clone()
-    dtype = str(sd["wte.weight"].dtype).replace("torch.", "")
-    hf_config = {
+    return tensors
+
+
+def _hf_config(cfg, vocab_size: int, bos_id: int, eos_id: int, tied: bool, dtype: str) -> dict:
+    """The ``config.json`` of a GPT2LMHeadModel with ``cfg``'s sizes."""
+    return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": vocab_size,
@@ -237,6 +201,52 @@ def export_hf(lm, out: str | Path) -> dict:
         "tie_word_embeddings": tied,
         "torch_dtype": dtype,
     }
+
+
+def export_hf(lm, out: str | Path) -> dict:
+    """Write ``lm`` (a GPT) as a Hugging Face ``GPT2LMHeadModel`` directory (see the module docstring).
+
+    Returns:
+        ``{"path", "vocab_size", "n_layer", "tied"}``.
+
+    Raises:
+        ArlmError: not a GPT, a position scheme other than GPT-2's, a word vocab,
+            or ``out`` cannot be written.
+    """
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    from ..checkpoint import prepare_dir
+
+    model, vocab = lm.model, lm.vocab
+    if model.family != "gpt":
+        raise refuse_family(model.family, "hf")
+    cfg = model.config
+    _check_positions(cfg)
+    sd = model.state_dict()
+    if "wpe.weight" not in sd:
+        raise ArlmError("--format hf needs GPT-2's learned position embeddings (wpe); this model has none")
+    tied = model.lm_head.weight is model.wte.weight
+    meta = (lm.info or {}).get(HF_META)
+    out = prepare_dir(out)
+
+    vocab_size, bos_id, eos_id = cfg.vocab_size, cfg.bos_id, cfg.eos_id
+    if meta:  # imported from Hugging Face: drop the <bos> row arlm added, restore the names
+        vocab_size, bos_id, eos_id = meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]
+        spec = json.loads(vocab.to_json())
+        spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < meta["tokenizer_size"]]
+        rename_token(spec, EOS, meta["eos_token"])
+        tokenizer = Tokenizer.from_str(json.dumps(spec))
+        specials = {"bos_token": meta["bos_token"], "eos_token": meta["eos_token"]}
+        suppress = []
+    else:
+        tokenizer = _native_tokenizer(vocab)
+        specials = {"bos_token": BOS, "eos_token": EOS}
+        suppress = [bos_id]
+
+    tensors = _hf_tensors(sd, cfg.n_layer, tied, vocab_size)
+    dtype = str(sd["wte.weight"].dtype).replace("torch.", "")
+    hf_config = _hf_config(cfg, vocab_size, bos_id, eos_id, tied, dtype)
     generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
     if suppress:
         generation["suppress_tokens"] = suppress
@@ -260,53 +270,7 @@ def export_hf(lm, out: str | Path) -> dict:
     return {"path": str(out), "vocab_size": vocab_size, "n_layer": cfg.n_layer, "tied": tied}
 
 
-# -- import -------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArlmError(f"cannot read {path}: {e}") from None
-
-
-def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    def load_one(p: Path) -> dict[str, torch.Tensor]:
-        try:
-            if p.suffix == ".safetensors":
-                return load_file(str(p))
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - truncated or foreign files raise many types
-            raise ArlmError(f"cannot read the weights {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (d / name).is_file():
-            return load_one(d / name)
-        index = d / f"{name}.index.json"
-        if index.is_file():
-            sd: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(_read_json(index).get("weight_map", {}).values())):
-                sd.update(load_one(d / shard))
-            return sd
-    raise ArlmError(f"no weights in {d}: expected model.safetensors (or its index) or pytorch_model.bin")
-
-
-def _load_tokenizer_spec(d: Path) -> dict:
-    if (d / "tokenizer.json").is_file():
-        return _read_json(d / "tokenizer.json")
-    if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-        try:
-            tok = Tokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
-        except Exception as e:  # noqa: BLE001
-            raise ArlmError(f"cannot read the tokenizer in {d}: {e}") from None
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        return json.loads(tok.to_str())
-    raise ArlmError(f"no tokenizer in {d}: expected tokenizer.json, or vocab.json and merges.txt")
-
-
+# -- import (hf_import.py) ---------------------------------------------------------------------
 def import_hf(directory: str | Path, out: str | Path | None = None):
     """Read a GPT-2-architecture Hugging Face checkpoint directory into an :class:`arlm.lm.LM`.
 
@@ -319,112 +283,6 @@ def import_hf(directory: str | Path, out: str | Path | None = None):
             missing or unreadable weights or tokenizer, or a tokenizer that is
             not a byte-level BPE.
     """
-    from tokenizers import Tokenizer
+    from .hf_import import read_hf_checkpoint
 
-    from ..lm import LM
-    from ..models.gpt import GPTConfig, GPTModel
-    from ..vocab.bpe import BPEVocab
-
-    d = Path(directory)
-    if not d.is_dir():
-        raise ArlmError(f"no Hugging Face model directory at {d}")
-    if not (d / "config.json").is_file():
-        raise ArlmError(f"{d} has no config.json: not a Hugging Face model directory")
-    hc = _read_json(d / "config.json")
-    arch = (hc.get("architectures") or [hc.get("model_type", "?")])[0]
-    if hc.get("model_type") != "gpt2" or arch not in ("GPT2LMHeadModel", "GPT2Model"):
-        raise ArlmError(f"{d} holds a {arch} ({hc.get('model_type')}) model; arlm imports only GPT-2-architecture "
-                        f"checkpoints (GPT2LMHeadModel)")
-    n_embd, n_layer, n_head = hc.get("n_embd", 768), hc.get("n_layer", 12), hc.get("n_head", 12)
-    unsupported = []
-    if hc.get("activation_function", "gelu_new") not in GPT2_ACTIVATIONS:
-        unsupported.append(f"activation_function={hc.get('activation_function')!r}")
-    if hc.get("n_inner") not in (None, 4 * n_embd):
-        unsupported.append(f"n_inner={hc.get('n_inner')} (arlm's MLP is 4 x n_embd)")
-    if not hc.get("scale_attn_weights", True) or hc.get("scale_attn_by_inverse_layer_idx", False):
-        unsupported.append("non-standard attention scaling")
-    if hc.get("add_cross_attention", False):
-        unsupported.append("cross-attention")
-    if unsupported:
-        raise ArlmError(f"{d}: this GPT-2 variant has {', '.join(unsupported)}, which arlm's GPT cannot run")
-    V = int(hc["vocab_size"])
-    tied = bool(hc.get("tie_word_embeddings", True))
-
-    # -- weights
-    raw = _load_state_dict(d)
-    sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in raw.items()}
-    weights = {}
-    for ours, theirs, transpose in _expand(n_layer):
-        key = theirs[len("transformer."):] if theirs.startswith("transformer.") else theirs
-        if ours == "lm_head.weight" and tied:
-            continue
-        if key not in sd:
-            raise ArlmError(f"{d}: the weights lack {theirs}")
-        t = sd[key].float()
-        weights[ours] = t.t().contiguous() if transpose else t
-    if weights["wte.weight"].shape != (V, n_embd):
-        raise ArlmError(f"{d}: wte has shape {tuple(weights['wte.weight'].shape)}, config says ({V}, {n_embd})")
-
-    # -- tokenizer and specials
-    spec = _load_tokenizer_spec(d)
-    try:
-        probe = Tokenizer.from_str(json.dumps(spec))
-    except Exception as e:  # noqa: BLE001
-        raise ArlmError(f"cannot read the tokenizer in {d}: {e}") from None
-    size = probe.get_vocab_size(with_added_tokens=True)
-    eos_id = hc.get("eos_token_id")
-    if eos_id is None:
-        eos_id = probe.token_to_id("<|endoftext|>")
-    if eos_id is None or not 0 <= eos_id < min(size, V):
-        raise ArlmError(f"{d}: config.json names no end-of-text token (eos_token_id) that the tokenizer has")
-    start_id = hc.get("bos_token_id", eos_id)
-    start_id = eos_id if start_id is None else start_id
-    eos_name, start_name = probe.id_to_token(eos_id), probe.id_to_token(start_id)
-    if size > V:
-        raise ArlmError(f"{d}: the tokenizer has {size} tokens but the model only {V}")
-    _rename_token(spec, eos_name, EOS)
-    added = spec.setdefault("added_tokens", [])
-    if not any(t["id"] == eos_id for t in added):
-        added.append({"id": eos_id, "content": EOS, "single_word": False, "lstrip": False, "rstrip": False,
-                      "normalized": False, "special": True})
-    for t in added:
-        if t["id"] == eos_id:
-            t["special"] = True
-    for i in range(size, V):  # rows of a padded embedding that no text produces: keep them as tokens
-        added.append({"id": i, "content": f"<unused {i}>", "single_word": False, "lstrip": False, "rstrip": False,
-                      "normalized": False, "special": True})
-    added.append({"id": V, "content": BOS, "single_word": False, "lstrip": False, "rstrip": False,
-                  "normalized": False, "special": True})
-    try:
-        vocab = BPEVocab(Tokenizer.from_str(json.dumps(spec)))
-    except ArlmError as e:
-        raise ArlmError(f"{d}: {e}") from None
-    if (vocab.bos_id, vocab.eos_id, vocab.vocab_size) != (V, eos_id, V + 1):
-        raise ArlmError(f"{d}: could not give the tokenizer arlm's <bos>/<eos> (got ids {vocab.bos_id}, {vocab.eos_id})")
-
-    # -- the model: one more embedding row for <bos>, a copy of the start token's
-    weights["wte.weight"] = torch.cat([weights["wte.weight"], weights["wte.weight"][start_id : start_id + 1]])
-    if not tied:
-        weights["lm_head.weight"] = torch.cat([weights["lm_head.weight"], weights["lm_head.weight"][eos_id : eos_id + 1]])
-    config = GPTConfig(vocab_size=V + 1, bos_id=V, eos_id=eos_id, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                       block_size=int(hc.get("n_positions", hc.get("n_ctx", 1024))), dropout=0.0, bias=True,
-                       layer_norm_epsilon=float(hc.get("layer_norm_epsilon", 1e-5)))
-    if not tied:
-        config = dataclasses.replace(config, tie_word_embeddings=False)
-    with torch.device("meta"):
-        model = GPTModel(config)
-    model = model.to_empty(device="cpu")
-    if tied:
-        model.lm_head.weight = model.wte.weight
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ArlmError(f"{d}: weights do not fit arlm's GPT (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.eval()
-    lm = LM(model, vocab, "file")
-    meta = {"vocab_size": V, "tokenizer_size": size, "bos_token_id": start_id, "eos_token_id": eos_id,
-            "bos_token": start_name, "eos_token": eos_name, "path": str(d)}
-    lm.info = {HF_META: meta}
-    if out is not None:
-        lm.save(out, {HF_META: meta})
-    return lm
+    return read_hf_checkpoint(directory, out)

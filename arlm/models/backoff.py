@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ArlmError
+from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 from .ngram import context_nodes
 
@@ -353,14 +354,14 @@ class BackoffNGramModel(LanguageModel):
             if n < self.config.order:
                 tensors[f"order{n}.log_backoff"] = level.log_backoff
                 tensors[f"order{n}.log_norm"] = level.log_norm
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "arlm-backoff"})
 
     @classmethod
     def load_weights(cls, config: BackoffConfig, directory: Path) -> "BackoffNGramModel":
         from safetensors.numpy import load_file
 
-        t = load_file(str(Path(directory) / "model.safetensors"))
+        t = load_file(str(Path(directory) / WEIGHTS_FILE))
         N, V = config.order, config.vocab_size
         try:
             levels, n_ctx = [], 1

@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..paths import WEIGHTS_FILE
+
 
 class LanguageModel(torch.nn.Module):
     """Base class of every family; see the module docstring for the contract."""
@@ -215,16 +217,17 @@ class LanguageModel(torch.nn.Module):
 
         from ..io import atomic_path
 
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_model(self, str(tmp))
 
     @classmethod
-    def load_weights(cls, config: Any, directory: Path) -> "LanguageModel":
-        """Build a model from ``config`` and the weights in ``directory``."""
+    def load_weights(cls, config: Any, directory: Path, components: list | None = None) -> "LanguageModel":
+        """Build a model from ``config`` and the weights in ``directory``; a composite also
+        receives its ``components``, loaded by ``checkpoint.load`` from :meth:`component_dirs`."""
         from safetensors import safe_open
         from safetensors.torch import load_model
 
-        path = str(Path(directory) / "model.safetensors")
+        path = str(Path(directory) / WEIGHTS_FILE)
         model = cls(config)
         with safe_open(path, framework="pt") as f:  # keep the stored dtype (a float64 model stays float64)
             dtypes = {f.get_slice(n).get_dtype() for n in f.keys()}
@@ -233,6 +236,22 @@ class LanguageModel(torch.nn.Module):
         load_model(model, path, device="cpu")
         model.eval()
         return model
+
+    # -- composites (mixture, mixer, dyneval): models made of saved component models ----------
+    def components_to_save(self, directory: Path) -> list[tuple[str, "LanguageModel"]]:
+        """``(sub-directory, component)`` of each component that ``checkpoint.save`` writes as
+        a model directory inside ``directory`` before :meth:`save_weights`; [] without components."""
+        return []
+
+    @classmethod
+    def component_dirs(cls, config: Any, directory: Path) -> list[Path]:
+        """The model directories of the components ``checkpoint.load`` loads and passes to
+        :meth:`load_weights`; [] for a model without components.
+
+        Raises:
+            ArlmError: a component directory is missing (with the family's advice).
+        """
+        return []
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ArlmError
+from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 from .ngram import COUNT_BINS, count_bin
 
@@ -240,11 +241,11 @@ class CacheModel(LanguageModel):
 
         from ..io import atomic_path
 
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file({"order": torch.tensor([self.config.order])}, str(tmp), metadata={"format": "arlm-cache"})
 
     @classmethod
     def load_weights(cls, config: CacheConfig, directory: Path) -> "CacheModel":
-        if not (Path(directory) / "model.safetensors").is_file():
+        if not (Path(directory) / WEIGHTS_FILE).is_file():
             raise ArlmError(f"{directory} is incomplete: model.safetensors is missing")
         return cls(config)

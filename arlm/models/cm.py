@@ -59,6 +59,7 @@ import torch
 
 from ..errors import ArlmError
 from . import cm_kernels as K
+from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 
 MAX_CM_ORDER = 24
@@ -338,14 +339,14 @@ class CMModel(LanguageModel):
         arrays = dict(self.arrays)
         n = int(arrays["sc"][K.SC_HIST_LEN])
         arrays["hist"] = arrays["hist"][:n].copy() if n else np.zeros(1, dtype=np.int32)
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata={"format": "arlm-cm"})
 
     @classmethod
     def load_weights(cls, config: CMConfig, directory: Path) -> "CMModel":
         from safetensors.numpy import load_file
 
-        path = Path(directory) / "model.safetensors"
+        path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise ArlmError(f"{directory} is incomplete: model.safetensors is missing")
         return cls(config, dict(load_file(str(path))))

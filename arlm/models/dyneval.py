@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArlmError
+from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 
 
@@ -148,26 +149,28 @@ class DynEvalModel(LanguageModel):
         return self.base.num_parameters()
 
     # -- persistence -------------------------------------------------------------------------------
+    def components_to_save(self, directory: Path) -> list[tuple[str, LanguageModel]]:
+        return [("component0", self.base)]
+
     def save_weights(self, directory: Path, vocab=None) -> None:
         from safetensors.torch import save_file
 
-        from .. import checkpoint
         from ..io import atomic_path
 
-        if vocab is None:
-            raise ArlmError("a dyneval model is saved with its vocab: use arlm.checkpoint.save")
-        checkpoint.save(Path(directory) / "component0", self.base, vocab)
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file({"chunk_size": torch.tensor([self.config.chunk_size])}, str(tmp), metadata={"format": "arlm-dyneval"})
 
     @classmethod
-    def load_weights(cls, config: DynEvalConfig, directory: Path) -> "DynEvalModel":
-        from .. import checkpoint
+    def component_dirs(cls, config: DynEvalConfig, directory: Path) -> list[Path]:
+        if not (Path(directory) / WEIGHTS_FILE).is_file():
+            raise ArlmError(f"{directory} is incomplete: {WEIGHTS_FILE} is missing")
+        return [Path(directory) / "component0"]
 
-        if not (Path(directory) / "model.safetensors").is_file():
-            raise ArlmError(f"{directory} is incomplete: model.safetensors is missing")
-        base, _, _ = checkpoint.load(Path(directory) / "component0")
-        return cls(config, base).eval()
+    @classmethod
+    def load_weights(cls, config: DynEvalConfig, directory: Path, components: list | None = None) -> "DynEvalModel":
+        if not components:
+            raise ArlmError(f"{directory}: a dyneval model is loaded with its base model (use arlm.checkpoint.load)")
+        return cls(config, components[0]).eval()
 
 
 def _detach(state):

@@ -54,7 +54,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import gpt_decode
 from .base import LanguageModel
+from .gpt_decode import GPTState
+from .gpt_kernels import CausalAttention, GeluTanh, cpu_training_path
+from .rotary import band_mask, rotary_tables, rotate
 
 #: The position schemes of :class:`GPTConfig` (``pos_emb``).
 POS_EMBS = ("learned", "rotary")
@@ -89,214 +93,6 @@ class GPTConfig:
         "help": "gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past "
                 "--block-size)", "choices": ("learned", "rotary")})
     rotary_base: float = 10000.0
-
-
-class _KVBuffer:
-    """Preallocated keys and values of every layer, filled left to right.
-
-    ``kv``: FloatTensor[n_layer, 2, B, n_head, capacity, head_dim] (keys, then
-    values); index j holds absolute position ``offset + j``; ``tip`` is the
-    absolute length of the longest state written into it. Entries below ``tip
-    - offset`` are never overwritten, so every state that points here stays
-    valid; a state behind the tip (a second branch) or at the end of the
-    capacity continues in a new buffer holding its last ``block_size - 1`` entries.
-    """
-
-    __slots__ = ("kv", "layers", "offset", "tip")
-
-    def __init__(self, kv: torch.Tensor, offset: int, tip: int):
-        self.kv, self.offset, self.tip = kv, offset, tip
-        self.layers = list(kv.unbind(0))  # [2, B, H, capacity, D] each, views made once
-
-    @property
-    def capacity(self) -> int:
-        return self.kv.shape[4]
-
-    def window(self, length: int, keep: int, capacity: int) -> "_KVBuffer":
-        """A new buffer of ``capacity`` with the last ``keep`` entries before absolute position ``length``."""
-        lo = max(self.offset, length - keep)
-        a, b = lo - self.offset, length - self.offset
-        kv = self.kv.new_empty((*self.kv.shape[:4], capacity, self.kv.shape[5]))  # [n_layer, 2, B, H, capacity, D]
-        kv[..., : b - a, :] = self.kv[..., a:b, :]
-        return _KVBuffer(kv, lo, length)
-
-
-class GPTState:
-    """The decoding state of a :class:`GPTModel` after ``length`` tokens.
-
-    ``buffer``: the KV cache (a ``_KVBuffer``; None for a learned-position
-    model past its window, which is recomputed from ``ids`` at every step);
-    ``ids``: LongTensor[B, <= block_size], the last tokens (learned positions
-    only; None for rotary); ``weights``: the model's weights laid out for
-    decoding (made by ``prefill``; a state belongs to the weights that made
-    it, as its cache does). A state is never changed by a later ``step``, so one
-    state can be extended along several branches (the second branch copies the
-    window it needs). All B rows have the same length.
-    """
-
-    __slots__ = ("buffer", "length", "ids", "weights")
-
-    def __init__(self, buffer: _KVBuffer | None, length: int, ids: torch.Tensor | None = None, weights=None):
-        self.buffer = buffer
-        self.length = length
-        self.ids = ids
-        self.weights = weights
-
-
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Rotary position embeddings (Su et al. 2021, RoFormer eq. 15) as unit complex numbers.
-
-    Args:
-        positions: absolute positions, any integer tensor [T].
-        head_dim: D (even).
-        base: frequency base; pair i (dimensions 2i, 2i + 1) turns by
-            ``position * base ** (-2i / D)`` radians.
-        dtype: the real dtype of the model (float32 -> complex64, float64 -> complex128).
-
-    Returns:
-        ComplexTensor[T, D/2], ``e^{i angle}``. Angles are computed in float64
-        (exact enough for positions in the millions) and rounded once.
-    """
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [D/2]
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
-    freqs = torch.polar(torch.ones_like(angles), angles)  # complex128
-    return freqs.to(device=device, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
-
-
-def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (2i, 2i + 1) of x [..., T, D] by ``rotary_tables`` freqs [T, D/2]: a new tensor.
-
-    bf16 x (training under autocast) is rotated in float32 and rounded back: complex bf16 does not exist.
-    """
-    if x.dtype == torch.bfloat16:
-        return _rotate(x.float(), freqs).to(x.dtype)
-    if torch.compiler.is_compiling():  # real arithmetic: what inductor fuses
-        pairs = x.unflatten(-1, (-1, 2))  # [..., T, D/2, 2]
-        a, b, c, s = pairs[..., 0], pairs[..., 1], freqs.real.to(x.dtype), freqs.imag.to(x.dtype)
-        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * freqs).flatten(-2)
-
-
-def _rotate_(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """In-place ``_rotate`` of a tensor x [..., T, D] whose last dimension is contiguous (bf16: via float32)."""
-    if x.dtype == torch.bfloat16:
-        return x.copy_(_rotate_(x.float(), freqs))
-    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)
-    return x
-
-
-def _band_mask(t: int, past: int, block: int, device) -> torch.Tensor:
-    """The sliding-window mask, BoolTensor[t, past + t] (True = may attend).
-
-    Query i stands at key index ``past + i`` and sees key indices ``past + i -
-    block + 1 .. past + i``: a causal band of width ``block``.
-    """
-    return torch.ones(t, past + t, dtype=torch.bool, device=device).tril(past).triu(past - block + 1)
-
-
-#: Use the hand-written CPU training kernels below (tests switch them off to compare).
-FAST_CPU_TRAINING = True
-
-
-def _cpu_training_path(x: torch.Tensor) -> bool:
-    """True where the hand-written CPU training kernels below replace PyTorch's (see :class:`_CausalAttention`).
-
-    Only on CPU and only when autograd records (training): inference keeps
-    PyTorch's kernels, so scores are exactly what they always were; CUDA keeps
-    its fused kernels and ``torch.compile`` traces the plain ops it can fuse.
-    """
-    return (FAST_CPU_TRAINING and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling())
-
-
-_GELU_C = math.sqrt(2.0 / math.pi)
-_GELU_A = 0.044715
-
-
-class _GeluTanh(torch.autograd.Function):
-    """``F.gelu(x, approximate="tanh")`` for CPU training, faster forward and backward (~1.5 ms a step at the
-    default size on 2 cores, measured in bench-style A/B runs).
-
-    0.5 x (1 + tanh(u)) = x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3):
-    the same function (equal to rounding), but PyTorch's CPU ``sigmoid`` is
-    vectorised where its ``tanh`` is not. d/dx = s + x s (1 - s) 2u', s = sigmoid(2u).
-    """
-
-    @staticmethod
-    def _sigmoid_2u(x: torch.Tensor) -> torch.Tensor:
-        c = torch.full((), 2 * _GELU_C, dtype=x.dtype, device=x.device)
-        return torch.addcmul(c, x, x, value=2 * _GELU_C * _GELU_A).mul_(x).sigmoid_()
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        # One new buffer, then in-place passes over it while it is in cache; only
-        # x is saved (backward recomputes the sigmoid: cheaper than a second buffer).
-        ctx.save_for_backward(x)
-        return _GeluTanh._sigmoid_2u(x).mul_(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        s = _GeluTanh._sigmoid_2u(x)
-        c = torch.full((), 2 * _GELU_C, dtype=x.dtype, device=x.device)
-        d = torch.addcmul(c, x, x, value=6 * _GELU_C * _GELU_A).mul_(x)  # x 2u'
-        d.addcmul_(d, s, value=-1.0).mul_(s)  # x 2u' (1 - s) s
-        return d.add_(s).mul_(grad)
-
-
-class _CausalAttention(torch.autograd.Function):
-    """Causal multi-head attention over a fused ``[B, T, 3C]`` q/k/v projection, for CPU training.
-
-    Plain softmax attention, softmax(q k^T / sqrt(D) + causal mask) v, the
-    function ``F.scaled_dot_product_attention(..., is_causal=True)`` computes,
-    written as six batched matrix products with a hand-written backward: at
-    training sizes (T = 64, D = 32) PyTorch's CPU flash-attention kernel,
-    forward and backward, takes about 1.3x as long (measured on 2 cores), and
-    the split/view/transpose of q, k, v and of their gradients costs extra copies.
-    Saves the probabilities ``[B*H, T, T]`` for backward (no recomputation).
-    With rotary ``freqs`` [T, D/2] (``rotary_tables``), q and k are rotated
-    in place in that copy, and the gradients of the rotated q and k are turned
-    back by the inverse rotation (the conjugate).
-    """
-
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor, n_head: int, freqs: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, C3 = qkv.shape
-        C = C3 // 3
-        D = C // n_head
-        heads = qkv.view(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, D)  # copy
-        if freqs is not None:
-            if heads.data_ptr() == qkv.data_ptr():  # reshape made a view (T = 1, H = 1): never write into qkv
-                heads = heads.clone()
-            _rotate_(heads[:2], freqs)  # [2, B*H, T, D]: q and k
-        q, k, v = heads[0], heads[1], heads[2]  # [B*H, T, D] each, contiguous
-        mask = torch.full((T, T), float("-inf"), dtype=qkv.dtype, device=qkv.device).triu_(1)  # [T, T]
-        scale = 1.0 / math.sqrt(D)
-        p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)  # [B*H, T, T] scores
-        torch._softmax(p, -1, False, out=p)  # in place (row by row), while the scores are in cache
-        y = torch.bmm(p, v)  # [B*H, T, D]
-        ctx.save_for_backward(heads, p, freqs)
-        ctx.scale = scale
-        return y.view(B, n_head, T, D).transpose(1, 2).reshape(B, T, C)  # [B, T, C]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        heads, p, freqs = ctx.saved_tensors
-        q, k, v = heads[0], heads[1], heads[2]
-        _, BH, T, D = heads.shape
-        B = grad.shape[0]
-        H = BH // B
-        dy = grad.reshape(B, T, H, D).transpose(1, 2).reshape(BH, T, D)  # [B*H, T, D]
-        dheads = torch.empty_like(heads)  # [3, B*H, T, D]
-        torch.bmm(p.transpose(1, 2), dy, out=dheads[2])  # dv
-        dp = torch.bmm(dy, v.transpose(1, 2))  # [B*H, T, T]
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype, grad_input=dp).mul_(ctx.scale)  # [B*H, T, T], in place
-        torch.bmm(ds, k, out=dheads[0])  # dq
-        torch.bmm(ds.transpose(1, 2), q, out=dheads[1])  # dk
-        if freqs is not None:  # the rotation's transpose is the rotation by minus the angle
-            _rotate_(dheads[:2], freqs.conj())
-        return dheads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D), None, None
 
 
 class LayerNorm(nn.Module):
@@ -348,13 +144,13 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, C = x.shape
         if (past is None and attn_mask is None and (self.dropout == 0.0 or not self.training)
-                and _cpu_training_path(x)):
+                and cpu_training_path(x)):
             qkv = self.c_attn(x)  # [B, T, 3C]
-            y = _CausalAttention.apply(qkv, self.n_head, rope)  # [B, T, C]
+            y = CausalAttention.apply(qkv, self.n_head, rope)  # [B, T, C]
             return self.resid_dropout(self.c_proj(y)), None
         q, k, v = self._qkv(x)
         if rope is not None:
-            q, k = _rotate(q, rope), _rotate(k, rope)
+            q, k = rotate(q, rope), rotate(k, rope)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, D]
             v = torch.cat([past[1], v], dim=2)
@@ -376,7 +172,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)  # [B, T, 4C]
-        h = _GeluTanh.apply(h) if _cpu_training_path(h) else F.gelu(h, approximate="tanh")
+        h = GeluTanh.apply(h) if cpu_training_path(h) else F.gelu(h, approximate="tanh")
         return self.dropout(self.c_proj(h))
 
 
@@ -517,7 +313,7 @@ class GPTModel(LanguageModel):
             rope = self._rope(s, t, ids.device, self.wte.weight.dtype)
             P = 0 if past is None else past[0][0].shape[2]
             # one chunk: plain causal attention (the training path); several: the band of width W
-            mask = None if T <= W else _band_mask(t, P, W, ids.device)  # [t, P + t]
+            mask = None if T <= W else band_mask(t, P, W, ids.device)  # [t, P + t]
             x = self.drop(self.wte(chunk))  # [B, t, C]
             kv = []
             for i, block in enumerate(self.h):
@@ -578,35 +374,7 @@ class GPTModel(LanguageModel):
         self._forward_rotary(ids[None, :-1], on_chunk=gather)
         return torch.cat(parts)
 
-    # -- decoding -----------------------------------------------------------------
-    def _new_buffer(self, kv: list, length: int, capacity: int) -> _KVBuffer:
-        """A buffer of ``capacity`` holding kv (per layer (k, v) [B, H, n, D], the n positions before ``length``)."""
-        k0 = kv[0][0]
-        B, H, n, D = k0.shape
-        buf = k0.new_empty((len(kv), 2, B, H, capacity, D))  # [n_layer, 2, B, H, capacity, D]
-        if n:
-            buf[..., :n, :] = torch.stack([torch.stack(layer) for layer in kv])  # [n_layer, 2, B, H, n, D]
-        return _KVBuffer(buf, length - n, length)
-
-    def _decode_weights(self) -> list:
-        """The weights as ``_decode`` uses them: Linear weights transposed to [in, out] and contiguous
-        (a row vector times such a matrix is about twice as fast on CPU as ``F.linear``'s layout).
-
-        Made once and kept until a parameter changes (in place, e.g. by an optimiser, or replaced).
-        """
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
-        if self._decode_cache is not None and self._decode_cache[0] == key:
-            return self._decode_cache[1]
-
-        def t(linear: nn.Linear):
-            return linear.weight.detach().t().contiguous(), linear.bias
-
-        layers = [(b.ln_1.weight, b.ln_1.bias, *t(b.attn.c_attn), *t(b.attn.c_proj), b.ln_2.weight, b.ln_2.bias,
-                   *t(b.mlp.c_fc), *t(b.mlp.c_proj)) for b in self.h]
-        weights = [layers, self.ln_f.weight, self.ln_f.bias, self.lm_head.weight.detach().t().contiguous()]  # tied: wte
-        self._decode_cache = (key, weights)
-        return weights
-
+    # -- decoding (models/gpt_decode.py) -----------------------------------------------
     @torch.no_grad()
     def prefill(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, GPTState]:
         """Process a prompt LongTensor[B, T] (T >= 1) in one forward pass.
@@ -616,47 +384,7 @@ class GPTModel(LanguageModel):
         last ``block_size`` tokens, the context the model can see; with rotary
         the whole prompt is read (sliding-window attention, in chunks).
         """
-        W = self.config.block_size
-        if self.rotary:
-            logits, kv = self._forward_rotary(token_ids, last_only=True)
-            T = token_ids.shape[1]
-            return logits[:, -1], GPTState(self._new_buffer(kv, T, 2 * W), T, None, self._decode_weights())
-        ids = token_ids[:, -W:]
-        logits, kv = self._forward(ids, None, 0, last_only=True)
-        T = ids.shape[1]
-        buffer = self._new_buffer(kv, T, W) if T < W else None  # a full window is recomputed at the next step
-        return logits[:, -1], GPTState(buffer, T, ids, self._decode_weights() if buffer is not None else None)
-
-    def _decode(self, x: torch.Tensor, weights: list, buffer: _KVBuffer, idx: int, lo: int,
-                freqs: torch.Tensor | None) -> torch.Tensor:
-        """One position per row through every layer: x [B, C] -> logits [B, V].
-
-        Writes the position's keys and values at buffer index ``idx`` and attends
-        to indices ``lo .. idx``. Plain tensor calls on ``_decode_weights`` (no
-        module dispatch, no dropout: decoding is inference), few temporaries.
-        """
-        cfg = self.config
-        B, C, H = x.shape[0], cfg.n_embd, cfg.n_head
-        D = C // H
-        eps = cfg.layer_norm_epsilon
-        layers, lnf_w, lnf_b, head = weights
-        for (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b), kv in zip(
-                layers, buffer.layers):
-            h = F.layer_norm(x, (C,), ln1_w, ln1_b, eps)
-            qkv = (h @ attn_w if attn_b is None else torch.addmm(attn_b, h, attn_w)).view(B, 3, H, D)  # [B, 3, H, D]
-            if freqs is not None:
-                _rotate_(qkv[:, :2], freqs)  # q and k, in place
-            kv.select(3, idx).copy_(qkv[:, 1:].transpose(0, 1))  # kv [2, B, H, capacity, D] <- [2, B, H, D]
-            window = kv[:, :, :, lo : idx + 1]  # [2, B, H, n, D]
-            # one query per row: SDPA's CPU kernel beat matmul/softmax/matmul at B = 1 and 16 (measured)
-            y = F.scaled_dot_product_attention(qkv[:, 0, :, None], window[0], window[1]).reshape(B, C)
-            x = torch.addmm(x, y, proj_w) if proj_b is None else torch.addmm(x + proj_b, y, proj_w)
-            h = F.layer_norm(x, (C,), ln2_w, ln2_b, eps)
-            h = F.gelu(h @ fc_w if fc_b is None else torch.addmm(fc_b, h, fc_w), approximate="tanh")  # [B, 4C]
-            x = torch.addmm(x, h, fc2_w) if fc2_b is None else torch.addmm(x + fc2_b, h, fc2_w)
-        logits = F.layer_norm(x, (C,), lnf_w, lnf_b, eps) @ head  # [B, V]
-        logits[:, cfg.bos_id] = float("-inf")
-        return logits
+        return gpt_decode.prefill(self, token_ids)
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: GPTState | None = None) -> tuple[torch.Tensor, GPTState]:
@@ -669,36 +397,6 @@ class GPTModel(LanguageModel):
         Returns:
             (FloatTensor[B, V], new state); the scores equal ``logits`` on the
             whole sequence so far (rotary) or on its last ``block_size`` tokens
-            (learned), up to rounding.
-
-        Cost: rotary, always one position's forward over at most ``block_size``
-        cached keys (the cache is a preallocated buffer of 2 ``block_size``
-        positions; every ``block_size + 1`` steps its last ``block_size - 1``
-        entries move to a new one). Learned, one position's forward while the
-        sequence is shorter than ``block_size``; after that a forward over the
-        whole window per token (absolute positions shift with the window).
+            (learned), up to rounding. Cost: see ``gpt_decode.step``.
         """
-        if state is None:
-            return self.prefill(token_ids[:, None])
-        W = self.config.block_size
-        L = state.length
-        if self.rotary:
-            buffer = state.buffer
-            if buffer.tip != L or L - buffer.offset == buffer.capacity:  # a second branch, or the buffer is full
-                buffer = buffer.window(L, W - 1, 2 * W)
-            idx = L - buffer.offset
-            x = F.embedding(token_ids, self.wte.weight)  # [B, C]
-            logits = self._decode(x, state.weights, buffer, idx, max(0, idx - W + 1),
-                                  self._rope(L, 1, x.device, x.dtype))  # [B, V]
-            buffer.tip = L + 1
-            return logits, GPTState(buffer, L + 1, None, state.weights)
-        ids = torch.cat([state.ids, token_ids[:, None]], dim=1)[:, -W:]  # [B, <= W]
-        if L >= W:
-            return self._forward(ids, None, 0, last_only=True)[0][:, -1], GPTState(None, L + 1, ids)
-        buffer = state.buffer
-        if buffer.tip != L:
-            buffer = buffer.window(L, W, W)
-        x = F.embedding(token_ids, self.wte.weight) + self.wpe.weight[L]  # [B, C]
-        logits = self._decode(x, state.weights, buffer, L, 0, None)  # [B, V]
-        buffer.tip = L + 1
-        return logits, GPTState(buffer, L + 1, ids, state.weights)
+        return gpt_decode.step(self, token_ids, state)

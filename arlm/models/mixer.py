@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ArlmError
+from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 
 LOG_FLOOR = -30.0  # nats
@@ -178,28 +179,27 @@ class MixerModel(LanguageModel):
         return sum(c.num_parameters() for c in self.components) + self.weights.numel()
 
     # -- persistence ------------------------------------------------------------------------------
+    def components_to_save(self, directory: Path) -> list[tuple[str, LanguageModel]]:
+        return [(f"component{k}", c) for k, c in enumerate(self.components)]
+
     def save_weights(self, directory: Path, vocab=None) -> None:
         from safetensors.torch import save_file
 
-        from .. import checkpoint
         from ..io import atomic_path
 
-        if vocab is None:
-            raise ArlmError("a mixer is saved with its vocab: use arlm.checkpoint.save")
-        for k, c in enumerate(self.components):
-            checkpoint.save(Path(directory) / f"component{k}", c, vocab)
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file({"weights": self.weights.contiguous()}, str(tmp))
 
     @classmethod
-    def load_weights(cls, config: MixerConfig, directory: Path) -> "MixerModel":
+    def component_dirs(cls, config: MixerConfig, directory: Path) -> list[Path]:
+        return [Path(directory) / f"component{k}" for k in range(len(config.components))]
+
+    @classmethod
+    def load_weights(cls, config: MixerConfig, directory: Path, components: list | None = None) -> "MixerModel":
         from safetensors.torch import load_file
 
-        from .. import checkpoint
-
-        comps = [checkpoint.load(Path(directory) / f"component{k}")[0] for k in range(len(config.components))]
-        weights = load_file(str(Path(directory) / "model.safetensors"))["weights"]
-        return cls(config, comps, weights).eval()
+        weights = load_file(str(Path(directory) / WEIGHTS_FILE))["weights"]
+        return cls(config, list(components or []), weights).eval()
 
 
 def mixer_inputs(L: np.ndarray, linear_input: bool) -> np.ndarray:
@@ -239,34 +239,3 @@ def update(weights: np.ndarray, pending, token_ids: np.ndarray, learning_rate: f
         weights[0] += learning_rate * grad[b]
         weights[1 + sets[b]] += learning_rate * grad[b]
     return weights
-
-
-def build_mixer(lms: list, select: list[int], learning_rate: float, prime_text: str | None = None,
-                documents: str = "file", linear_input: bool = True):
-    """An ``LM`` holding a mixer of ``lms`` (which share one vocab).
-
-    With ``prime_text``, the mixer reads it once and keeps its final weights as
-    the initial weights (a warm start learnt on held-out text, never the test text).
-
-    Raises:
-        ArlmError: the vocabularies differ, or a selecting component is not an n-gram or cache.
-    """
-    from ..corpus import split_documents
-    from ..data import encode_document
-    from ..lm import LM
-    from .mixture import _check_same_vocab
-
-    _check_same_vocab([lm.vocab for lm in lms])
-    vocab = lms[0].vocab
-    cfg = MixerConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, [lm.model.family for lm in lms],
-                      list(select), learning_rate, linear_input)
-    model = MixerModel(cfg, [lm.model for lm in lms]).eval()
-    if prime_text:
-        for doc in split_documents(prime_text, documents):
-            ids = torch.tensor(encode_document(vocab, doc))
-            state = None
-            for t in range(len(ids)):
-                _, state = model.step(ids[t : t + 1], state)
-            # the last update waits for a token that never comes: that is fine, eos was the last one seen
-            model.weights.copy_(torch.from_numpy(state.weights))
-    return LM(model, vocab, documents)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import ArlmError
+from ..paths import CONFIG_FILE, WEIGHTS_FILE
 from .base import LanguageModel
-
 
 
 @dataclasses.dataclass
@@ -194,47 +194,51 @@ class MixtureModel(LanguageModel):
     def num_parameters(self) -> int:
         return sum(c.num_parameters() for c in self.components) + self.weights.numel()
 
-    # -- persistence ------------------------------------------------------------------------
-    def save_weights(self, directory: Path, vocab=None) -> None:
-        from safetensors.torch import save_file
-
-        from .. import checkpoint
-        from ..io import atomic_path
-
-        if vocab is None:
-            raise ArlmError("a mixture is saved with its vocab: use arlm.checkpoint.save")
+    # -- persistence: checkpoint.save/load write and read the components ----------------------
+    def components_to_save(self, directory: Path) -> list[tuple[str, LanguageModel]]:
+        """The components to copy into ``directory``: those built in memory, or all of them when
+        ``embed_components``; a component loaded from a directory is referenced by its relative
+        path instead (recorded in ``config.component_paths``, which is saved after this)."""
         d = Path(directory)
-        paths = []
+        paths, copies = [], []
         for k, c in enumerate(self.components):
             source = getattr(c, "source_dir", None)  # set by checkpoint.load
-            if self.embed_components or source is None or not (Path(source) / "config.json").is_file():
-                checkpoint.save(d / f"component{k}", c, vocab)
+            if self.embed_components or source is None or not (Path(source) / CONFIG_FILE).is_file():
+                copies.append((f"component{k}", c))
                 paths.append(f"component{k}")
             else:
                 paths.append(Path(os.path.relpath(Path(source).resolve(), d.resolve())).as_posix())
-        self.config.component_paths = paths  # checkpoint.save writes config.json after the weights
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        self.config.component_paths = paths
+        return copies
+
+    def save_weights(self, directory: Path, vocab=None) -> None:
+        from safetensors.torch import save_file
+
+        from ..io import atomic_path
+
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file({"weights": self.weights.contiguous()}, str(tmp))
 
     @classmethod
-    def load_weights(cls, config: MixtureConfig, directory: Path) -> "MixtureModel":
-        from safetensors.torch import load_file
-
-        from .. import checkpoint
-
-        comps = []
+    def component_dirs(cls, config: MixtureConfig, directory: Path) -> list[Path]:
+        dirs = []
         paths = config.component_paths or [f"component{k}" for k in range(len(config.components))]
         for k, rel in enumerate(paths):
             cdir = Path(directory) / rel
-            if not (cdir / checkpoint.CONFIG).is_file():
+            if not (cdir / CONFIG_FILE).is_file():
                 raise ArlmError(
                     f"mixture {directory}: component {k} ({config.components[k]}, stored as {rel!r} relative to the "
                     f"mixture) is missing at {os.path.normpath(cdir)}; keep the mixture and its components together "
                     f"when moving them, or make the mixture with `arlm mix --embed`")
-            model, _, _ = checkpoint.load(cdir)
-            comps.append(model)
-        weights = load_file(str(Path(directory) / "model.safetensors"))["weights"]
-        return cls(config, comps, weights).eval()
+            dirs.append(cdir)
+        return dirs
+
+    @classmethod
+    def load_weights(cls, config: MixtureConfig, directory: Path, components: list | None = None) -> "MixtureModel":
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(directory) / WEIGHTS_FILE))["weights"]
+        return cls(config, list(components or []), weights).eval()
 
 
 def fit_weights(L: torch.Tensor, buckets: np.ndarray | None = None, n_buckets: int = 1,
@@ -275,85 +279,3 @@ def fit_weights(L: torch.Tensor, buckets: np.ndarray | None = None, n_buckets: i
     ll_t = torch.logsumexp(L + torch.log(w[b]).T, dim=0)
     history.append(float(ll_t.mean()))
     return w, history
-
-
-def build_mixture(lms: list, fit_text: str, documents: str, bucketed: bool = False):
-    """Fit a mixture of loaded ``LM`` objects on ``fit_text``; returns ``(LM, history)``.
-
-    ``history`` is as in :func:`fit_weights`. The returned model's
-    ``fit_component_mean_nll`` lists each component's mean_nll (nats per token)
-    on ``fit_text``, to compare with the mixture's ``-history[-1]``.
-
-    Raises:
-        ArlmError: fewer than two components, vocabularies that differ, or a
-            bucketed mixture whose first component is not an n-gram model.
-    """
-    from ..corpus import split_documents
-    from ..data import encode_document
-    from ..lm import LM
-
-    if len(lms) < 2:
-        raise ArlmError("a mixture needs at least two models")
-    v0 = lms[0].vocab
-    _check_same_vocab([lm.vocab for lm in lms])
-    bucket_components = []
-    if bucketed:
-        # the first n-gram and the first cache component select the weights
-        for fam in ("ngram", "cache"):
-            idx = [i for i, lm in enumerate(lms) if lm.model.family == fam]
-            bucket_components += idx[:1]
-        if not bucket_components:
-            raise ArlmError("context-dependent weights need an n-gram or cache component")
-    cfg = MixtureConfig(v0.vocab_size, v0.bos_id, v0.eos_id, [lm.model.family for lm in lms], bucket_components)
-    model = MixtureModel(cfg, [lm.model for lm in lms])
-    docs = [torch.tensor(encode_document(v0, d)) for d in split_documents(fit_text, documents)]
-    L, buckets, _ = model.component_log_probs(docs)
-    w, history = fit_weights(L, buckets, model.n_buckets)
-    model.weights.copy_(w)
-    model.fit_component_mean_nll = [float(-x) for x in L.mean(dim=1)]
-    return LM(model.eval(), v0, documents), history
-
-
-def reuse_weights(lms: list, donor, documents: str):
-    """A mixture of ``lms`` with the weights of the mixture ``donor`` (an LM).
-
-    The usual way to use held-out data twice (Jelinek & Mercer's deleted
-    interpolation): fit the weights with components trained without the
-    held-out part, then retrain the components on everything and keep the
-    weights. Returns ``(LM, [])``.
-
-    Raises:
-        ArlmError: ``donor`` is not a mixture, or its components differ in
-            number, family, order or vocabulary.
-    """
-    from ..lm import LM
-
-    dm = donor.model
-    if dm.family != "mixture":
-        raise ArlmError("--weights-from needs a mixture model directory")
-    if [lm.model.family for lm in lms] != dm.config.components:
-        raise ArlmError(f"the models ({[lm.model.family for lm in lms]}) differ from the mixture's components "
-                        f"({dm.config.components})")
-    for k in dm.config.bucket_components:
-        if lms[k].model.feature_size != dm.components[k].feature_size:
-            raise ArlmError(f"component {k} has another order than in the mixture the weights come from")
-    v0 = lms[0].vocab
-    _check_same_vocab([lm.vocab for lm in lms] + [donor.vocab])
-    cfg = dataclasses.replace(dm.config)
-    model = MixtureModel(cfg, [lm.model for lm in lms], dm.weights.clone())
-    return LM(model.eval(), v0, documents), []
-
-
-def _check_same_vocab(vocabs) -> None:
-    v0 = vocabs[0]
-    probe = "The quick brown fox, 0123456789!\n"
-    for v in vocabs[1:]:
-        same = v.kind == v0.kind and v.vocab_size == v0.vocab_size
-        if same and v0.kind == "char":
-            same = v.chars == v0.chars
-        if same and v0.kind == "word":
-            same = v.words == v0.words
-        if same and v0.kind == "bpe":
-            same = v.encode(probe) == v0.encode(probe)
-        if not same:
-            raise ArlmError("the models do not share one vocabulary (train them with the same --vocab on the same text)")

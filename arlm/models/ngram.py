@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import ArlmError
+from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -393,14 +394,14 @@ class NGramModel(LanguageModel):
         for n, level in enumerate(self.levels, start=1):
             tensors[f"order{n}.keys"] = level.keys
             tensors[f"order{n}.counts"] = level.counts
-        with atomic_path(Path(directory) / "model.safetensors") as tmp:
+        with atomic_path(Path(directory) / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "arlm-ngram"})
 
     @classmethod
     def load_weights(cls, config: NGramConfig, directory: Path) -> "NGramModel":
         from safetensors.numpy import load_file
 
-        tensors = load_file(str(Path(directory) / "model.safetensors"))
+        tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
         try:
             keys = [tensors[f"order{n}.keys"] for n in range(1, config.order + 1)]
             counts = [tensors[f"order{n}.counts"] for n in range(1, config.order + 1)]

@@ -113,28 +113,7 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
 
     app.add_middleware(_AuthAndLog, api_key=api_key)
 
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exc: RequestValidationError):
-        msg, field = _validation_message(exc)
-        return _error(400, msg, param=field)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404
-                      else "invalid_request_error")
-
-    @app.exception_handler(ServeError)
-    async def on_serve(request: Request, exc: ServeError):
-        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
-
-    @app.exception_handler(ArlmError)
-    async def on_arlm(request: Request, exc: ArlmError):
-        return _error(400, str(exc))
-
-    @app.exception_handler(Exception)
-    async def on_other(request: Request, exc: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, "internal server error (see the server log)", "server_error")
+    _add_error_handlers(app)
 
     signatures = {n: (e.vocab.kind, tuple(e.vocab.token_text(i) for i in range(e.vocab.vocab_size)))
                   for n, e in engines.items()}
@@ -172,6 +151,53 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
                          "max_model_len": bs})
         return {"object": "list", "data": data}
 
+    _add_tokenizer_routes(app, engine_for)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = await _parse(request, CompletionRequest)
+        eng = engine_for(req.model)
+        params = await run_in_threadpool(eng.prepare, req, max_tokens_limit)
+        job = eng.submit(params, asyncio.get_running_loop())
+        rid = completion_id()
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_stream(job, rid, created, req.model, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await _collect(job, rid, created, req.model, request)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI's error shape (``protocol.error_body``)."""
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        msg, field = _validation_message(exc)
+        return _error(400, msg, param=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404
+                      else "invalid_request_error")
+
+    @app.exception_handler(ServeError)
+    async def on_serve(request: Request, exc: ServeError):
+        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(ArlmError)
+    async def on_arlm(request: Request, exc: ArlmError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def on_other(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error (see the server log)", "server_error")
+
+
+def _add_tokenizer_routes(app: FastAPI, engine_for) -> None:
+    """vLLM's tokenizer endpoints (what lm-evaluation-harness's remote tokenizer calls)."""
     @app.get("/tokenizer_info")
     async def tokenizer_info(model: str | None = None):
         eng = engine_for(model)
@@ -198,22 +224,6 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
         req = await _parse(request, DetokenizeRequest)
         eng = engine_for(req.model)
         return {"prompt": eng.detokenize(req.tokens)}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        req = await _parse(request, CompletionRequest)
-        eng = engine_for(req.model)
-        params = await run_in_threadpool(eng.prepare, req, max_tokens_limit)
-        job = eng.submit(params, asyncio.get_running_loop())
-        rid = completion_id()
-        created = int(time.time())
-        if req.stream:
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_stream(job, rid, created, req.model, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _collect(job, rid, created, req.model, request)
-
-    return app
 
 
 class _Choices:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import math
 import queue
@@ -43,63 +42,12 @@ from typing import Any
 import torch
 
 from ..errors import ArlmError
-from ..sampling import check_sampling_args, filter_logits, sample_generator, sample_next
-from ..scoring import sequence_log_probs
+from ..sampling import find_stop, sample_generator, sample_rows
 from ..vocab.base import BOS, EOS
+from .logprobs import finite, prompt_info, top_logprobs
+from .protocol import Params, ServeError, validate_request
 
 log = logging.getLogger("arlm.serve")
-
-#: The logprob reported for a token of probability zero (JSON has no -inf; vLLM's convention).
-NEG_INF_LOGPROB = -9999.0
-
-
-class ServeError(Exception):
-    """A request the server refuses: HTTP ``status`` and OpenAI's error fields."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.param = param
-        self.code = code
-        self.type = type
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else NEG_INF_LOGPROB
-
-
-@dataclasses.dataclass
-class Params:
-    """A validated completion request, ready for the engine."""
-
-    prompts: list[list[int]]  # token ids without the leading <bos>
-    prompt_texts: list[str]
-    prompt_starts: list[bool]  # the prompt's first id was a <bos>/<eos> document start (logprob null)
-    max_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float
-    n: int
-    seed: int | None
-    stops: list[str]
-    echo: bool
-    logprobs: int | None
-    min_tokens: int = 0
-    stream: bool = False  # deltas are sent as tokens come; otherwise once, when a choice ends
-
-
-@dataclasses.dataclass
-class PromptInfo:
-    """The prompt's own tokens for ``echo``: text, token strings, logprobs, alternatives, char offsets."""
-
-    text: str
-    tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict | None] | None
-    text_offset: list[int]
-
 
 class Job:
     """One request in flight. The engine thread reports to the event loop through ``events``:
@@ -229,70 +177,8 @@ class Engine:
         return self.vocab.decode(token_ids)
 
     def prepare(self, req, max_tokens_limit: int) -> Params:
-        """Validate a :class:`~arlm.serve.protocol.CompletionRequest` and encode its prompts. Raises ServeError."""
-        p = req.prompt
-        if isinstance(p, str):
-            raw = [p]
-        elif len(p) == 0:
-            raise ServeError("prompt must not be an empty list", param="prompt")
-        elif isinstance(p[0], int):
-            raw = [p]
-        else:
-            raw = list(p)
-        from .protocol import MAX_PROMPTS
-
-        if len(raw) > MAX_PROMPTS:
-            raise ServeError(f"at most {MAX_PROMPTS} prompts per request, got {len(raw)}", param="prompt")
-        V, bos, eos = self.vocab.vocab_size, self.vocab.bos_id, self.vocab.eos_id
-        prompts, texts, starts = [], [], []
-        for i, item in enumerate(raw):
-            if isinstance(item, str):
-                try:
-                    ids = self.vocab.encode(item)
-                except ArlmError as e:
-                    where = f"prompt[{i}]: " if len(raw) > 1 else ""
-                    raise ServeError(f"{where}{e}", param="prompt", code="invalid_prompt") from None
-                texts.append(item)
-                starts.append(False)
-            else:
-                ids = list(item)
-                bad = next((j for j, t in enumerate(ids) if not 0 <= t < V), None)
-                if bad is not None:
-                    raise ServeError(f"prompt token id {ids[bad]} at position {bad} is outside this model's vocab "
-                                     f"[0, {V})", param="prompt", code="invalid_prompt")
-                start = bool(ids) and ids[0] in (bos, eos)
-                if start:
-                    ids = ids[1:]
-                if bos in ids:
-                    raise ServeError(f"<bos> (id {bos}) may only be the first token of a prompt, found at position "
-                                     f"{ids.index(bos) + start}", param="prompt", code="invalid_prompt")
-                texts.append(self.vocab.decode(([bos] if start else []) + ids))
-                starts.append(start)
-            prompts.append(ids)
-        max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        if max_tokens > max_tokens_limit:
-            raise ServeError(f"max_tokens={max_tokens} is above this server's limit {max_tokens_limit} "
-                             "(--max-tokens-limit)", param="max_tokens")
-        if max_tokens == 0 and not req.echo:
-            raise ServeError("max_tokens=0 returns nothing without echo=true", param="max_tokens")
-        total = max_tokens * req.n * len(prompts)
-        cap = 4 * max_tokens_limit
-        if total > cap:
-            raise ServeError(f"n x max_tokens x prompts = {total} tokens is above this server's cap {cap} "
-                             "(4 x --max-tokens-limit)", param="n")
-        temperature = 1.0 if req.temperature is None else float(req.temperature)
-        top_p = 1.0 if req.top_p is None else float(req.top_p)
-        top_k = None if req.top_k in (None, -1, 0) else int(req.top_k)
-        if not math.isfinite(temperature):
-            raise ServeError("temperature must be finite", param="temperature")
-        try:
-            check_sampling_args(temperature, top_k, top_p, max_tokens)
-        except ArlmError as e:
-            raise ServeError(str(e), param="temperature") from None
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        stops = [s for s in stops if s]
-        return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, req.seed, stops,
-                      req.echo, req.logprobs, min(req.min_tokens, max_tokens), req.stream)
+        """Validate a request and encode its prompts (:func:`~arlm.serve.protocol.validate_request`)."""
+        return validate_request(req, self.vocab, max_tokens_limit)
 
     def submit(self, params: Params, loop: asyncio.AbstractEventLoop) -> Job:
         """Queue a request; its events arrive on ``job.events``."""
@@ -347,7 +233,7 @@ class Engine:
         try:
             if prm.echo:
                 for i in range(len(prm.prompts)):
-                    job.emit("prompt", i, self._prompt_info(prm, i))
+                    job.emit("prompt", i, prompt_info(self.model, self.vocab, prm, i))
         except ArlmError as e:
             job.emit("error", ServeError(str(e)))
             return
@@ -431,7 +317,7 @@ class Engine:
                 if prm.logprobs is not None:
                     if log_probs is None:
                         log_probs = torch.log_softmax(prm_logits.double(), dim=-1).cpu()  # [B, V]
-                    entry = (EOS, _finite(float(log_probs[r, t])), self._top(log_probs[r], prm.logprobs, t), len(text))
+                    entry = (EOS, finite(float(log_probs[r, t])), top_logprobs(self.vocab, log_probs[r], prm.logprobs, t), len(text))
                     s.job.emit("delta", s.index, "", [entry])
                 self._finish(s, "stop")
                 next_ids.append(t)
@@ -439,14 +325,14 @@ class Engine:
             if prm.logprobs is not None:
                 if log_probs is None:
                     log_probs = torch.log_softmax(prm_logits.double(), dim=-1).cpu()  # [B, V]
-                s.logprobs.append(_finite(float(log_probs[r, t])))
-                s.tops.append(self._top(log_probs[r], prm.logprobs, t))
+                s.logprobs.append(finite(float(log_probs[r, t])))
+                s.tops.append(top_logprobs(self.vocab, log_probs[r], prm.logprobs, t))
             s.new_ids.append(t)
             s.job.completion_tokens += 1
             text = self.vocab.decode(s.new_ids)
             s.offsets.append(len(self.vocab.decode(s.new_ids[:-1])) if len(s.offsets) else 0)
             if prm.stops:
-                cut = min((j for j in (text.find(x) for x in prm.stops) if j >= 0), default=-1)
+                cut = find_stop(text, prm.stops)
                 if cut >= 0:
                     self._release(s, text[:cut], final=True, cut=True)
                     self._finish(s, "stop")
@@ -468,8 +354,8 @@ class Engine:
     def _sample_rows(self, g: Group) -> dict[int, int | ArlmError]:
         """One token per live row of ``g``: row -> token id (or the ArlmError its logits raised).
 
-        Rows with the same knobs are filtered together by :func:`arlm.sampling.filter_logits` (a row-wise
-        operation), then each row draws from its own generator exactly as :func:`arlm.sampling.sample_next` does.
+        Rows with the same knobs are sampled together by :func:`arlm.sampling.sample_rows`, each from
+        its own generator (what ``LM.generate`` uses, so a choice gets the same text either way).
         """
         logits = g.logits  # [B, V]
         live = [r for r, s in enumerate(g.seqs) if not s.done and not s.job.cancelled]
@@ -483,22 +369,8 @@ class Engine:
             by_knobs.setdefault((prm.temperature, prm.top_k, prm.top_p), []).append(r)
         out: dict[int, int | ArlmError] = {}
         for (temperature, top_k, top_p), rows in by_knobs.items():
-            try:
-                lp = filter_logits(logits[rows], temperature, top_k, top_p)  # [b, V] float64
-            except ArlmError:  # find the row(s) at fault, sample the others
-                for r in rows:
-                    try:
-                        out[r] = int(sample_next(logits[r : r + 1], g.seqs[r].generator, temperature, top_k, top_p)[0])
-                    except ArlmError as e:
-                        out[r] = e
-                continue
-            if temperature == 0 or top_p == 0.0 or top_k == 1:
-                for r, t in zip(rows, lp.argmax(dim=-1).tolist()):
-                    out[r] = t
-                continue
-            probs = lp.exp().cpu()  # [b, V]
-            for i, r in enumerate(rows):
-                out[r] = int(torch.multinomial(probs[i : i + 1], 1, generator=g.seqs[r].generator)[0, 0])
+            drawn = sample_rows(logits[rows], [g.seqs[r].generator for r in rows], temperature, top_k, top_p)
+            out.update(zip(rows, drawn))
         return out
 
     def _release(self, s: Seq, text: str, final: bool, cut: bool = False) -> None:
@@ -553,33 +425,3 @@ class Engine:
         if not job.done_sent:
             job.done_sent = True
             job.emit("done", job.completion_tokens)
-
-    def _top(self, lp_row: torch.Tensor, k: int, chosen: int | None) -> dict:
-        """The ``k`` most probable tokens of a DoubleTensor[V] log-prob row (and ``chosen``): text -> logprob."""
-        vals, idx = torch.topk(lp_row, min(k, lp_row.shape[0]))
-        out = {self.vocab.token_text(int(i)): _finite(float(v)) for v, i in zip(vals, idx) if math.isfinite(float(v))}
-        if chosen is not None:
-            out.setdefault(self.vocab.token_text(chosen), _finite(float(lp_row[chosen])))
-        return out
-
-    def _prompt_info(self, prm: Params, i: int) -> PromptInfo:
-        ids = prm.prompts[i]
-        full = [self.vocab.bos_id, *ids]
-        lp = sequence_log_probs(self.model, full).tolist() if ids else []
-        tokens = ([BOS] if prm.prompt_starts[i] else []) + [self.vocab.token_text(t) for t in ids]
-        token_logprobs: list[float | None] = ([None] if prm.prompt_starts[i] else []) + [_finite(v) for v in lp]
-        top = None
-        if prm.logprobs is not None:
-            top = [None] if prm.prompt_starts[i] else []
-            if prm.logprobs > 0 and ids:
-                dense = self.model.dense_log_probs(torch.tensor([full[:-1]], device=self.model.device))[0]  # [T, V]
-                top += [self._top(dense[j], prm.logprobs, ids[j]) for j in range(len(ids))]
-            else:  # logprobs=0: only the token itself (vLLM's convention)
-                top += [{self.vocab.token_text(t): _finite(v)} for t, v in zip(ids, lp)]
-        offsets = []
-        pos = 0
-        for tok_text, t in zip(tokens, ([self.vocab.bos_id] if prm.prompt_starts[i] else []) + ids):
-            offsets.append(pos)
-            if t not in (self.vocab.bos_id, self.vocab.eos_id):
-                pos += len(self.vocab.decode([t]))
-        return PromptInfo(prm.prompt_texts[i], tokens, token_logprobs, top, offsets)

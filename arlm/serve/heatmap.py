@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from ..io import atomic_path, atomic_write_text
+from ..units import LN2
 
-LN2 = math.log(2.0)
 
 
 def token_surprisals(lm, text: str) -> tuple[list[str], list[float]]:

@@ -16,11 +16,16 @@ or ``<eos>`` takes that token as the document start (its logprob is ``null``).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from ..errors import ArlmError
+from ..sampling import check_sampling_args
 
 #: Most alternatives per position in ``logprobs`` (OpenAI's and vLLM's limit).
 MAX_LOGPROBS = 20
@@ -74,6 +79,113 @@ class DetokenizeRequest(BaseModel):
 
     model: Optional[StrictStr] = None
     tokens: list[StrictInt]
+
+
+class ServeError(Exception):
+    """A request the server refuses: HTTP ``status`` and OpenAI's error fields."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+        self.type = type
+
+
+@dataclasses.dataclass
+class Params:
+    """A validated completion request, ready for the engine."""
+
+    prompts: list[list[int]]  # token ids without the leading <bos>
+    prompt_texts: list[str]
+    prompt_starts: list[bool]  # the prompt's first id was a <bos>/<eos> document start (logprob null)
+    max_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float
+    n: int
+    seed: int | None
+    stops: list[str]
+    echo: bool
+    logprobs: int | None
+    min_tokens: int = 0
+    stream: bool = False  # deltas are sent as tokens come; otherwise once, when a choice ends
+
+
+
+def encode_prompts(req: CompletionRequest, vocab) -> tuple[list[list[int]], list[str], list[bool]]:
+    """The prompts of ``req`` as token ids (without a leading ``<bos>``), their texts, and whether each
+    token-id prompt began with a document start (``<bos>``/``<eos>``, dropped). Raises ServeError."""
+    p = req.prompt
+    if isinstance(p, str):
+        raw = [p]
+    elif len(p) == 0:
+        raise ServeError("prompt must not be an empty list", param="prompt")
+    elif isinstance(p[0], int):
+        raw = [p]
+    else:
+        raw = list(p)
+    if len(raw) > MAX_PROMPTS:
+        raise ServeError(f"at most {MAX_PROMPTS} prompts per request, got {len(raw)}", param="prompt")
+    V, bos, eos = vocab.vocab_size, vocab.bos_id, vocab.eos_id
+    prompts, texts, starts = [], [], []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            try:
+                ids = vocab.encode(item)
+            except ArlmError as e:
+                where = f"prompt[{i}]: " if len(raw) > 1 else ""
+                raise ServeError(f"{where}{e}", param="prompt", code="invalid_prompt") from None
+            texts.append(item)
+            starts.append(False)
+        else:
+            ids = list(item)
+            bad = next((j for j, t in enumerate(ids) if not 0 <= t < V), None)
+            if bad is not None:
+                raise ServeError(f"prompt token id {ids[bad]} at position {bad} is outside this model's vocab "
+                                 f"[0, {V})", param="prompt", code="invalid_prompt")
+            start = bool(ids) and ids[0] in (bos, eos)
+            if start:
+                ids = ids[1:]
+            if bos in ids:
+                raise ServeError(f"<bos> (id {bos}) may only be the first token of a prompt, found at position "
+                                 f"{ids.index(bos) + start}", param="prompt", code="invalid_prompt")
+            texts.append(vocab.decode(([bos] if start else []) + ids))
+            starts.append(start)
+        prompts.append(ids)
+    return prompts, texts, starts
+
+
+def validate_request(req: CompletionRequest, vocab, max_tokens_limit: int) -> Params:
+    """Validate a :class:`CompletionRequest` against the served model's ``vocab`` and this server's
+    limits, and encode its prompts. Raises ServeError (HTTP 400) naming the field at fault."""
+    prompts, texts, starts = encode_prompts(req, vocab)
+    max_tokens = 16 if req.max_tokens is None else req.max_tokens
+    if max_tokens > max_tokens_limit:
+        raise ServeError(f"max_tokens={max_tokens} is above this server's limit {max_tokens_limit} "
+                         "(--max-tokens-limit)", param="max_tokens")
+    if max_tokens == 0 and not req.echo:
+        raise ServeError("max_tokens=0 returns nothing without echo=true", param="max_tokens")
+    total = max_tokens * req.n * len(prompts)
+    cap = 4 * max_tokens_limit
+    if total > cap:
+        raise ServeError(f"n x max_tokens x prompts = {total} tokens is above this server's cap {cap} "
+                         "(4 x --max-tokens-limit)", param="n")
+    temperature = 1.0 if req.temperature is None else float(req.temperature)
+    top_p = 1.0 if req.top_p is None else float(req.top_p)
+    top_k = None if req.top_k in (None, -1, 0) else int(req.top_k)
+    if not math.isfinite(temperature):
+        raise ServeError("temperature must be finite", param="temperature")
+    try:
+        check_sampling_args(temperature, top_k, top_p, max_tokens)
+    except ArlmError as e:
+        raise ServeError(str(e), param="temperature") from None
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    stops = [s for s in stops if s]
+    return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, req.seed, stops,
+                  req.echo, req.logprobs, min(req.min_tokens, max_tokens), req.stream)
 
 
 ErrorType = Literal["invalid_request_error", "authentication_error", "not_found_error", "server_error"]

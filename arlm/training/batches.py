@@ -113,7 +113,7 @@ def _token_header_digest(path) -> str:
     """SHA-256 of a token directory's header (counts, dtype, vocab): it changes when the directory is re-tokenized."""
     import hashlib
 
-    from ..data import TOKENS_HEADER
+    from ..paths import TOKENS_HEADER
 
     return hashlib.sha256((Path(path) / TOKENS_HEADER).read_bytes()).hexdigest()
 
@@ -125,7 +125,7 @@ def token_data_from_dir(path, val_fraction: float = 0.1, seed: int = 1337, heade
     ``header_sha256`` (a resume): the digest recorded when the run started; a
     directory re-tokenized since then is refused with ArlmError.
     """
-    from ..data import TokenDir, is_token_dir, split_token_dir
+    from ..token_dir import TokenDir, is_token_dir, split_token_dir
 
     if header_sha256 is not None:
         if not is_token_dir(path):

@@ -85,44 +85,14 @@ def run_training(
     clock = Clock(run.elapsed)
     meter = Throughput()
     bar = Progress(s.max_steps, s.max_time, run.step, run.elapsed, enabled=progress and dist.is_main)
-    post: dict = {}
     val_loss = stopped = None
     restore_malloc = keep_freed_memory() if tr.device.type == "cpu" else (lambda: None)
     try:
         with stop_flag:
             if resume_state is None:
                 val_loss = tr.evaluate_and_checkpoint()
-            while True:
-                run.elapsed = clock()
-                stopped = stop_reason(s, run, stop_after_steps, stop_flag, timed=dist.is_main)
-                stopped, run.elapsed = dist.agree_stop(stopped, run.elapsed)  # rank 0's clock rules every rank
-                if stopped:
-                    break
-                t0 = time.perf_counter()
-                lr = lr_at(s, run.step, run.elapsed)
-                x, y = get_batch(train_data, s.documents, s.batch_size, s.block_size, tr.gen)
-                loss_value = tr.train_step(x, y, lr)  # forward, backward, clip, optimiser step
-                n_tok = batch_tokens(y, s.documents)
-                run.tokens_seen += n_tok
-                dt = time.perf_counter() - t0
-                meter.add(n_tok, dt)
-                threads.record(dt / max(n_tok, 1))
-                tr.log({"step": run.step, "loss": loss_value, "lr": lr})
-                run.elapsed = clock()
-                if run.step % s.eval_interval == 0:
-                    tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                            "elapsed_s": round(run.elapsed, 3), "threads": threads.current})
-                    val_loss = tr.evaluate_and_checkpoint()
-                if run.step % 10 == 0 or run.step == 1:
-                    post = progress_postfix(s, run, loss_value, val_loss, meter)
-                bar.update(run.step, run.elapsed, post)
-            if meter.seconds:
-                tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                        "elapsed_s": round(run.elapsed, 3)})
-            if tr.last_eval_step != run.step:
-                val_loss = tr.evaluate_and_checkpoint(stopped)
-            else:
-                tr.checkpoint(stopped)  # record why it stopped
+            stopped, val_loss = _step_loop(tr, s, train_data, stop_after_steps, stop_flag, clock, meter, bar, val_loss)
+            _end_run(tr, meter, stopped)
     except distributed.RankFailure as e:  # say so before the clean-up: torchrun may end this rank any moment
         raise e.reported(f"; this rank stopped before step {run.step + 1}; {out_dir} keeps the checkpoint of step "
                          f"{tr.saved_step}: continue with arlm train --resume {out_dir} (under torchrun or "
@@ -135,6 +105,24 @@ def run_training(
         if dist.is_main:
             plot_run(out_dir, model, vocab)
     model.eval()
+    return _summary(tr, meter, stopped, stop_flag)
+
+
+def _end_run(tr, meter, stopped) -> None:
+    """Log the last throughput, and evaluate and checkpoint the last step (or record why the run stopped)."""
+    run = tr.run
+    if meter.seconds:
+        tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
+                "elapsed_s": round(run.elapsed, 3)})
+    if tr.last_eval_step != run.step:
+        tr.evaluate_and_checkpoint(stopped)
+    else:
+        tr.checkpoint(stopped)  # record why it stopped
+
+
+def _summary(tr, meter, stopped, stop_flag) -> dict:
+    """What :func:`run_training` returns (see there)."""
+    run = tr.run
     return {
         "step": run.step,
         "best_step": run.best_step,
@@ -145,6 +133,38 @@ def run_training(
         "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
         "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
     }
+
+
+def _step_loop(tr, s: TrainSettings, train_data: TokenData, stop_after_steps, stop_flag, clock, meter, bar, val_loss):
+    """The steps of :func:`run_training` until a stop reason (budget, signal, ``stop_after_steps``): get a batch,
+    train on it, log, and evaluate and checkpoint every ``eval_interval`` steps. Returns ``(stopped, val_loss)``."""
+    run, dist, threads = tr.run, tr.dist, tr.threads
+    post: dict = {}
+    while True:
+        run.elapsed = clock()
+        stopped = stop_reason(s, run, stop_after_steps, stop_flag, timed=dist.is_main)
+        stopped, run.elapsed = dist.agree_stop(stopped, run.elapsed)  # rank 0's clock rules every rank
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        lr = lr_at(s, run.step, run.elapsed)
+        x, y = get_batch(train_data, s.documents, s.batch_size, s.block_size, tr.gen)
+        loss_value = tr.train_step(x, y, lr)  # forward, backward, clip, optimiser step
+        n_tok = batch_tokens(y, s.documents)
+        run.tokens_seen += n_tok
+        dt = time.perf_counter() - t0
+        meter.add(n_tok, dt)
+        threads.record(dt / max(n_tok, 1))
+        tr.log({"step": run.step, "loss": loss_value, "lr": lr})
+        run.elapsed = clock()
+        if run.step % s.eval_interval == 0:
+            tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
+                    "elapsed_s": round(run.elapsed, 3), "threads": threads.current})
+            val_loss = tr.evaluate_and_checkpoint()
+        if run.step % 10 == 0 or run.step == 1:
+            post = progress_postfix(s, run, loss_value, val_loss, meter)
+        bar.update(run.step, run.elapsed, post)
+    return stopped, val_loss
 
 
 def start_run(model, vocab, train_data: TokenData, val_data: TokenData | None, s: TrainSettings, out_dir,

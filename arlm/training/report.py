@@ -7,9 +7,7 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from ..io import atomic_path, write_error
-
-LOG_FILE = "train_log.jsonl"
-PLOT_FILE = "loss.png"
+from ..paths import LOG_FILE, PLOT_FILE
 
 
 class RunLog:

@@ -24,10 +24,9 @@ import torch
 from .. import checkpoint
 from ..errors import ArlmError
 from ..io import atomic_path
+from ..paths import CONFIG_FILE, DATA_FILE, STATE_FILE
 from .batches import TokenData, token_data_from_dir
 
-STATE_FILE = "training_state.safetensors"
-DATA_FILE = "training_data.safetensors"
 STATE_VERSION = 1
 
 
@@ -72,7 +71,7 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
     if not path.is_file():
         try:
-            family = json.loads((path.parent / "config.json").read_text(encoding="utf-8")).get("family")
+            family = json.loads((path.parent / CONFIG_FILE).read_text(encoding="utf-8")).get("family")
         except (OSError, ValueError, AttributeError):
             family = None
         from ..models.registry import FAMILIES

@@ -32,6 +32,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
+from ..paths import TOKENIZER_FILE
 from .base import BOS, EOS, is_surrogate, surrogate_error
 
 N_SPECIALS = 2
@@ -43,7 +44,7 @@ DEFAULT_VOCAB_SIZE = 1024
 _PROBE = "".join(map(chr, range(256))) + " héllo\r\n\tzażółć 日本語 \u0301 \u200d 🎉👩\u200d💻 <eos><bos> \ufffd"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable characters (the ByteLevel alphabet)."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = list(bs)
@@ -56,7 +57,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(bs, cs)}
 
 
-_BYTE_OF_CHAR = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_OF_CHAR = {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _name_of_bytes(data: bytes) -> str:
@@ -96,7 +97,7 @@ class BPEVocab:
     """
 
     kind = "bpe"
-    filename = "tokenizer.json"
+    filename = TOKENIZER_FILE
 
     def __init__(self, tokenizer: Tokenizer):
         """Wrap a trained byte-level ``tokenizers.Tokenizer`` holding ``<bos>`` and ``<eos>`` as special tokens.
@@ -127,6 +128,10 @@ class BPEVocab:
             exact = False
         if not exact:
             raise ArlmError("this tokenizer does not encode and decode every string exactly; arlm needs a byte-level BPE")
+
+    def to_json(self) -> str:
+        """The ``tokenizers`` JSON of this vocab (compact), e.g. to build another tokenizer from it."""
+        return self._tokenizer.to_str()
 
     def _token_names(self) -> list[str]:
         names: list[str] = []

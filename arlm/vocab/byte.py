@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..paths import VOCAB_FILE
 from .base import BOS, EOS, text_bytes
 
 
@@ -21,7 +22,7 @@ class ByteVocab:
     """
 
     kind = "byte"
-    filename = "vocab.json"
+    filename = VOCAB_FILE
     bos_id = 256
     eos_id = 257
     vocab_size = 258

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
+from ..paths import VOCAB_FILE
 from .base import BOS, EOS, is_surrogate, surrogate_error
 
 
@@ -18,7 +19,7 @@ class CharVocab:
     """
 
     kind = "char"
-    filename = "vocab.json"
+    filename = VOCAB_FILE
 
     def __init__(self, chars: list[str]):
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
+from ..paths import VOCAB_FILE
 from .base import BOS, EOS
 
 UNK = "<unk>"
@@ -46,7 +47,7 @@ class WordVocab:
     """
 
     kind = "word"
-    filename = "vocab.json"
+    filename = VOCAB_FILE
 
     def __init__(self, words: list[str]):
         """Raises ArlmError: repeated words, an empty word, a word holding whitespace, or ``<unk>`` among them."""

@@ -116,9 +116,9 @@ EXPECTED_NLL = 2.4143474102020264
 
 
 def test_cpu_training_kernels_match_pytorch():
-    # Training on CPU uses hand-written attention and GELU (arlm.models.gpt.FAST_CPU_TRAINING);
+    # Training on CPU uses hand-written attention and GELU (arlm.models.gpt_kernels.FAST_CPU_TRAINING);
     # their values and gradients must be PyTorch's (SDPA, F.gelu tanh) up to rounding.
-    from arlm.models import gpt as G
+    from arlm.models import gpt_kernels as G
 
     model = tiny(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=21, bos_id=19, eos_id=20).train()
     randomise(model, seed=7)
@@ -149,7 +149,7 @@ def test_cpu_training_kernels_match_pytorch():
 
 
 def test_cpu_training_kernels_gradcheck():
-    from arlm.models.gpt import _CausalAttention, _GeluTanh
+    from arlm.models.gpt_kernels import CausalAttention as _CausalAttention, GeluTanh as _GeluTanh
 
     g = torch.Generator().manual_seed(10)
     x = (torch.randn(3, 5, generator=g, dtype=torch.double) * 3).requires_grad_()
@@ -174,7 +174,7 @@ def rotary(seed=0, **kw) -> GPTModel:
 def test_rotary_matches_rotation_matrices():
     # RoFormer (Su et al. 2021, eq. 13-15): f(x, m) = R_m x with R_m block-diagonal, one 2x2 rotation
     # [[cos m θ_i, -sin m θ_i], [sin m θ_i, cos m θ_i]] per pair (x_2i, x_2i+1), θ_i = base^(-2i/D).
-    from arlm.models.gpt import _rotate, _rotate_, rotary_tables
+    from arlm.models.rotary import rotary_tables, rotate as _rotate, rotate_ as _rotate_
 
     D, base = 8, 10000.0
     positions = torch.tensor([0, 1, 5, 63, 1000, 123456])
@@ -213,7 +213,7 @@ def test_rotary_logits_are_sliding_window_attention():
     # direct reference: one pass over all 23 positions with an explicit band mask in every layer
     import torch.nn.functional as F
 
-    from arlm.models.gpt import _rotate, rotary_tables
+    from arlm.models.rotary import rotary_tables, rotate as _rotate
 
     B, T = ids.shape
     c = model.config
@@ -284,7 +284,7 @@ def test_rotary_prefill_then_branches_and_batches():
 
 
 def test_rotary_training_kernels_match_pytorch():
-    from arlm.models import gpt as G
+    from arlm.models import gpt_kernels as G
 
     model = tiny(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=21, bos_id=19, eos_id=20,
                  pos_emb="rotary").train()
@@ -309,7 +309,8 @@ def test_rotary_training_kernels_match_pytorch():
     torch.testing.assert_close(fast_logits[..., keep], ref_logits[..., keep], atol=1e-5, rtol=0)
     for n in ref_grads:
         torch.testing.assert_close(fast_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
-    from arlm.models.gpt import _CausalAttention, rotary_tables
+    from arlm.models.gpt_kernels import CausalAttention as _CausalAttention
+    from arlm.models.rotary import rotary_tables
 
     g = torch.Generator().manual_seed(10)
     qkv = torch.randn(2, 5, 3 * 8, generator=g, dtype=torch.double).requires_grad_()

@@ -10,7 +10,8 @@ from arlm import scoring
 from arlm.data import encode_document
 from arlm.errors import ArlmError
 from arlm.lm import LM
-from arlm.models.mixture import MixtureConfig, MixtureModel, build_mixture, fit_weights
+from arlm.models.mixture import MixtureConfig, MixtureModel, fit_weights
+from arlm.pipeline import build_mixture
 
 from conftest import make_gpt, make_ngram, names_docs
 from arlm.vocab import CharVocab

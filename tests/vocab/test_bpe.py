@@ -96,7 +96,7 @@ def test_load_errors(tmp_path):
 
 
 def test_load_refuses_tokenizer_without_specials(hello_vocab, tmp_path):
-    spec = json.loads(hello_vocab._tokenizer.to_str())
+    spec = json.loads(hello_vocab.to_json())
     spec["added_tokens"] = []
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     with pytest.raises(ArlmError, match="special tokens"):
