@@ -115,27 +115,28 @@ class MuonAdamW(torch.optim.Optimizer):
         (:func:`newton_schulz5` on their stack: the same numbers as one by one)."""
         lr = group["lr"] * group["lr_ratio"]
         mu, wd = group["momentum"], group["weight_decay"]
-        by_shape: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            g = p.grad
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.mul_(mu).add_(g)
-            u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-            by_shape.setdefault((tuple(p.shape), p.device, u.dtype), []).append((p, u))
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_mul_(bufs, mu)  # one kernel per list on CUDA; per tensor, the same arithmetic, elsewhere
+        torch._foreach_add_(bufs, grads)
+        us = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+        by_shape: dict[tuple, list[int]] = {}
+        for i, u in enumerate(us):
+            by_shape.setdefault((tuple(u.shape), u.device, u.dtype), []).append(i)
         dtype = getattr(torch, group["ns_dtype"])
-        for (shape, _, _), pairs in by_shape.items():
-            us = [u for _, u in pairs]
-            o = newton_schulz5(torch.stack(us) if len(us) > 1 else us[0][None], group["ns_steps"], dtype=dtype)
-            scale = -lr * math.sqrt(max(1.0, shape[0] / shape[1]))
-            for (p, _), o_p in zip(pairs, o.unbind(0)):  # o_p [rows, cols]
-                if wd:
-                    p.mul_(1.0 - lr * wd)
-                p.add_(o_p.to(p.dtype), alpha=scale)
+        for (shape, _, _), idx in by_shape.items():
+            stack = torch.stack([us[i] for i in idx]) if len(idx) > 1 else us[idx[0]][None]  # [k, rows, cols]
+            o = newton_schulz5(stack, group["ns_steps"], dtype=dtype).to(params[idx[0]].dtype)
+            ps = [params[i] for i in idx]
+            if wd:
+                torch._foreach_mul_(ps, 1.0 - lr * wd)
+            torch._foreach_add_(ps, list(o.unbind(0)), alpha=-lr * math.sqrt(max(1.0, shape[0] / shape[1])))
 
     def _adamw(self, group: dict) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
