@@ -74,7 +74,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"val batches per evaluation (default: {TrainSettings.eval_iters})")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None,
                    help="where to train (default: auto, the first available of cuda, mps, cpu)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model before training")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step; the compile time is reported apart and not counted in "
+                        "--max-time (default: on cuda when --max-time is at least 5m, or --max-steps at least 5000 "
+                        "without a time budget; never on cpu)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads, kept fixed (default: start with the cores idle at launch and adapt to "
                         "the load while training)")
@@ -140,7 +143,7 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
         seed=_arg(args, "seed") if _arg(args, "seed") is not None else 1337,
         documents=documents,
         device=_arg(args, "device") or "auto",
-        compile=bool(_arg(args, "compile")),
+        compile=_arg(args, "compile"),
         threads=_arg(args, "threads"),
         precision=_arg(args, "precision") or d["precision"],
         optimizer=_arg(args, "optimizer") or d["optimizer"],
@@ -263,8 +266,8 @@ def cli_resume(args, out_dir: Path) -> None:
     for name in ("device", "threads"):
         if _arg(args, name) is not None:
             setattr(s, name, _arg(args, name))
-    if _arg(args, "compile"):
-        s.compile = True
+    if _arg(args, "compile") is not None:
+        s.compile = _arg(args, "compile")
     step, elapsed = st["step"], st["elapsed_s"]
     if (s.max_steps, s.max_time) != (old.max_steps, old.max_time):
         _continue_schedule(old, s, step, elapsed)

@@ -331,3 +331,28 @@ def test_bf16_only_where_native(monkeypatch):
     assert T.uses_bf16(settings("file", precision="bf16"), cpu) is True
     with pytest.raises(ArlmError, match="--precision"):
         T.uses_bf16(settings("file", precision="fp16"), cpu)
+
+
+def test_training_steps_read_the_device_once_per_log_interval(tmp_path, monkeypatch):
+    """The step leaves loss and gradient norm on the device: every read (item, float, bool, ...) waits for it."""
+    model, vocab, train, val = make("gpt", "file")
+    reads: list[str] = []
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__index__", "__bool__"):
+        def counted(self, *a, _orig=getattr(torch.Tensor, name), _name=name, **k):
+            reads.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    after_step: list[int] = []  # reads so far, after each step
+    step = T.Trainer.train_step
+
+    def counting_step(self, *a, **k):
+        result = step(self, *a, **k)
+        after_step.append(len(reads))
+        return result
+    monkeypatch.setattr(T.Trainer, "train_step", counting_step)
+    n = T.LOG_INTERVAL
+    s = settings("file", optimizer="muon", precision="bf16", max_steps=4 * n + 1, eval_interval=1000)
+    T.run_training(model, vocab, train, val, s, tmp_path / "run", progress=False)
+    assert len(after_step) == 4 * n + 1
+    assert after_step[4 * n - 1] - after_step[n - 1] <= 3, reads[after_step[n - 1]:after_step[4 * n - 1]][:12]
+    assert [s for s, _ in losses(tmp_path / "run")] == list(range(1, 4 * n + 2))  # every step's loss is logged

@@ -53,7 +53,9 @@ class TrainSettings:
     seed: int = 1337
     documents: str = "file"
     device: str = "auto"
-    compile: bool = False
+    #: ``torch.compile`` the training step: True, False, or None (the default): on CUDA when the budget is
+    #: long enough to pay for it (:func:`arlm.training.loop.compiles`). Compiling is not counted in ``max_time``.
+    compile: bool | None = None
     threads: int | None = None
     #: ``"auto"``: bf16 autocast on CUDA, fp32 elsewhere (runs saved before this field); ``"bf16"``: bf16
     #: autocast of the training forward (fp32 weights, optimiser and loss) where bf16 is native (CUDA, CPUs
