@@ -356,3 +356,35 @@ def test_training_steps_read_the_device_once_per_log_interval(tmp_path, monkeypa
     assert len(after_step) == 4 * n + 1
     assert after_step[4 * n - 1] - after_step[n - 1] <= 3, reads[after_step[n - 1]:after_step[4 * n - 1]][:12]
     assert [s for s, _ in losses(tmp_path / "run")] == list(range(1, 4 * n + 2))  # every step's loss is logged
+
+
+def test_compile_time_is_reported_apart_and_the_budget_holds(tmp_path, monkeypatch):
+    """--compile: the steps that compiled are left out of the --max-time budget and reported as compile_s;
+    the training time ends within one step of the budget (the eager backend keeps the test cheap)."""
+    import time
+
+    from arlm.training import loop
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")
+    model, vocab, train, val = make("gpt", "file")
+    s = settings("file", max_steps=None, max_time=1.5, compile=True, eval_interval=1000)
+    t0 = time.perf_counter()
+    summary = T.run_training(model, vocab, train, val, s, tmp_path / "run", progress=False)
+    wall = time.perf_counter() - t0
+    assert summary["stopped"] == "max_time" and summary["compile_s"] > 0 and summary["step"] > 1
+    recs = [json.loads(line) for line in (tmp_path / "run" / T.LOG_FILE).read_text().splitlines()]
+    assert [r["compile_s"] for r in recs if "tokens_per_s" in r] == [round(summary["compile_s"], 3)]
+    step_s = 1.5 / (summary["step"] - 1)  # a generous bound on one compiled step
+    assert 1.5 <= summary["elapsed_s"] <= 1.5 + 5 * step_s + 0.5
+    assert wall >= summary["compile_s"] + 1.5  # the compilation did happen, outside the budget
+
+
+def test_compile_is_default_on_cuda_for_long_budgets_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    s = settings("file", max_steps=None, max_time=T.loop.AUTO_COMPILE_MIN_TIME)
+    assert s.compile is None and T.compiles(s, cuda) and not T.compiles(s, cpu)
+    assert not T.compiles(settings("file", max_steps=None, max_time=120.0), cuda)
+    assert T.compiles(settings("file", max_steps=T.loop.AUTO_COMPILE_MIN_STEPS), cuda)
+    assert not T.compiles(settings("file", max_steps=1000), cuda)
+    assert T.compiles(settings("file", compile=True), cpu)
+    assert not T.compiles(settings("file", max_steps=None, max_time=3600.0, compile=False), cuda)

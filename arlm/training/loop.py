@@ -36,8 +36,8 @@ LOG_INTERVAL = 10
 AUTO_COMPILE_MIN_TIME = 300.0
 #: ... or, with no time budget, at least this many steps (:func:`compiles`).
 AUTO_COMPILE_MIN_STEPS = 5000
-#: The ``torch.compile`` backend (test hook ARLM_TEST_COMPILE_BACKEND: a cheaper backend than inductor).
-COMPILE_BACKEND = os.environ.get("ARLM_TEST_COMPILE_BACKEND", "inductor")
+#: The ``torch.compile`` backend (tests set a cheaper one).
+COMPILE_BACKEND = "inductor"
 
 
 def run_training(
@@ -118,7 +118,7 @@ def run_training(
                 t0 = time.perf_counter()
                 lr = lr_at(s, run.step, run.elapsed)
                 x, y = tr.next_batch(train_data)  # y_cpu: the targets on the host, for counting
-                compiles = compile_count()
+                compiles = compile_count() if tr.compiling else 0
                 tr.train_step(x, y, lr)  # forward, backward, clip, optimiser step; nothing read back
                 n_tok = batch_tokens(tr.y_cpu, s.documents)
                 run.tokens_seen += n_tok
@@ -126,7 +126,7 @@ def run_training(
                 if run.step % s.eval_interval == 0 or run.step % LOG_INTERVAL == 0 or run.step == 1:
                     tr.read_losses()  # the one wait for the device: log and check the interval's losses
                 dt = time.perf_counter() - t0
-                if compile_count() != compiles:  # this step compiled (or recompiled): its time is compile time
+                if tr.compiling and compile_count() != compiles:  # this step compiled (or recompiled): compile time
                     tr.compile_s += dt
                     clock.exclude(dt)
                 else:
@@ -224,14 +224,16 @@ class Trainer:
         self.autocast = autocast_for(settings, device)
         self.fwd = self.dist.wrap(model)  # the model itself in a single process
         self.loss_of = self._loss_of
-        if compiles(settings, device):
+        self.compiling = compiles(settings, device)
+        if self.compiling:
             if self.dist.enabled:  # DDP splits the graph at its gradient buckets
                 self.fwd = torch.compile(self.fwd, backend=COMPILE_BACKEND)
             else:  # forward and loss as one graph; the GPT traces whole
                 from ..models.gpt import GPTModel
 
-                self.loss_of = torch.compile(self._loss_of, fullgraph=isinstance(model, GPTModel),
-                                             backend=COMPILE_BACKEND)
+                self.fullgraph = isinstance(model, GPTModel)
+                self.compiled = torch.compile(self._loss_of, fullgraph=self.fullgraph, backend=COMPILE_BACKEND)
+                self.loss_of = self._compiled_loss_of
         self.optimizer = make_optimizer(model, settings, device)
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.pending: list[tuple[int, float, torch.Tensor | float, torch.Tensor | None]] = []  # unread steps
@@ -286,6 +288,17 @@ class Trainer:
         with self.autocast():
             logits = self.fwd(x)  # [B, T, V]
         return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+
+    def _compiled_loss_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`_loss_of` compiled; a graph that cannot be traced whole is compiled in parts instead."""
+        try:
+            return self.compiled(x, y)
+        except torch._dynamo.exc.Unsupported:
+            if not self.fullgraph:
+                raise
+            self.fullgraph = False
+            self.compiled = torch.compile(self._loss_of, backend=COMPILE_BACKEND)
+            return self.compiled(x, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         """One optimiser step on the batch ``x, y`` (LongTensor[B, T] each) at learning rate ``lr``.
