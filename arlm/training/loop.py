@@ -241,7 +241,7 @@ class Trainer:
         self.compile_s = 0.0  # seconds of steps that compiled, this session
         self.y_cpu: torch.Tensor | None = None  # the current batch's targets on the host
         self.ahead = None  # CUDA: (x, y on the device, y on the host, generator state before drawing them)
-        self.prefetch = device.type == "cuda" and not self.dist.enabled
+        self.prefetch = draws_ahead(device, self.dist)
         self.run = RunState()
         self.last_eval_step = -1
         self.saved_step: int | None = None  # the step of the last checkpoint written (by rank 0)
@@ -280,8 +280,9 @@ class Trainer:
             return
         state = self.gen.get_state()
         x, y = get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
-        self.ahead = (x.pin_memory().to(self.device, non_blocking=True),
-                      y.pin_memory().to(self.device, non_blocking=True), y, state)
+        pin = self.device.type == "cuda"  # page-locked: the copy runs while the device computes
+        self.ahead = ((x.pin_memory() if pin else x).to(self.device, non_blocking=True),
+                      (y.pin_memory() if pin else y).to(self.device, non_blocking=True), y, state)
 
     def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The batch's ``mean_nll`` (nats per predicted token; a 0-dim float32 tensor on the device)."""
@@ -434,6 +435,12 @@ def compiles(s: TrainSettings, device: torch.device) -> bool:
     if s.max_time is not None:
         return s.max_time >= AUTO_COMPILE_MIN_TIME
     return s.max_steps is not None and s.max_steps >= AUTO_COMPILE_MIN_STEPS
+
+
+def draws_ahead(device: torch.device, dist: distributed.Dist) -> bool:
+    """Whether the loop draws each batch a step ahead (:meth:`Trainer.draw_ahead`): on CUDA in one process,
+    where the host is otherwise idle while the device works; elsewhere the step is synchronous anyway."""
+    return device.type == "cuda" and not dist.enabled
 
 
 def compile_count() -> int:
