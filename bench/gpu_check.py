@@ -17,8 +17,11 @@ One command, under 8 minutes on one H200:
    seconds); compiling is outside both budgets and shown apart;
 4. scores both best checkpoints with one evaluator: every token of val, sliding windows of the block
    size with stride half of it, each target scored once (mean nats per char, fp32);
-5. prints one row per recipe: training tokens/s (median over logged intervals, evaluation excluded),
-   compile seconds, training seconds, seconds of training to the best checkpoint, the full-val mean_nll.
+5. prints the GPU's bf16 matmul peak, whether SDPA's flash kernel runs, pinned and pageable copy
+   bandwidth, then one row per recipe: training tokens/s (median over logged intervals, evaluation excluded),
+   compile seconds (nanoGPT's: from its start to the end of its iteration 0, which holds its compile and
+   first evaluation), training seconds, seconds of training to the best checkpoint, each recipe's own val
+   estimate there, the full-val mean_nll.
 
 ``--smoke`` (default without CUDA): the same steps with tiny models on the CPU, a check of the script.
 """
@@ -44,6 +47,38 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SIZE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2)
 SMOKE_SIZE = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, dropout=0.2)
+
+
+def cuda_features() -> dict:
+    """What the GPU offers the loop: bf16 matmul peak (TFLOP/s, 8192^3), SDPA's flash kernel, host copy GB/s."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    torch.cuda.synchronize()
+    out = {"bf16_matmul_tflops": round(2 * 8192**3 * 10 / (time.perf_counter() - t) / 1e12)}
+    q = torch.randn(4, 6, 256, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+        out["flash_sdpa"] = True
+    except RuntimeError:
+        out["flash_sdpa"] = False
+    for pinned in (True, False):
+        x = torch.empty(64 << 18, pin_memory=pinned)
+        x.to("cuda", non_blocking=pinned)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(5):
+            x.to("cuda", non_blocking=pinned)
+        torch.cuda.synchronize()
+        out["pinned_copy_gb_s" if pinned else "pageable_copy_gb_s"] = round(5 * 0.25 / (time.perf_counter() - t), 1)
+    return out
 
 
 def default_data() -> Path:
@@ -200,6 +235,8 @@ def main() -> None:
     t_start = time.perf_counter()
     head = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
             "data": str(data)}
+    if device == "cuda":
+        head.update(cuda_features())
     print(json.dumps(head), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = a.keep or Path(tmp)
