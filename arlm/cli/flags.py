@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import dataclasses
 
 from ..errors import ArlmError
@@ -57,6 +59,10 @@ def add_family_flags(parser, only: str | None = None) -> None:
             groups[fams] = parser.add_argument_group(f"{', '.join(fams)} options" if fams[0] != "every model"
                                                      else "options of every model")
         g = groups[fams]
+        if f.metadata.get("optional_bool"):  # --NAME / --no-NAME, None when neither is given
+            g.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=_help(pairs))
+            continue
         if isinstance(f.default, bool):
             g.add_argument(flag(dest(f)), dest=dest(f), action="store_true", default=None, help=_help(pairs))
             continue

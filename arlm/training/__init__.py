@@ -25,7 +25,7 @@ Files in the output directory: the model directory of ``arlm.checkpoint``
 
 from .batches import IGNORE, TokenData, eval_batches, get_batch, token_data_from_dir
 from .cpu import keep_freed_memory
-from .loop import estimate_val_loss, run_training
+from .loop import LOG_INTERVAL, Trainer, compiles, estimate_val_loss, run_training
 from .optimizer import make_optimizer, native_bf16, uses_bf16
 from .report import LOG_FILE, PLOT_FILE
 from .schedule import lr_at, schedule_progress
@@ -33,7 +33,7 @@ from .settings import DEFAULT_MAX_TIME, CountSettings, TrainSettings, parse_dura
 from .state import DATA_FILE, STATE_FILE, STATE_VERSION, read_data, read_state, write_state
 
 __all__ = [
-    "CountSettings", "DATA_FILE", "DEFAULT_MAX_TIME", "IGNORE", "LOG_FILE", "PLOT_FILE", "STATE_FILE", "STATE_VERSION",
+    "CountSettings", "DATA_FILE", "DEFAULT_MAX_TIME", "IGNORE", "LOG_FILE", "LOG_INTERVAL", "Trainer", "compiles", "PLOT_FILE", "STATE_FILE", "STATE_VERSION",
     "TokenData", "TrainSettings", "estimate_val_loss", "eval_batches", "get_batch", "keep_freed_memory", "lr_at",
     "make_optimizer", "native_bf16", "parse_duration", "read_data", "read_state", "run_training", "schedule_progress",
     "token_data_from_dir", "uses_bf16", "write_state",

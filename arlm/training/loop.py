@@ -30,6 +30,15 @@ from .schedule import lr_at
 from .settings import TrainSettings, check_settings
 from .state import DATA_FILE, RunState, restore_state, save_model_dir, save_state, snapshot, write_data
 
+#: Steps between reads of the losses from the device (and evaluations and checkpoints read them too).
+LOG_INTERVAL = 10
+#: ``settings.compile`` None compiles on CUDA when the run has at least this time budget (seconds) ...
+AUTO_COMPILE_MIN_TIME = 300.0
+#: ... or, with no time budget, at least this many steps (:func:`compiles`).
+AUTO_COMPILE_MIN_STEPS = 5000
+#: The ``torch.compile`` backend (tests set a cheaper one).
+COMPILE_BACKEND = "inductor"
+
 
 def run_training(
     model,
@@ -70,7 +79,15 @@ def run_training(
     Returns:
         a summary dict: ``step``, ``best_step``, ``best_val_loss`` (nats/token or
         None), ``elapsed_s``, ``tokens_per_s``, ``stopped`` (why the run ended),
-        ``signal`` (SIGINT / SIGTERM that interrupted the run, else None), ``val_tokens``.
+        ``signal`` (SIGINT / SIGTERM that interrupted the run, else None), ``val_tokens``,
+        ``compile_s`` (seconds of the steps that ran ``torch.compile``; not counted in ``elapsed_s``
+        nor in ``settings.max_time``, see :func:`compiles`).
+
+    The step reads nothing back from the device: the losses and gradient norms
+    of the steps since the last read are read together every ``LOG_INTERVAL``
+    steps, at each evaluation and before each checkpoint, so a non-finite value
+    stops the run at most ``LOG_INTERVAL - 1`` steps after its step (the error
+    names that step) and no checkpoint holds weights after it.
 
     Raises:
         ArlmError: bad settings, too little data, or a non-finite loss (the
@@ -109,11 +126,13 @@ def run_training(
 
 
 def _end_run(tr, meter, stopped) -> None:
-    """Log the last throughput, and evaluate and checkpoint the last step (or record why the run stopped)."""
+    """Read the last losses, log the last throughput, and evaluate and checkpoint the last step (or record why
+    the run stopped)."""
     run = tr.run
+    tr.read_losses()
     if meter.seconds:
         tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                "elapsed_s": round(run.elapsed, 3)})
+                "elapsed_s": round(run.elapsed, 3), **tr.compile_record()})
     if tr.last_eval_step != run.step:
         tr.evaluate_and_checkpoint(stopped)
     else:
@@ -132,6 +151,7 @@ def _summary(tr, meter, stopped, stop_flag) -> dict:
         "stopped": stopped,
         "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
         "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
+        "compile_s": tr.compile_s,  # seconds of steps that compiled: outside ``elapsed_s`` and the --max-time budget
     }
 
 
@@ -148,21 +168,28 @@ def _step_loop(tr, s: TrainSettings, train_data: TokenData, stop_after_steps, st
             break
         t0 = time.perf_counter()
         lr = lr_at(s, run.step, run.elapsed)
-        x, y = get_batch(train_data, s.documents, s.batch_size, s.block_size, tr.gen)
-        loss_value = tr.train_step(x, y, lr)  # forward, backward, clip, optimiser step
-        n_tok = batch_tokens(y, s.documents)
+        x, y = tr.next_batch(train_data)  # y_cpu: the targets on the host, for counting
+        compiles = compile_count() if tr.compiling else 0
+        tr.train_step(x, y, lr)  # forward, backward, clip, optimiser step; nothing read back
+        n_tok = batch_tokens(tr.y_cpu, s.documents)
         run.tokens_seen += n_tok
+        tr.draw_ahead(train_data)  # the next batch, while the device works on this step
+        if run.step % s.eval_interval == 0 or run.step % LOG_INTERVAL == 0 or run.step == 1:
+            tr.read_losses()  # the one wait for the device: log and check the interval's losses
         dt = time.perf_counter() - t0
-        meter.add(n_tok, dt)
-        threads.record(dt / max(n_tok, 1))
-        tr.log({"step": run.step, "loss": loss_value, "lr": lr})
+        if tr.compiling and compile_count() != compiles:  # this step compiled (or recompiled): compile time
+            tr.compile_s += dt
+            clock.exclude(dt)
+        else:
+            meter.add(n_tok, dt)
+            threads.record(dt / max(n_tok, 1))
         run.elapsed = clock()
         if run.step % s.eval_interval == 0:
             tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                    "elapsed_s": round(run.elapsed, 3), "threads": threads.current})
+                    "elapsed_s": round(run.elapsed, 3), "threads": threads.current, **tr.compile_record()})
             val_loss = tr.evaluate_and_checkpoint()
         if run.step % 10 == 0 or run.step == 1:
-            post = progress_postfix(s, run, loss_value, val_loss, meter)
+            post = progress_postfix(s, run, tr.last_loss, val_loss, meter)
         bar.update(run.step, run.elapsed, post)
     return stopped, val_loss
 
@@ -217,10 +244,25 @@ class Trainer:
         model.train()
         self.autocast = autocast_for(settings, device)
         self.fwd = self.dist.wrap(model)  # the model itself in a single process
-        if settings.compile:
-            self.fwd = torch.compile(self.fwd)
+        self.loss_of = self._loss_of
+        self.compiling = compiles(settings, device)
+        if self.compiling:
+            if self.dist.enabled:  # DDP splits the graph at its gradient buckets
+                self.fwd = torch.compile(self.fwd, backend=COMPILE_BACKEND)
+            else:  # forward and loss as one graph; the GPT traces whole
+                from ..models.gpt import GPTModel
+
+                self.fullgraph = isinstance(model, GPTModel)
+                self.compiled = torch.compile(self._loss_of, fullgraph=self.fullgraph, backend=COMPILE_BACKEND)
+                self.loss_of = self._compiled_loss_of
         self.optimizer = make_optimizer(model, settings, device)
         self.gen = torch.Generator().manual_seed(settings.seed)
+        self.pending: list[tuple[int, float, torch.Tensor | float, torch.Tensor | None]] = []  # unread steps
+        self.last_loss = math.nan  # the latest loss read back (progress bar)
+        self.compile_s = 0.0  # seconds of steps that compiled, this session
+        self.y_cpu: torch.Tensor | None = None  # the current batch's targets on the host
+        self.ahead = None  # CUDA: (x, y on the device, y on the host, generator state before drawing them)
+        self.prefetch = draws_ahead(device, self.dist)
         self.run = RunState()
         self.last_eval_step = -1
         self.saved_step: int | None = None  # the step of the last checkpoint written (by rank 0)
@@ -238,15 +280,55 @@ class Trainer:
             truncate_log(self.out_dir / LOG_FILE, self.run.step)
             self.save_model_dir()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
+    def next_batch(self, data: TokenData) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of this step (x, y LongTensor[B, T]): drawn now, or (CUDA) the one :meth:`draw_ahead` drew.
+
+        Sets ``y_cpu`` to the targets on the host."""
+        if self.ahead is not None:
+            x, y, self.y_cpu, _ = self.ahead
+            self.ahead = None
+            return x, y
+        x, y = get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
+        self.y_cpu = y
+        return x, y
+
+    def draw_ahead(self, data: TokenData) -> None:
+        """On CUDA (one process): draw the next batch now, into pinned memory, and start its copy to the device.
+
+        The generator's state before the draw is kept: a checkpoint records that
+        state (:meth:`checkpoint` drops the drawn batch), so a resume draws the same batches."""
+        if not self.prefetch:
+            return
+        state = self.gen.get_state()
+        x, y = get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
+        pin = self.device.type == "cuda"  # page-locked: the copy runs while the device computes
+        self.ahead = ((x.pin_memory() if pin else x).to(self.device, non_blocking=True),
+                      (y.pin_memory() if pin else y).to(self.device, non_blocking=True), y, state)
+
+    def _loss_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's ``mean_nll`` (nats per predicted token; a 0-dim float32 tensor on the device)."""
+        with self.autocast():
+            logits = self.fwd(x)  # [B, T, V]
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+
+    def _compiled_loss_of(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`_loss_of` compiled; a graph that cannot be traced whole is compiled in parts instead."""
+        try:
+            return self.compiled(x, y)
+        except torch._dynamo.exc.Unsupported:
+            if not self.fullgraph:
+                raise
+            self.fullgraph = False
+            self.compiled = torch.compile(self._loss_of, backend=COMPILE_BACKEND)
+            return self.compiled(x, y)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         """One optimiser step on the batch ``x, y`` (LongTensor[B, T] each) at learning rate ``lr``.
 
         Under DDP ``x, y`` are the global batch; this rank computes its rows
-        (:meth:`.distributed.Dist.shard`). Returns the global batch's loss
-        (``mean_nll``, nats per predicted token) before the step.
-
-        Raises:
-            ArlmError: a non-finite loss or gradient norm (see :func:`.report.diverged`).
+        (:meth:`.distributed.Dist.shard`). Nothing is read back from the device:
+        the global batch's loss (``mean_nll``, nats per predicted token, before
+        the step) and the gradient norm wait in ``pending`` for :meth:`read_losses`.
         """
         run, s = self.run, self.s
         for g in self.optimizer.param_groups:
@@ -257,23 +339,43 @@ class Trainer:
             loss, loss_value = self._shard_loss(x, y)
         else:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = self.fwd(x)  # [B, T, V]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-            loss_value = loss.detach().item()
+            loss = self.loss_of(x, y)
+            loss_value = loss.detach()
         if run.step == self.nan_at:
-            loss_value = float("nan")
-        if not math.isfinite(loss_value):
-            diverged(run.step, loss_value, run.best_step, self.out_dir, self.log)
+            loss_value = loss_value + float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        gnorm = None
         if s.grad_clip > 0:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip))
-            if not math.isfinite(gnorm):
-                diverged(run.step, gnorm, run.best_step, self.out_dir, self.log, what="gradient norm")
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip).detach()
         self.optimizer.step()
+        self.pending.append((run.step, lr, loss_value, gnorm))
         run.step += 1
-        return loss_value
+
+    def read_losses(self) -> None:
+        """Read the pending steps' losses and gradient norms back from the device (one wait), check and log them.
+
+        Raises:
+            ArlmError: a non-finite loss or gradient norm (see :func:`.report.diverged`), naming its step.
+        """
+        if not self.pending:
+            return
+        on_device = [v for _, _, loss, gnorm in self.pending for v in (loss, gnorm) if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([v.float() for v in on_device]).tolist() if on_device else [])
+        pending, self.pending = self.pending, []
+        for step, lr, loss, gnorm in pending:
+            loss = next(values) if isinstance(loss, torch.Tensor) else loss
+            gnorm = next(values) if isinstance(gnorm, torch.Tensor) else gnorm
+            if not math.isfinite(loss):
+                diverged(step, loss, self.run.best_step, self.out_dir, self.log)
+            if gnorm is not None and not math.isfinite(gnorm):
+                diverged(step, gnorm, self.run.best_step, self.out_dir, self.log, what="gradient norm")
+            self.log({"step": step + 1, "loss": loss, "lr": lr})
+            self.last_loss = loss
+
+    def compile_record(self) -> dict:
+        """``{"compile_s": ...}`` for a log record when steps of this session compiled, else ``{}``."""
+        return {"compile_s": round(self.compile_s, 3)} if self.compile_s else {}
 
     def _shard_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """This rank's share of the global batch's loss (scaled so DDP's gradient average is the
@@ -289,6 +391,7 @@ class Trainer:
 
     def evaluate_and_checkpoint(self, stopped: str | None = None) -> float | None:
         """Val loss (nats per token, None without val); keep the best weights; write the checkpoint."""
+        self.read_losses()
         run = self.run
         self.last_eval_step = run.step
         val = None
@@ -305,7 +408,14 @@ class Trainer:
         return val
 
     def checkpoint(self, stopped: str | None = None) -> None:
-        """Write the training state (``stopped``: why the run ended, else None); rank 0 only."""
+        """Write the training state (``stopped``: why the run ended, else None); rank 0 only.
+
+        The pending losses are read and checked first (a divergence raises before anything
+        is written); a batch drawn ahead is dropped, the generator rewound to before it."""
+        self.read_losses()
+        if self.ahead is not None:
+            self.gen.set_state(self.ahead[3])
+            self.ahead = None
         self.saved_step = self.run.step
         if not self.dist.is_main:
             return
@@ -328,6 +438,37 @@ def autocast_for(s: TrainSettings, device: torch.device):
     none elsewhere: a function returning the context manager."""
     bf16 = uses_bf16(s, device)
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def compiles(s: TrainSettings, device: torch.device) -> bool:
+    """Whether the run compiles its training step with ``torch.compile``.
+
+    ``s.compile`` True or False decides; None (the default) compiles on CUDA when the budget pays for
+    the compilation (a minute or so, spent once per process and not counted in the budget): a
+    ``max_time`` of at least ``AUTO_COMPILE_MIN_TIME`` seconds or, without one, at least
+    ``AUTO_COMPILE_MIN_STEPS`` steps. Never by default on the CPU, where compiling takes longer
+    than a short run gains.
+    """
+    if s.compile is not None:
+        return bool(s.compile)
+    if device.type != "cuda":
+        return False
+    if s.max_time is not None:
+        return s.max_time >= AUTO_COMPILE_MIN_TIME
+    return s.max_steps is not None and s.max_steps >= AUTO_COMPILE_MIN_STEPS
+
+
+def draws_ahead(device: torch.device, dist: distributed.Dist) -> bool:
+    """Whether the loop draws each batch a step ahead (:meth:`Trainer.draw_ahead`): on CUDA in one process,
+    where the host is otherwise idle while the device works; elsewhere the step is synchronous anyway."""
+    return device.type == "cuda" and not dist.enabled
+
+
+def compile_count() -> int:
+    """Graphs ``torch.compile`` has built in this process so far (a step that changes it compiled)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def batch_tokens(y: torch.Tensor, documents: str) -> int:
@@ -373,6 +514,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.before + time.perf_counter() - self.t_start
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` just spent (compiling) out of the training time."""
+        self.before -= seconds
 
 
 class Throughput:

@@ -66,7 +66,7 @@ def make_settings(name: str, window: int, documents: str, seed: int = 1337, **hy
             kw[f.name] = fam.defaults[f.name]
     if kw.get("max_time") is not None:
         kw["max_time"] = parse_duration(kw["max_time"])
-    kw.update(block_size=window, documents=documents, seed=seed, compile=bool(kw.get("compile")))
+    kw.update(block_size=window, documents=documents, seed=seed, compile=kw.get("compile"))
     s = TrainSettings(**kw)
     if s.max_steps is not None and s.max_steps < 1:
         raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
@@ -155,8 +155,8 @@ def resume(out_dir: str | Path, **changes) -> None:
     for name in ("device", "threads"):
         if changes.get(name) is not None:
             setattr(s, name, changes[name])
-    if changes.get("compile"):
-        s.compile = True
+    if changes.get("compile") is not None:
+        s.compile = changes["compile"]
     step, elapsed = st["step"], st["elapsed_s"]
     if (s.max_steps, s.max_time) != (old.max_steps, old.max_time):
         _continue_schedule(old, s, step, elapsed)

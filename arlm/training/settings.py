@@ -49,7 +49,12 @@ class TrainSettings:
     device: str = field(default="auto",
         metadata={"help": "where to train (default: auto, the first available of cuda, mps, cpu)",
                   "choices": ("auto", "cpu", "cuda", "mps"), "any_model": True, "resume": True})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model before training", "resume": True})
+    #: ``torch.compile`` the training step: True, False, or None (the default): on CUDA when the budget is
+    #: long enough to pay for it (:func:`arlm.training.loop.compiles`). Compiling is not counted in ``max_time``.
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile the training step; the compile time is reported apart and not counted in "
+                "--max-time (default: on cuda when --max-time is at least 5m, or --max-steps at least 5000 "
+                "without a time budget; never on cpu)", "resume": True, "optional_bool": True})
     threads: int | None = field(default=None,
         metadata={"help": "CPU threads, kept fixed (default: start with the cores idle at launch and adapt "
                            "to the load while training)", "any_model": True, "resume": True})

@@ -94,3 +94,30 @@ def test_hidden_matrices_leave_embeddings_head_and_gains_to_adamw():
     lstm = LSTMModel(LSTMConfig(vocab_size=11, bos_id=9, eos_id=10, n_embd=8, n_hidden=8))
     names = {id(p): n for n, p in lstm.named_parameters()}
     assert sorted(names[id(p)] for p in hidden_matrices(lstm)) == ["lstm.weight_hh_l0", "lstm.weight_ih_l0"]
+
+
+def test_torch_muon_is_arlms_bfloat16_update_up_to_rounding():
+    """torch.optim.Muon (torch >= 2.9) against MuonAdamW on one matrix: the same update up to bf16 rounding,
+    not the same numbers. Its momentum is an average (m <- mu m + (1 - mu) g, Nesterov (1 - mu) g + mu m:
+    arlm's u times (1 - mu), equal after the normalisation but for eps and rounding) and its Newton-Schulz
+    always runs in bf16, where arlm's runs in float32 unless bf16 is asked for; it also has no AdamW groups
+    (one state_dict for a resume), no rate ratio and no stacked iteration: arlm keeps its own optimizer."""
+    torch.manual_seed(2)
+    grads = [torch.randn(24, 8) for _ in range(3)]
+    w0 = torch.randn(24, 8)
+    out = {}
+    for name in ("torch", "bfloat16", "float32"):
+        w = torch.nn.Parameter(w0.clone())
+        if name == "torch":
+            opt = torch.optim.Muon([w], lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True,
+                                   adjust_lr_fn="original")
+        else:
+            opt = MuonAdamW([{"params": [w], "use_muon": True}], lr=0.02, momentum=0.95, ns_dtype=name)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        out[name] = w.detach() - w0  # [24, 8] the summed update of three steps
+    scale = out["float32"].abs().max()
+    torch.testing.assert_close(out["torch"], out["bfloat16"], atol=0.05 * scale, rtol=0)  # bf16 rounding through 5 iterations
+    torch.testing.assert_close(out["torch"], out["float32"], atol=0.05 * scale, rtol=0)  # bf16 rounding through 5 iterations
+    assert not torch.equal(out["torch"], out["bfloat16"]) and not torch.equal(out["torch"], out["float32"])

@@ -331,3 +331,74 @@ def test_bf16_only_where_native(monkeypatch):
     assert T.uses_bf16(settings("file", precision="bf16"), cpu) is True
     with pytest.raises(ArlmError, match="--precision"):
         T.uses_bf16(settings("file", precision="fp16"), cpu)
+
+
+def test_training_steps_read_the_device_once_per_log_interval(tmp_path, monkeypatch):
+    """The step leaves loss and gradient norm on the device: every read (item, float, bool, ...) waits for it."""
+    model, vocab, train, val = make("gpt", "file")
+    reads: list[str] = []
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__index__", "__bool__"):
+        def counted(self, *a, _orig=getattr(torch.Tensor, name), _name=name, **k):
+            reads.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    after_step: list[int] = []  # reads so far, after each step
+    step = T.Trainer.train_step
+
+    def counting_step(self, *a, **k):
+        result = step(self, *a, **k)
+        after_step.append(len(reads))
+        return result
+    monkeypatch.setattr(T.Trainer, "train_step", counting_step)
+    n = T.LOG_INTERVAL
+    s = settings("file", optimizer="muon", precision="bf16", max_steps=4 * n + 1, eval_interval=1000)
+    T.run_training(model, vocab, train, val, s, tmp_path / "run", progress=False)
+    assert len(after_step) == 4 * n + 1
+    assert after_step[4 * n - 1] - after_step[n - 1] <= 3, reads[after_step[n - 1]:after_step[4 * n - 1]][:12]
+    assert [s for s, _ in losses(tmp_path / "run")] == list(range(1, 4 * n + 2))  # every step's loss is logged
+
+
+def test_compile_time_is_reported_apart_and_the_budget_holds(tmp_path, monkeypatch):
+    """--compile: the steps that compiled are left out of the --max-time budget and reported as compile_s;
+    the training time ends within one step of the budget (the eager backend keeps the test cheap)."""
+    import time
+
+    from arlm.training import loop
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "eager")
+    model, vocab, train, val = make("gpt", "file")
+    s = settings("file", max_steps=None, max_time=1.5, compile=True, eval_interval=1000)
+    t0 = time.perf_counter()
+    summary = T.run_training(model, vocab, train, val, s, tmp_path / "run", progress=False)
+    wall = time.perf_counter() - t0
+    assert summary["stopped"] == "max_time" and summary["compile_s"] > 0 and summary["step"] > 1
+    recs = [json.loads(line) for line in (tmp_path / "run" / T.LOG_FILE).read_text().splitlines()]
+    assert [r["compile_s"] for r in recs if "tokens_per_s" in r] == [round(summary["compile_s"], 3)]
+    step_s = 1.5 / (summary["step"] - 1)  # a generous bound on one compiled step
+    assert 1.5 <= summary["elapsed_s"] <= 1.5 + 5 * step_s + 0.5
+    assert wall >= summary["compile_s"] + 1.5  # the compilation did happen, outside the budget
+
+
+def test_compile_is_default_on_cuda_for_long_budgets_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    s = settings("file", max_steps=None, max_time=T.loop.AUTO_COMPILE_MIN_TIME)
+    assert s.compile is None and T.compiles(s, cuda) and not T.compiles(s, cpu)
+    assert not T.compiles(settings("file", max_steps=None, max_time=120.0), cuda)
+    assert T.compiles(settings("file", max_steps=T.loop.AUTO_COMPILE_MIN_STEPS), cuda)
+    assert not T.compiles(settings("file", max_steps=1000), cuda)
+    assert T.compiles(settings("file", compile=True), cpu)
+    assert not T.compiles(settings("file", max_steps=None, max_time=3600.0, compile=False), cuda)
+
+
+def test_batches_drawn_a_step_ahead_are_the_same_batches_and_resume_exactly(tmp_path, monkeypatch):
+    """CUDA draws each batch one step ahead; a checkpoint rewinds the generator to before that draw.
+    Forced on here: the losses equal those of batches drawn in turn, across an interruption and resume."""
+    from arlm.training import loop
+
+    model, vocab, train, val = make("gpt", "file")
+    T.run_training(model, vocab, train, val, settings("file"), tmp_path / "plain", progress=False)
+    monkeypatch.setattr(loop, "draws_ahead", lambda device, dist: True)
+    model, vocab, train, val = make("gpt", "file")
+    T.run_training(model, vocab, train, val, settings("file"), tmp_path / "ahead", stop_after_steps=6, progress=False)
+    C.cli_resume(argparse.Namespace(), tmp_path / "ahead")
+    assert len(losses(tmp_path / "plain")) == 12 and losses(tmp_path / "ahead") == losses(tmp_path / "plain")
