@@ -400,5 +400,5 @@ def test_batches_drawn_a_step_ahead_are_the_same_batches_and_resume_exactly(tmp_
     monkeypatch.setattr(loop, "draws_ahead", lambda device, dist: True)
     model, vocab, train, val = make("gpt", "file")
     T.run_training(model, vocab, train, val, settings("file"), tmp_path / "ahead", stop_after_steps=6, progress=False)
-    C.cli_resume(argparse.Namespace(), tmp_path / "ahead")
+    C.resume(tmp_path / "ahead")
     assert len(losses(tmp_path / "plain")) == 12 and losses(tmp_path / "ahead") == losses(tmp_path / "plain")
