@@ -70,7 +70,8 @@ def run_training(
     Returns:
         a summary dict: ``step``, ``best_step``, ``best_val_loss`` (nats/token or
         None), ``elapsed_s``, ``tokens_per_s``, ``stopped`` (why the run ended),
-        ``signal`` (SIGINT / SIGTERM that interrupted the run, else None), ``val_tokens``.
+        ``signal`` (SIGINT / SIGTERM that interrupted the run, else None), ``val_tokens``,
+        ``world_size`` (processes, 1 without DDP) and ``backend`` (``"gloo"``/``"nccl"``, None without DDP).
 
     Raises:
         ArlmError: bad settings, too little data, or a non-finite loss (the
@@ -111,14 +112,14 @@ def run_training(
                 run.elapsed = clock()
                 if run.step % s.eval_interval == 0:
                     tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                            "elapsed_s": round(run.elapsed, 3), "threads": threads.current})
+                            "elapsed_s": round(run.elapsed, 3), "threads": threads.current, **dist.record()})
                     val_loss = tr.evaluate_and_checkpoint()
                 if run.step % 10 == 0 or run.step == 1:
                     post = progress_postfix(s, run, loss_value, val_loss, meter)
                 bar.update(run.step, run.elapsed, post)
             if meter.seconds:
                 tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                        "elapsed_s": round(run.elapsed, 3)})
+                        "elapsed_s": round(run.elapsed, 3), **dist.record()})
             if tr.last_eval_step != run.step:
                 val_loss = tr.evaluate_and_checkpoint(stopped)
             else:
@@ -144,6 +145,7 @@ def run_training(
         "stopped": stopped,
         "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
         "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
+        **dist.record(),  # world_size (1: a single process) and the DDP backend (None: a single process)
     }
 
 
@@ -297,7 +299,8 @@ class Trainer:
         run = self.run
         if not self.dist.is_main:
             return
-        save_model_dir(self.model, self.vocab, self.out_dir, self.meta, run.best_weights, run.best_step, run.best_val)
+        save_model_dir(self.model, self.vocab, self.out_dir, self.meta, run.best_weights, run.best_step, run.best_val,
+                       self.dist.record())
 
 
 # -- small parts of the loop -------------------------------------------------------------
