@@ -172,7 +172,7 @@ def cmd_eval(args) -> None:
     from .corpus import read_text
     from .lm import LM
 
-    lm = LM.load(args.model_dir)
+    lm = _on_device(LM.load(args.model_dir), args)
     documents = args.documents or lm.documents
     if _stream_eval(lm, args.file, documents):
         from .scoring import evaluate_file
@@ -189,7 +189,7 @@ def cmd_eval(args) -> None:
 def cmd_score(args) -> None:
     from .lm import LM
 
-    lm = LM.load(args.model_dir)
+    lm = _on_device(LM.load(args.model_dir), args)
     result: dict = {"text": args.text}
     if args.given is not None:
         lp = lm.conditional_log_prob(args.text, given=args.given)
@@ -214,11 +214,7 @@ def cmd_score(args) -> None:
 def cmd_sample(args) -> None:
     from .lm import LM
 
-    lm = LM.load(args.model_dir)
-    if args.device:
-        from .device import resolve_device
-
-        lm.to(resolve_device(args.device))
+    lm = _on_device(LM.load(args.model_dir), args)
     stop = [_unescape(x) for x in args.stop] if args.stop else None
     samples = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop,
@@ -275,7 +271,7 @@ def cmd_mix(args) -> None:
 
     if (args.fit_on is None) == (args.weights_from is None):
         raise ArlmError("give exactly one of --fit-on FILE (fit the weights by EM) and --weights-from DIR")
-    lms = [LM.load(d) for d in args.model_dirs]
+    lms = [_on_device(LM.load(d), args) for d in args.model_dirs]
     inputs = [("model directory", d) for d in args.model_dirs] + [("--fit-on", args.fit_on),
                                                                  ("--weights-from", args.weights_from)]
     replace = checkpoint.check_output_dir(args.out, args.force, family="mixture", vocab=lms[0].vocab.kind,
@@ -741,7 +737,8 @@ def _add_compress_parsers(sub) -> None:
 def _cmd_compress(args) -> None:
     from .coding import compress_file
 
-    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress and sys.stderr.isatty())
+    st = compress_file(args.model_dir, args.input, args.output, args.documents,
+                       progress=not args.no_progress and sys.stderr.isatty(), device=args.device)
     if args.json:
         _print_json(st)
         return
@@ -754,7 +751,8 @@ def _cmd_compress(args) -> None:
 def _cmd_decompress(args) -> None:
     from .coding import decompress_file
 
-    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress and sys.stderr.isatty())
+    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress and sys.stderr.isatty(),
+                         device=args.device)
     if args.json:
         _print_json(st)
         return
@@ -784,7 +782,7 @@ def _cmd_mixer(args) -> None:
 
     from . import checkpoint
 
-    lms = [LM.load(d) for d in args.model_dirs]
+    lms = [_on_device(LM.load(d), args) for d in args.model_dirs]
     replace = checkpoint.check_output_dir(args.out, args.force, family="mixer", vocab=lms[0].vocab.kind,
                                           inputs=[(f"DIR {d}", d) for d in args.model_dirs]
                                           + [("--prime-on", args.prime_on)])
@@ -957,8 +955,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same samples")
     g.add_argument("--stop", action="append", default=None, metavar="STR",
                    help="stop string, repeatable; \\n, \\t, \\r are read as newline, tab, return (default: none)")
-    g.add_argument("--device", default=None,
-                   help="auto | cpu | cuda | mps (default: cpu; auto picks cuda when available)")
     g.add_argument("--json", action="store_true", help=JSON_HELP)
     g.set_defaults(func=cmd_sample)
 
@@ -1042,6 +1038,16 @@ def _add_safety_flags(sub) -> None:
         sub.choices[name].add_argument(
             "--threads", type=int, default=None,
             help="CPU threads (default: OMP_NUM_THREADS if set, else the idle cores)")
+    from .device import add_device_argument
+
+    for name in ("eval", "score", "sample", "mix", "serve", "heatmap", "mixer", "compress"):
+        add_device_argument(sub.choices[name])
+    add_device_argument(sub.choices["decompress"], default="the device the file was compressed on")
+
+
+def _on_device(lm, args):
+    """``lm`` moved to the command's ``--device`` (see ``arlm.device.add_device_argument``); the CPU without it."""
+    return lm.to(args.device) if getattr(args, "device", None) else lm
 
 
 def _add_serve_parser(sub) -> None:
@@ -1064,7 +1070,8 @@ def _cmd_serve(args) -> None:
         raise ArlmError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_tokens_limit < 1:
         raise ArlmError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
-    serve(args.models, host=args.host, port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit)
+    serve(args.models, host=args.host, port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
+          device=args.device)
 
 
 def _add_heatmap_parser(sub) -> None:
@@ -1080,7 +1087,7 @@ def _cmd_heatmap(args) -> None:
     from .lm import LM
     from .serve.heatmap import write_heatmap
 
-    lm = LM.load(args.model_dir)
+    lm = _on_device(LM.load(args.model_dir), args)
     result = write_heatmap(lm, read_text(args.file), args.out)
     print(f"bits_per_char {result['bits_per_char']:.4f} over {result['n_chars']} chars -> {args.out}")
 

@@ -15,16 +15,25 @@ On CUDA it prints:
   TFLOP/s (6 N + 12 L T D FLOPs per token, PaLM appendix B) as a fraction of
   the measured matmul peak, and the val loss at the end;
 * DDP with NCCL: only counted here (``torch.cuda.device_count()``): DDP itself
-  is item 2 of issue 12, not yet in arlm.
+  is item 2 of issue 12, not yet in arlm;
+* inference on the GPU through the commands themselves: ``arlm eval`` and
+  ``arlm score`` of the trained model with ``--device cuda`` against
+  ``--device cpu`` (the differences in bits/char and nats, float tolerance),
+  and ``arlm compress --device cuda`` then ``arlm decompress`` (which must use
+  the device the header records, and refuse ``--device cpu`` with one line).
 
 Without CUDA it runs the same training loop on the CPU with a tiny GPT for
-``--cpu-steps`` steps (a smoke test of the script) and exits 0.
+``--cpu-steps`` steps and the same command checks with ``--device auto``
+(the CPU there) against ``--device cpu`` (a smoke test of the script), and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +87,45 @@ def copy_bandwidth_gbs(device, pinned: bool, mb: int = 256) -> float:
     return 5 * mb / 1024 / (time.perf_counter() - t)
 
 
-def train_run(docs_train, docs_val, vocab, cfg: dict, steps: int, device: str) -> dict:
+def arlm(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True, cwd=REPO)
+
+
+def arlm_json(*args) -> dict:
+    r = arlm(*args, "--json")
+    if r.returncode != 0:
+        raise SystemExit(f"arlm {' '.join(map(str, args))} failed: {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+def commands_check(model_dir: Path, val_text: str, device: str, work: Path) -> dict:
+    """``arlm eval``/``score`` on ``device`` against the CPU, and a compress/decompress round trip on ``device``."""
+    val = work / "val.txt"
+    val.write_text(val_text[:20_000], encoding="utf-8")
+    text = val_text[:200]
+    out: dict = {"device": device}
+    t = time.perf_counter()
+    e_dev = arlm_json("eval", model_dir, val, "--device", device)
+    out["eval_s"] = round(time.perf_counter() - t, 2)
+    e_cpu = arlm_json("eval", model_dir, val, "--device", "cpu")
+    out["eval_bits_per_char"] = e_dev["bits_per_char"]
+    out["eval_bits_per_char_diff_vs_cpu"] = abs(e_dev["bits_per_char"] - e_cpu["bits_per_char"])
+    s_dev = arlm_json("score", model_dir, text, "--device", device, "--per-token")
+    s_cpu = arlm_json("score", model_dir, text, "--device", "cpu", "--per-token")
+    out["score_log_prob_diff_vs_cpu"] = abs(s_dev["log_prob"] - s_cpu["log_prob"])
+    out["score_per_token_max_diff_vs_cpu"] = max(abs(a["logprob"] - b["logprob"]) for a, b in
+                                                 zip(s_dev["token_logprobs"], s_cpu["token_logprobs"]))
+    z, back = work / "val.arlz", work / "val.back"
+    arlm_json("compress", model_dir, val, z, "--device", device, "--no-progress")
+    arlm_json("decompress", model_dir, z, back, "--no-progress")  # the header's device
+    out["compress_round_trip"] = back.read_bytes() == val.read_bytes()
+    if device.startswith("cuda"):
+        r = arlm("decompress", model_dir, z, work / "x", "--device", "cpu", "--no-progress")
+        out["decompress_on_cpu_refused"] = r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    return out
+
+
+def train_run(docs_train, docs_val, vocab, cfg: dict, steps: int, device: str, out: Path | None = None) -> dict:
     torch.manual_seed(1337)
     model = GPTModel(GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id, bias=False,
                                dropout=0.0, **{k: cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}))
@@ -87,9 +134,9 @@ def train_run(docs_train, docs_val, vocab, cfg: dict, steps: int, device: str) -
                         device=device, threads=None if device == "cuda" else 1)
     train = T.TokenData.from_documents(vocab, docs_train)
     val = T.TokenData.from_documents(vocab, docs_val)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        summary = T.run_training(model, vocab, train, val, s, out, progress=False)
+        summary = T.run_training(model, vocab, train, val, s, out or tmp, progress=False)
         wall = time.perf_counter() - t
     n_params = sum(p.numel() for p in model.parameters()) - model.config.vocab_size * model.config.n_embd
     flops_per_token = 6 * n_params + 12 * cfg["n_layer"] * cfg["block_size"] * cfg["n_embd"]
@@ -110,12 +157,15 @@ def main() -> None:
     train_docs, val_docs = train_val_split(read_text(data), "file", 0.1, 1337)
     vocab = CharVocab.train(train_docs)
     result: dict = {"torch": torch.__version__, "data": str(data)}
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    atexit.register(shutil.rmtree, work, True)
     if not torch.cuda.is_available():
         cfg = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, lr=3e-3, eval_iters=2)
         result["device"] = "cpu (no CUDA: fallback smoke test)"
-        result["train"] = train_run(train_docs, val_docs, vocab, cfg, a.cpu_steps, "cpu")
+        result["train"] = train_run(train_docs, val_docs, vocab, cfg, a.cpu_steps, "cpu", work / "model")
+        result["commands"] = commands_check(work / "model", val_docs[0], "auto", work)
         print(f"no CUDA device: CPU fallback, tiny GPT {a.cpu_steps} steps: {result['train']['tokens_per_s']} tokens/s, "
-              f"val loss {result['train']['val_loss']:.4f}")
+              f"val loss {result['train']['val_loss']:.4f}; commands on --device auto (the CPU) {result['commands']}")
         print(json.dumps(result))
         return
     dev = torch.device("cuda")
@@ -132,16 +182,17 @@ def main() -> None:
         "pageable_copy_gb_s": round(copy_bandwidth_gbs(dev, False), 1),
     }
     cfg = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, eval_iters=20)
-    r = train_run(train_docs, val_docs, vocab, cfg, a.steps, "cuda")
+    r = train_run(train_docs, val_docs, vocab, cfg, a.steps, "cuda", work / "model")
     r["matmul_peak_tflops"] = round(peak, 1)
     r["peak_fraction"] = round(r["model_tflops"] / peak, 3)
     result["train"] = r
     result["ddp_nccl"] = (f"{result['n_gpus']} GPUs; DDP (issue 12 item 2) is not in arlm yet: not started"
                           if result["n_gpus"] > 1 else "one GPU: nothing to check")
+    result["commands"] = commands_check(work / "model", val_docs[0], "cuda", work)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     print(f"{result['device']}: bf16 matmul peak {peak:.0f} TFLOP/s; GPT {r['steps']} steps {r['tokens_per_s']:,} tokens/s, "
           f"{r['model_tflops']:.1f} TFLOP/s = {r['peak_fraction']:.1%} of peak; val loss {r['val_loss']:.4f}; "
-          f"features {result['features']}")
+          f"features {result['features']}; commands {result['commands']}")
     print(json.dumps(result))
 
 
