@@ -19,8 +19,11 @@ The decoder must reproduce the encoder's distributions bit for bit, so:
   the coder only ever sees those integers (as exact dyadic floats).
 
 Results are bit-exact when the same model directory is used with the same arlm,
-torch and constriction versions on the same kind of CPU; a different model is
-detected by the fingerprint in the header, a damaged file by checksums.
+torch and constriction versions on the same kind of CPU (or GPU); a different
+model is detected by the fingerprint in the header, a damaged file by
+checksums. The header records the device type the model ran on (``--device``):
+a GPU's probabilities differ from the CPU's in their last bits, so decoding on
+another device type is refused before it starts.
 
 File format (version 1), little-endian; ``varint`` is LEB128::
 
@@ -30,7 +33,8 @@ File format (version 1), little-endian; ``varint`` is LEB128::
     n_words little-endian u32 words of range-coder output
 
 ``flags``: bit 0 = documents mode ``lines`` (else ``file``), bit 1 = the text
-ends with a line break (``lines`` mode). In ``file`` mode the text is one
+ends with a line break (``lines`` mode), bits 2-3 = the device type the model
+ran on (0 cpu, 1 cuda, 2 mps). In ``file`` mode the text is one
 document ``[<bos>, x_1 … x_n, <eos>]`` exactly as ``arlm eval`` scores it; in
 ``lines`` mode every line (split at ``\\n`` only, empty lines kept, so any text
 round-trips) is a document, and the line breaks are implied by ``<eos>``.
@@ -169,6 +173,10 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             return n, pos
 
 
+#: the device types a header records, by their code in flags bits 2-3
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 @dataclass
 class Header:
     fingerprint: bytes
@@ -179,9 +187,11 @@ class Header:
     n_tokens: int
     n_words: int
     crc: int
+    device: str = "cpu"  # the device type the model ran on (DEVICE_TYPES)
 
     def pack(self) -> bytes:
         flags = (1 if self.documents == "lines" else 0) | (2 if self.trailing_newline else 0)
+        flags |= DEVICE_TYPES.index(self.device) << 2
         body = (MAGIC + bytes([FORMAT_VERSION]) + self.fingerprint + bytes([flags]) + _varint(self.n_bytes)
                 + _varint(self.n_documents) + _varint(self.n_tokens) + _varint(self.n_words)
                 + struct.pack("<I", self.crc))
@@ -213,9 +223,10 @@ class Header:
         (head_crc,) = struct.unpack_from("<I", buf, pos + 4)
         if zlib.crc32(buf[: pos + 4]) != head_crc:
             raise ArlmError(f"{name} is corrupt: its header checksum does not match")
-        if flags & ~3:
+        if flags & ~15 or flags >> 2 >= len(DEVICE_TYPES):
             raise ArlmError(f"{name} is corrupt: unknown header flags {flags:#x}")
-        head = cls(fp, "lines" if flags & 1 else "file", bool(flags & 2), n_bytes, n_docs, n_tokens, n_words, crc)
+        head = cls(fp, "lines" if flags & 1 else "file", bool(flags & 2), n_bytes, n_docs, n_tokens, n_words, crc,
+                   DEVICE_TYPES[flags >> 2])
         return head, pos + 8
 
 
@@ -318,7 +329,7 @@ def compress_bytes(lm, model_dir: str | Path, data: bytes, documents: str | None
                     bar.update(len(data) * done // n_tokens - bar.n)
     words = np.asarray(encoder.get_compressed(), dtype="<u4")
     head = Header(model_fingerprint(model_dir), documents, trailing, len(data), len(docs), n_tokens,
-                  int(words.size), zlib.crc32(data))
+                  int(words.size), zlib.crc32(data), _device_type(model))
     out = head.pack() + words.tobytes()
     seconds = time.time() - t0
     stats = {"n_bytes": len(data), "n_chars": len(text), "n_tokens": n_tokens, "nll_bits": nll / LN2,
@@ -327,19 +338,34 @@ def compress_bytes(lm, model_dir: str | Path, data: bytes, documents: str | None
     return out, stats
 
 
+def _device_type(model) -> str:
+    """The device type a model's probabilities are computed on, as the header records it."""
+    from .device import neural_device
+
+    kind = neural_device(model).type
+    if kind not in DEVICE_TYPES:
+        raise ArlmError(f"cannot code with a model on {kind}: use --device {' or '.join(DEVICE_TYPES)}")
+    return kind
+
+
 def decompress_bytes(lm, model_dir: str | Path, blob: bytes, progress: bool = False,
                      name: str = "input") -> tuple[bytes, dict]:
     """Invert :func:`compress_bytes`: the original bytes, and stats (``n_bytes``, ``seconds``).
 
     Raises:
         ArlmError: not an arlm compressed file, another format version, made
-            with a different model (fingerprint), truncated, or corrupt
+            with a different model (fingerprint) or with the model on another
+            device type (``lm`` must be where the header says), truncated, or corrupt
             (checksums, impossible tokens, lengths that do not match).
     """
     constriction = _constriction()
     head, pos = Header.unpack(blob, name)
     if head.fingerprint != model_fingerprint(model_dir):
         raise ArlmError(f"{name} was compressed with a different model than {model_dir} (fingerprints differ)")
+    if _device_type(lm.model) != head.device:
+        raise ArlmError(f"{name} was compressed with the model on {head.device}, not {_device_type(lm.model)}: "
+                        f"decompress it with --device {head.device} (another device's probabilities differ in their "
+                        "last bits, and decoding needs them bit for bit)")
     payload = blob[pos:]
     if len(payload) != 4 * head.n_words:
         what = "truncated" if len(payload) < 4 * head.n_words else "corrupt (extra bytes at the end)"
@@ -399,27 +425,45 @@ def _write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def compress_file(model_dir: str | Path, src: str | Path, dst: str | Path, documents: str | None = None,
-                  progress: bool = False) -> dict:
-    """Compress the file ``src`` into ``dst`` (atomically) with the model in ``model_dir``; stats as in ``compress_bytes``."""
+                  progress: bool = False, device: str | None = None) -> dict:
+    """Compress the file ``src`` into ``dst`` (atomically) with the model in ``model_dir`` (neural models on
+    ``device``, default the CPU; the header records it); stats as in ``compress_bytes``."""
     from .io import check_distinct_files
     from .lm import LM
 
     check_distinct_files([("IN", src)], [("OUT", dst)])
     lm = LM.load(model_dir)
+    if device:
+        lm.to(device)
     blob, stats = compress_bytes(lm, model_dir, _read_bytes(src), documents, progress, name=str(src))
     _write_bytes(dst, blob)
     return stats
 
 
-def decompress_file(model_dir: str | Path, src: str | Path, dst: str | Path, progress: bool = False) -> dict:
-    """Decompress ``src`` into ``dst`` (atomically) with the model in ``model_dir``; stats as in ``decompress_bytes``."""
+def decompress_file(model_dir: str | Path, src: str | Path, dst: str | Path, progress: bool = False,
+                    device: str | None = None) -> dict:
+    """Decompress ``src`` into ``dst`` (atomically) with the model in ``model_dir`` on ``device`` (default: the
+    device type the header records); stats as in ``decompress_bytes``.
+
+    Raises:
+        ArlmError: as ``decompress_bytes``, or the recorded device type is not on this machine.
+    """
+    from .device import resolve_device
     from .io import check_distinct_files
     from .lm import LM
 
     check_distinct_files([("IN", src)], [("OUT", dst)])
     blob = _read_bytes(src)
-    Header.unpack(blob, str(src))  # a bad file fails before the model is loaded
+    head, _ = Header.unpack(blob, str(src))  # a bad file fails before the model is loaded
+    if device is None and head.device != "cpu":
+        try:
+            device = str(resolve_device(head.device))
+        except ArlmError:
+            raise ArlmError(f"{src} was compressed with the model on {head.device}, which this machine does not have; "
+                            "decoding needs that device's probabilities bit for bit") from None
     lm = LM.load(model_dir)
+    if device:
+        lm.to(device)
     data, stats = decompress_bytes(lm, model_dir, blob, progress, name=str(src))
     _write_bytes(dst, data)
     return stats

@@ -50,3 +50,43 @@ def resolve_device(name: str | None):
     elif kind == "cpu" and index is not None:
         raise ArlmError(f"unknown device {name!r}: the CPU takes no index")
     return torch.device(name)
+
+
+#: the families whose parameters run on a chosen device; every other family computes on the CPU
+NEURAL_FAMILIES = ("gpt", "lstm", "dyneval")
+
+
+def add_device_argument(parser, default: str = "cpu") -> None:
+    """Add ``--device`` (checked by :func:`resolve_device` before the command runs) to an argparse ``parser``.
+
+    ``default`` is what the command does without the option, in words for the help.
+    """
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help=f"where neural models run: auto | cpu | cuda[:N] | mps (default: {default}; auto: cuda "
+                             "when present, else mps, else cpu); n-gram and context-mixing models stay on the CPU")
+
+
+def place(model, device) -> None:
+    """Move the neural parts of ``model`` (a model, or a composite with ``components``) to ``device``; the rest stays.
+
+    Composites compute their mixing on the CPU and move each component's inputs
+    to that component's device, so a mixture of an n-gram and a GPT puts only the GPT on the GPU.
+    """
+    if model.family in NEURAL_FAMILIES:
+        model.to(device)
+    for c in getattr(model, "components", None) or []:
+        place(c, device)
+
+
+def neural_device(model):
+    """The device of ``model``'s first neural part (itself or a component, as :func:`place` puts them); the CPU
+    when it has none."""
+    import torch
+
+    if model.family in NEURAL_FAMILIES:
+        return model.device
+    for c in getattr(model, "components", None) or []:
+        d = neural_device(c)
+        if d.type != "cpu":
+            return d
+    return torch.device("cpu")

@@ -42,16 +42,14 @@ class LM:
         return checkpoint.save(path, self.model, self.vocab, {"documents": self.documents, **(meta or {})})
 
     def to(self, device: str | torch.device) -> "LM":
-        """Move a neural model to ``device`` (n-gram models stay on the CPU).
+        """Move the neural model, or a composite's neural components, to ``device``; other families stay on the CPU.
 
         Raises:
             ArlmError: a device this machine does not have (see ``arlm.device``).
         """
-        from .device import resolve_device
+        from .device import place, resolve_device
 
-        device = resolve_device(device) if isinstance(device, str) else device
-        if self.model.family != "ngram":
-            self.model.to(device)
+        place(self.model, resolve_device(device) if isinstance(device, str) else device)
         return self
 
     # -- scoring (nats) ----------------------------------------------------------------

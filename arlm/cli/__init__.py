@@ -56,6 +56,11 @@ def _add_safety_flags(sub) -> None:
         sub.choices[name].add_argument(
             "--threads", type=int, default=None,
             help="CPU threads (default: OMP_NUM_THREADS if set, else the idle cores)")
+    from ..device import add_device_argument
+
+    for name in ("eval", "score", "sample", "mix", "serve", "heatmap", "mixer", "compress"):
+        add_device_argument(sub.choices[name])
+    add_device_argument(sub.choices["decompress"], default="the device the file was compressed on")
 
 
 def _given_flags(parser: argparse.ArgumentParser, argv: list[str], command: str) -> set[str]:

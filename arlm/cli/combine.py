@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, JSON_HELP, positive_int, print_json
+from .common import DOCUMENTS_HELP, JSON_HELP, on_device, positive_int, print_json
 
 
 def add_parser(sub) -> None:
@@ -103,7 +103,7 @@ def cmd_mix(args) -> None:
 
     if (args.fit_on is None) == (args.weights_from is None):
         raise ArlmError("give exactly one of --fit-on FILE (fit the weights by EM) and --weights-from DIR")
-    lms = [LM.load(d) for d in args.model_dirs]
+    lms = [on_device(LM.load(d), args) for d in args.model_dirs]
     inputs = [("model directory", d) for d in args.model_dirs] + [("--fit-on", args.fit_on),
                                                                  ("--weights-from", args.weights_from)]
     replace = checkpoint.check_output_dir(args.out, args.force, family="mixture", vocab=lms[0].vocab.kind,
@@ -194,7 +194,7 @@ def _cmd_mixer(args) -> None:
 
     from .. import checkpoint
 
-    lms = [LM.load(d) for d in args.model_dirs]
+    lms = [on_device(LM.load(d), args) for d in args.model_dirs]
     replace = checkpoint.check_output_dir(args.out, args.force, family="mixer", vocab=lms[0].vocab.kind,
                                           inputs=[(f"DIR {d}", d) for d in args.model_dirs]
                                           + [("--prime-on", args.prime_on)])

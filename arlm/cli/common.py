@@ -10,6 +10,11 @@ DOCUMENTS_HELP = "lines: each non-empty line is a document; file: the whole file
 JSON_HELP = "print the result as JSON on stdout instead of text"
 
 
+def on_device(lm, args):
+    """``lm`` moved to the command's ``--device`` (see ``arlm.device.add_device_argument``); the CPU without it."""
+    return lm.to(args.device) if getattr(args, "device", None) else lm
+
+
 def print_json(obj) -> None:
     text = json.dumps(obj, indent=2, ensure_ascii=False)
     # a surrogate (an undecodable byte of an argument) has no UTF-8 form: keep it as a JSON \u escape

@@ -197,7 +197,8 @@ def cmd_split(args) -> None:
 def _cmd_compress(args) -> None:
     from ..coding import compress_file
 
-    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress and sys.stderr.isatty())
+    st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress and sys.stderr.isatty(),
+                       device=args.device)
     if args.json:
         print_json(st)
         return
@@ -210,7 +211,8 @@ def _cmd_compress(args) -> None:
 def _cmd_decompress(args) -> None:
     from ..coding import decompress_file
 
-    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress and sys.stderr.isatty())
+    st = decompress_file(args.model_dir, args.input, args.output, progress=not args.no_progress and sys.stderr.isatty(),
+                       device=args.device)
     if args.json:
         print_json(st)
         return

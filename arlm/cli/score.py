@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, positive_int, print_json, sample_header
+from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, on_device, positive_int, print_json, sample_header
 
 from ..units import LN2
 STREAM_EVAL_BYTES = 256 << 20
@@ -68,8 +68,6 @@ def _add_sample(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same samples")
     g.add_argument("--stop", action="append", default=None, metavar="STR",
                    help="stop string, repeatable; \\n, \\t, \\r are read as newline, tab, return (default: none)")
-    g.add_argument("--device", default=None,
-                   help="auto | cpu | cuda | mps (default: cpu; auto picks cuda when available)")
     g.add_argument("--json", action="store_true", help=JSON_HELP)
     g.set_defaults(func=run)
 
@@ -78,7 +76,7 @@ def cmd_eval(args) -> None:
     from ..corpus import read_text
     from ..lm import LM
 
-    lm = LM.load(args.model_dir)
+    lm = on_device(LM.load(args.model_dir), args)
     documents = args.documents or lm.documents
     if _stream_eval(lm, args.file, documents):
         from ..scoring import evaluate_file
@@ -102,7 +100,7 @@ def _stream_eval(lm, path, documents: str) -> bool:
 def cmd_score(args) -> None:
     from ..lm import LM
 
-    lm = LM.load(args.model_dir)
+    lm = on_device(LM.load(args.model_dir), args)
     result: dict = {"text": args.text}
     if args.given is not None:
         lp = lm.conditional_log_prob(args.text, given=args.given)
@@ -127,11 +125,7 @@ def cmd_score(args) -> None:
 def cmd_sample(args) -> None:
     from ..lm import LM
 
-    lm = LM.load(args.model_dir)
-    if args.device:
-        from ..device import resolve_device
-
-        lm.to(resolve_device(args.device))
+    lm = on_device(LM.load(args.model_dir), args)
     stop = [_unescape(x) for x in args.stop] if args.stop else None
     samples = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArlmError
+from .common import on_device
 
 
 def add_parser(sub) -> None:
@@ -42,7 +43,8 @@ def _cmd_serve(args) -> None:
         raise ArlmError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_tokens_limit < 1:
         raise ArlmError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
-    serve(args.models, host=args.host, port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit)
+    serve(args.models, host=args.host, port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
+          device=args.device)
 
 
 def _cmd_heatmap(args) -> None:
@@ -50,6 +52,6 @@ def _cmd_heatmap(args) -> None:
     from ..lm import LM
     from ..serve.heatmap import write_heatmap
 
-    lm = LM.load(args.model_dir)
+    lm = on_device(LM.load(args.model_dir), args)
     result = write_heatmap(lm, read_text(args.file), args.out)
     print(f"bits_per_char {result['bits_per_char']:.4f} over {result['n_chars']} chars -> {args.out}")

@@ -10,17 +10,33 @@ and JSON.
 
 **Export** (``arlm export DIR --format hf --out HFDIR``) writes
 ``model.safetensors``, ``config.json`` (``GPT2LMHeadModel``, ``gelu_new`` =
-the tanh GELU arlm uses), ``generation_config.json`` (bos/eos ids, and
-``suppress_tokens: [<bos>]``, since arlm never predicts ``<bos>``),
-``tokenizer.json`` (built with ``tokenizers``: char vocab = one token per
-character, byte vocab = GPT-2's byte alphabet with no merges, BPE = arlm's own
-tokenizer) with ``<bos>``/``<eos>`` as special tokens and a post-processor that
-puts ``<bos>`` first, so ``tokenizer(text).input_ids`` is exactly what arlm
-feeds its model; ``split_special_tokens`` is on, so a literal ``"<eos>"`` in a
-text is ordinary text, as in arlm. A model without biases gets zero biases
-(GPT-2 always has them). The one difference left: arlm's ``logits`` put
--inf on ``<bos>``, Hugging Face's ``logits`` a finite value there (its
-``generate`` suppresses it through the generation config).
+the tanh GELU arlm uses), ``generation_config.json``, ``tokenizer.json`` (built
+with ``tokenizers``: char vocab = one token per character, byte vocab = GPT-2's
+byte alphabet with no merges, BPE = arlm's own tokenizer) and its config. A
+model without biases gets zero biases (GPT-2 always has them).
+
+The export is exact: transformers' ``log_softmax(logits)`` is arlm's
+``log_probs`` for every token, and no token gets probability that arlm never
+gives. arlm has two specials, ``<bos>`` (only ever an input, its output column
+-inf) and ``<eos>`` (an output; never an input, since scoring and sampling stop
+at it); ``GPT2LMHeadModel`` has no output bias, so it cannot put -inf on a
+column, and a ``<bos>`` column would take probability mass. So the export
+follows GPT-2's own convention, one token ``<|endoftext|>`` that starts and
+ends every text: ``<bos>``'s id is dropped (the ids above it move down by one),
+``<eos>`` becomes ``<|endoftext|>``, whose *input* embedding (``wte`` row) is
+``<bos>``'s and whose *output* row (``lm_head``) is ``<eos>``'s. The two rows
+differ, so the head is written untied even when arlm's is tied. Every arlm
+input sequence ``[<bos>, x_1 … x_n]`` is then ``[<|endoftext|>, x_1 … x_n]``
+with the same embeddings, and the output vocabulary is arlm's minus the one
+token it never emits, with the same logits. (A stream with several documents,
+GPT-2-style ``a <|endoftext|> b``, reads the separator as ``<bos>`` without
+the ``<eos>`` before it; arlm scores documents one at a time.) The tokenizer's
+post-processor puts ``<|endoftext|>`` first, so ``tokenizer(text).input_ids``
+is what arlm feeds its model, in the exported ids; ``split_special_tokens``
+is on, so literal special-token text is ordinary text, as in arlm. A char
+vocab's tokenizer maps a character outside the vocab to ``<unk>``, whose id is
+one past the model's vocab: the model refuses it (an index error) instead of
+scoring another character, and has no row, so no probability, for it.
 
 **Import** (``arlm import HFDIR --out DIR``) reads a GPT-2-architecture
 checkpoint (``model.safetensors``, sharded or not, or ``pytorch_model.bin``
@@ -40,7 +56,10 @@ two (``<bos>`` is never predicted, ``<eos>`` is). So:
 <|endoftext|>) over the canonical BPE tokens of x, and the next-token
 distributions are GPT-2's own (the extra ``<bos>`` column is -inf).
 Exporting an imported model drops the extra row and restores the original
-names: export ∘ import is the identity on weights and tokenizer.
+names: export ∘ import is the identity on weights and tokenizer. Importing an
+exported byte or BPE model gives the same probabilities as the arlm model
+(ids renumbered); a char export's tokenizer is not a byte-level BPE, so
+``arlm import`` refuses it.
 """
 
 from __future__ import annotations
@@ -79,6 +98,10 @@ GPT2_NAMES: list[tuple[str, str, bool]] = [
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 #: the families and the formats they export to (for the one-line refusal)
 EXPORT_FORMATS = {"gpt": "hf", "ngram": "arpa", "backoff": "arpa"}
+#: the exported token that is arlm's input ``<bos>`` and output ``<eos>`` at once (GPT-2's name)
+ENDOFTEXT = "<|endoftext|>"
+#: a char export's unknown character: an id one past the model's vocab, so the model refuses it (never emitted)
+UNK = "<unk>"
 HF_META = "hf_import"  # config.json key of an imported model: what export needs to restore the original
 
 
@@ -114,34 +137,56 @@ def _byte_alphabet() -> dict[int, str]:
     return bytes_to_unicode()
 
 
+def _hf_id(i: int, bos_id: int) -> int:
+    """The exported id of arlm's token ``i`` (any but ``<bos>``): the ids above ``<bos>`` move down by one."""
+    return i - (i > bos_id)
+
+
 def _native_tokenizer(vocab):
-    """A ``tokenizers.Tokenizer`` giving arlm's token ids for a char, byte or BPE vocab, ``<bos>`` first."""
+    """A ``tokenizers.Tokenizer`` for a char, byte or BPE vocab in the exported ids, ``<|endoftext|>`` first.
+
+    ``<bos>`` is gone; ``<eos>`` is renamed ``ENDOFTEXT`` and keeps its place
+    (:func:`_hf_id`). A char vocab's unknown characters become ``UNK``, an id
+    past the model's vocab (see :data:`UNK`).
+    """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+    b = vocab.bos_id
+    eot = _hf_id(vocab.eos_id, b)
     if vocab.kind == "bpe":
-        tok = Tokenizer.from_str(vocab.to_json())
+        spec = json.loads(vocab.to_json())
+        table = spec["model"]["vocab"]
+        table.pop(BOS, None)
+        table.pop(EOS, None)
+        spec["model"]["vocab"] = {t: _hf_id(i, b) for t, i in table.items()}
+        spec["model"]["vocab"][ENDOFTEXT] = eot
+        spec["added_tokens"] = [dict(t, id=_hf_id(t["id"], b), content=ENDOFTEXT if t["content"] == EOS else t["content"])
+                                for t in spec.get("added_tokens", []) if t["content"] != BOS]
+        spec["post_processor"] = None
+        tok = Tokenizer.from_str(json.dumps(spec))
     elif vocab.kind == "char":
-        table = {c: i for i, c in enumerate(vocab.chars)}
-        table.update({BOS: vocab.bos_id, EOS: vocab.eos_id})
-        tok = Tokenizer(models.WordLevel(table, unk_token="<unk>"))  # no <unk> in the table: unknown chars fail
+        table = {c: _hf_id(i, b) for i, c in enumerate(vocab.chars)}
+        table.update({ENDOFTEXT: eot, UNK: vocab.vocab_size - 1})
+        tok = Tokenizer(models.WordLevel(table, unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
         tok.decoder = decoders.Fuse()
     elif vocab.kind == "byte":
         alphabet = _byte_alphabet()
-        table = {alphabet[b]: b for b in range(256)}
-        table.update({BOS: vocab.bos_id, EOS: vocab.eos_id})
+        table = {alphabet[x]: _hf_id(x, b) for x in range(256)}
+        table[ENDOFTEXT] = eot
         tok = Tokenizer(models.BPE(table, []))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         tok.decoder = decoders.ByteLevel()
     else:
         raise ArlmError(f"--format hf supports char, byte and bpe vocabularies, not {vocab.kind!r}")
     if vocab.kind != "bpe":
-        tok.add_special_tokens([AddedToken(BOS, special=True, normalized=False),
-                                AddedToken(EOS, special=True, normalized=False)])
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
-                                                       special_tokens=[(BOS, vocab.bos_id)])
-    if tok.token_to_id(BOS) != vocab.bos_id or tok.token_to_id(EOS) != vocab.eos_id:
-        raise ArlmError("internal error: the tokenizer's special ids differ from the vocab's")
+        tok.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+    if vocab.kind == "char":
+        tok.add_special_tokens([AddedToken(UNK, special=True, normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(single=f"{ENDOFTEXT} $A", pair=f"{ENDOFTEXT} $A $B",
+                                                       special_tokens=[(ENDOFTEXT, eot)])
+    if tok.token_to_id(ENDOFTEXT) != eot or tok.token_to_id(BOS) is not None or tok.token_to_id(EOS) is not None:
+        raise ArlmError("internal error: the tokenizer's special ids differ from the exported model's")
     return tok
 
 
@@ -155,13 +200,16 @@ def rename_token(spec: dict, old: str, new: str) -> None:
 
 
 # -- export -------------------------------------------------------------------------------------
-def _hf_tensors(sd: dict, n_layer: int, tied: bool, vocab_size: int) -> dict:
-    """arlm's GPT state dict -> GPT2LMHeadModel's tensors (Conv1D weights transposed; the vocab cut to ``vocab_size``)."""
+def _hf_tensors(sd: dict, n_layer: int, tied: bool, rows: list[int], wte_rows: list[int]) -> dict:
+    """arlm's GPT state dict -> GPT2LMHeadModel's tensors (Conv1D weights transposed; the head's rows ``rows``
+    and the embedding's rows ``wte_rows`` of arlm's vocab, in the exported vocab's order)."""
     tensors = {}
     for ours, theirs, transpose in weight_names(n_layer):
         if ours == "lm_head.weight" and tied:
             continue
-        if ours in sd:
+        if ours == "lm_head.weight" and "lm_head.weight" not in sd:  # tied in arlm, untied in the export
+            t = sd["wte.weight"]
+        elif ours in sd:
             t = sd[ours]
         elif ours.endswith(".bias"):  # bias=False: GPT-2 always has biases, zeros are the same function
             w = sd[ours[: -len("bias")] + "weight"]
@@ -169,7 +217,7 @@ def _hf_tensors(sd: dict, n_layer: int, tied: bool, vocab_size: int) -> dict:
         else:
             raise ArlmError(f"this GPT lacks the parameter {ours}; --format hf cannot map it")
         if ours in ("wte.weight", "lm_head.weight"):
-            t = t[:vocab_size]
+            t = t[wte_rows if ours == "wte.weight" else rows]
         tensors[theirs] = (t.t() if transpose else t).detach().cpu().contiguous().clone()
     return tensors
 
@@ -230,7 +278,6 @@ def export_hf(lm, out: str | Path) -> dict:
     meta = (lm.info or {}).get(HF_META)
     out = prepare_dir(out)
 
-    vocab_size, bos_id, eos_id = cfg.vocab_size, cfg.bos_id, cfg.eos_id
     if meta:  # imported from Hugging Face: drop the <bos> row arlm added, restore the names
         vocab_size, bos_id, eos_id = meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]
         spec = json.loads(vocab.to_json())
@@ -238,18 +285,22 @@ def export_hf(lm, out: str | Path) -> dict:
         rename_token(spec, EOS, meta["eos_token"])
         tokenizer = Tokenizer.from_str(json.dumps(spec))
         specials = {"bos_token": meta["bos_token"], "eos_token": meta["eos_token"]}
-        suppress = []
-    else:
+        rows = wte_rows = list(range(vocab_size))
+    else:  # one token for <bos> (input) and <eos> (output): see the module docstring
         tokenizer = _native_tokenizer(vocab)
-        specials = {"bos_token": BOS, "eos_token": EOS}
-        suppress = [bos_id]
+        specials = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
+        if vocab.kind == "char":
+            specials["unk_token"] = UNK
+        vocab_size, bos_id = cfg.vocab_size - 1, _hf_id(cfg.eos_id, cfg.bos_id)
+        eos_id = bos_id
+        rows = [i for i in range(cfg.vocab_size) if i != cfg.bos_id]  # output rows: every token but <bos>
+        wte_rows = [cfg.bos_id if i == cfg.eos_id else i for i in rows]  # input rows: <|endoftext|> reads as <bos>
+        tied = False
 
-    tensors = _hf_tensors(sd, cfg.n_layer, tied, vocab_size)
+    tensors = _hf_tensors(sd, cfg.n_layer, tied, rows, wte_rows)
     dtype = str(sd["wte.weight"].dtype).replace("torch.", "")
     hf_config = _hf_config(cfg, vocab_size, bos_id, eos_id, tied, dtype)
     generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
-    if suppress:
-        generation["suppress_tokens"] = suppress
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **specials,

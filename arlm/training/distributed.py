@@ -79,6 +79,7 @@ class Dist:
     local_rank: int = 0
     local_world_size: int = 1
     device: torch.device | None = None  # where collective tensors live (cuda:LOCAL_RANK under NCCL)
+    backend: str | None = None  # the process group's backend ("gloo", "nccl"); None in a single process
 
     @property
     def enabled(self) -> bool:
@@ -90,6 +91,10 @@ class Dist:
 
     def label(self) -> str:
         return f"rank {self.rank} of {self.world_size}"
+
+    def record(self) -> dict:
+        """``{"world_size", "backend"}``: what a run's summary, log and ``config.json`` say about its processes."""
+        return {"world_size": self.world_size, "backend": self.backend}
 
     # -- collectives (each one names the failure of another rank as one line) --
 
@@ -220,7 +225,7 @@ def setup(device_name: str | None = None) -> Dist:
         first = _first_sentence(e)
         raise ArlmError(f"rank {rank} of {world}: cannot join the {backend} process group ({first[:200]})") from None
     atexit.register(shutdown)
-    _current = Dist(rank, world, local_rank, local_world, device)
+    _current = Dist(rank, world, local_rank, local_world, device, backend)
     return _current
 
 

@@ -81,7 +81,8 @@ def run_training(
         None), ``elapsed_s``, ``tokens_per_s``, ``stopped`` (why the run ended),
         ``signal`` (SIGINT / SIGTERM that interrupted the run, else None), ``val_tokens``,
         ``compile_s`` (seconds of the steps that ran ``torch.compile``; not counted in ``elapsed_s``
-        nor in ``settings.max_time``, see :func:`compiles`).
+        nor in ``settings.max_time``, see :func:`compiles`),
+        ``world_size`` (processes, 1 without DDP) and ``backend`` (``"gloo"``/``"nccl"``, None without DDP).
 
     The step reads nothing back from the device: the losses and gradient norms
     of the steps since the last read are read together every ``LOG_INTERVAL``
@@ -132,7 +133,7 @@ def _end_run(tr, meter, stopped) -> None:
     tr.read_losses()
     if meter.seconds:
         tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                "elapsed_s": round(run.elapsed, 3), **tr.compile_record()})
+                "elapsed_s": round(run.elapsed, 3), **tr.compile_record(), **tr.dist.record()})
     if tr.last_eval_step != run.step:
         tr.evaluate_and_checkpoint(stopped)
     else:
@@ -152,6 +153,7 @@ def _summary(tr, meter, stopped, stop_flag) -> dict:
         "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
         "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
         "compile_s": tr.compile_s,  # seconds of steps that compiled: outside ``elapsed_s`` and the --max-time budget
+        **tr.dist.record(),  # world_size (1: a single process) and the DDP backend (None: a single process)
     }
 
 
@@ -186,7 +188,8 @@ def _step_loop(tr, s: TrainSettings, train_data: TokenData, stop_after_steps, st
         run.elapsed = clock()
         if run.step % s.eval_interval == 0:
             tr.log({"step": run.step, "tokens_per_s": round(meter.end_interval(), 1),
-                    "elapsed_s": round(run.elapsed, 3), "threads": threads.current, **tr.compile_record()})
+                    "elapsed_s": round(run.elapsed, 3), "threads": threads.current, **tr.compile_record(),
+                    **tr.dist.record()})
             val_loss = tr.evaluate_and_checkpoint()
         if run.step % 10 == 0 or run.step == 1:
             post = progress_postfix(s, run, tr.last_loss, val_loss, meter)
@@ -427,7 +430,8 @@ class Trainer:
         run = self.run
         if not self.dist.is_main:
             return
-        save_model_dir(self.model, self.vocab, self.out_dir, self.meta, run.best_weights, run.best_step, run.best_val)
+        save_model_dir(self.model, self.vocab, self.out_dir, self.meta, run.best_weights, run.best_step, run.best_val,
+                       self.dist.record())
 
 
 # -- small parts of the loop -------------------------------------------------------------

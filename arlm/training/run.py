@@ -205,7 +205,9 @@ def _print_summary(summary: dict, model, out_dir: Path) -> None:
     bv = summary["best_val_loss"]
     print(
         f"trained {model.family} ({model.num_parameters():,} parameters): {summary['step']} steps in "
-        f"{summary['elapsed_s']:.0f}s ({summary['stopped']}), {summary['tokens_per_s']:.0f} tokens/s; "
+        f"{summary['elapsed_s']:.0f}s ({summary['stopped']}), {summary['tokens_per_s']:.0f} tokens/s"
+        + (f" on {summary['world_size']} ranks ({summary['backend']})" if summary.get("world_size", 1) > 1 else "")
+        + "; "
         + (f"best val mean_nll {bv:.4f} nats/token (estimated on {summary.get('val_tokens', 0):,} val tokens) "
            f"at step {summary['best_step']}" if bv is not None else "no val text") + f" -> {out_dir}",
         file=sys.stderr,

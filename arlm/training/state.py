@@ -177,8 +177,12 @@ def _checkpoint_write_hook(step: int) -> None:
 # -- the model directory -----------------------------------------------------------------
 
 
-def save_model_dir(model, vocab, out_dir, meta, weights, best_step, best_val) -> None:
-    """Write the model directory with ``weights`` (the best so far) without touching ``model``."""
+def save_model_dir(model, vocab, out_dir, meta, weights, best_step, best_val, processes: dict | None = None) -> None:
+    """Write the model directory with ``weights`` (the best so far) without touching ``model``.
+
+    ``config.json``'s ``training`` record holds ``best_step``, ``best_val_loss``
+    (nats/token), ``world_size`` and ``backend`` (``processes``, see ``Dist.record``; 1 and None without DDP).
+    """
     family = type(model)
     with torch.random.fork_rng(devices=[]):  # building a model draws from the RNG; training must not notice
         cpu_model = family(model.config)
@@ -187,7 +191,8 @@ def save_model_dir(model, vocab, out_dir, meta, weights, best_step, best_val) ->
             p.copy_(weights[n])
     cpu_model.eval()
     m = dict(meta)
-    m["training"] = {"best_step": best_step, "best_val_loss": best_val if math.isfinite(best_val) else None}
+    m["training"] = {"best_step": best_step, "best_val_loss": best_val if math.isfinite(best_val) else None,
+                     **(processes or {"world_size": 1, "backend": None})}
     checkpoint.save(out_dir, cpu_model, vocab, m)
 
 

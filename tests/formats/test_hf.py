@@ -46,39 +46,108 @@ def _vocab(kind):
     return {"char": lambda: CharVocab.train([TEXT]), "byte": ByteVocab, "bpe": lambda: BPEVocab.train(docs, 400)}[kind]()
 
 
+def _hf_ids(vocab, ids):
+    """arlm token ids in the exported model's ids: ``<bos>`` and ``<eos>`` are one token, the ids above ``<bos>`` move down."""
+    eot = vocab.eos_id - (vocab.eos_id > vocab.bos_id)
+    return [eot if i in (vocab.bos_id, vocab.eos_id) else i - (i > vocab.bos_id) for i in ids]
+
+
+def _arlm_cli(*args) -> str:
+    r = subprocess.run([sys.executable, "-m", "arlm", *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+#: texts per documents mode: names one per document, a passage with newlines as one document
+DOCUMENTS = {"lines": ["emma", "jo", "maryann", ""], "file": [TEXT[50_000:50_300], "ROMEO:\nO, she doth teach"]}
+
+
+@pytest.mark.parametrize("documents", ["lines", "file"])
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
-def test_export_loads_in_transformers_with_equal_ids_logits_and_greedy_text(kind, tmp_path):
+def test_export_log_softmax_equals_arlm_log_probs_for_every_token(kind, documents, tmp_path):
+    """transformers' log_softmax over the exported vocab is arlm's log_probs (every position, every token, 1e-5),
+    the exported vocab is arlm's minus <bos>, and `arlm score --per-token` gives the same per-token figures."""
     vocab = _vocab(kind)
-    LM(_gpt(vocab), vocab, "file").save(tmp_path / "m")
+    LM(_gpt(vocab), vocab, documents).save(tmp_path / "m")
     lm = LM.load(tmp_path / "m")
-    if kind == "char":  # the CLI once; the other vocabs call the function it calls
-        r = subprocess.run([sys.executable, "-m", "arlm", "export", str(tmp_path / "m"), "--format", "hf",
-                            "--out", str(tmp_path / "hf")], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+    if kind == "char" and documents == "lines":  # the CLI once; the others call the function it calls
+        _arlm_cli("export", tmp_path / "m", "--format", "hf", "--out", tmp_path / "hf")
     else:
         export_hf(lm, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert type(hf).__name__ == "GPT2LMHeadModel" and tok.is_fast
-    ids = tok(PROBE).input_ids
-    assert ids == encode_document(vocab, PROBE, eos=False)
-    assert tok.decode(ids, skip_special_tokens=True) == PROBE
-    with torch.no_grad():
-        theirs = hf(torch.tensor([ids])).logits[0]  # [T, V]
-        ours = lm.model.logits(torch.tensor([ids]))[0]
-    keep = [i for i in range(vocab.vocab_size) if i != vocab.bos_id]  # arlm puts -inf on <bos>
-    torch.testing.assert_close(theirs[:, keep], ours[:, keep], atol=1e-5, rtol=0)
-    # greedy decoding: transformers' generate against `arlm sample --temperature 0`
-    out = hf.generate(torch.tensor([[vocab.bos_id]]), max_new_tokens=100, do_sample=False)[0, 1:].tolist()
+    assert hf.config.vocab_size == vocab.vocab_size - 1  # every token arlm can emit, and nothing else
+    assert tok.bos_token_id == tok.eos_token_id == hf.config.bos_token_id == hf.config.eos_token_id
+    keep = [i for i in range(vocab.vocab_size) if i != vocab.bos_id]
+    for text in DOCUMENTS[documents]:
+        ids = encode_document(vocab, text)  # [<bos>, x_1 … x_n, <eos>]
+        hf_ids = tok(text).input_ids + [tok.eos_token_id]
+        assert hf_ids == _hf_ids(vocab, ids)
+        assert tok.decode(hf_ids, skip_special_tokens=True) == text
+        with torch.no_grad():
+            theirs = torch.log_softmax(hf(torch.tensor([hf_ids[:-1]])).logits[0].double(), -1)  # [T, V - 1]
+            ours = torch.log_softmax(lm.model.logits(torch.tensor([ids[:-1]]))[0].double(), -1)  # [T, V]
+        assert torch.isneginf(ours[:, vocab.bos_id]).all()
+        assert (theirs - ours[:, keep]).abs().max().item() <= 1e-5, text
+        if text == DOCUMENTS[documents][0]:
+            if kind == "char":  # the CLI per mode; the other vocabs call the function it calls
+                rows = json.loads(_arlm_cli("score", tmp_path / "m", text, "--per-token", "--json"))["token_logprobs"]
+            else:
+                rows = [{"token": t, "logprob": v} for t, v in lm.token_logprobs(text)]
+            per_token = theirs.gather(1, torch.tensor(hf_ids[1:])[:, None])[:, 0]
+            assert len(rows) == len(per_token)
+            assert max(abs(r["logprob"] - v) for r, v in zip(rows, per_token.tolist())) <= 1e-5
+            assert abs(per_token.sum().item() - lm.log_prob(text)) <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_export_greedy_text_equals_arlm_sample(kind, tmp_path):
+    vocab = _vocab(kind)
+    LM(_gpt(vocab), vocab, "file").save(tmp_path / "m")
+    lm = LM.load(tmp_path / "m")
+    export_hf(lm, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    # greedy decoding: transformers' generate (from <|endoftext|>) against `arlm sample --temperature 0`
+    out = hf.generate(torch.tensor([[tok.bos_token_id]]), max_new_tokens=100, do_sample=False)[0, 1:].tolist()
     sample = lm.generate("", max_new_tokens=100, temperature=0)
-    assert out == sample.token_ids and len(out) == 100
+    assert out == _hf_ids(vocab, sample.token_ids) and len(out) == 100
     assert len(set(out)) > 3  # the weights make greedy decoding wander, so the comparison means something
     if kind == "char":
-        r = subprocess.run([sys.executable, "-m", "arlm", "sample", str(tmp_path / "m"), "--temperature", "0",
-                            "--max-new-tokens", "100", "--json"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)[0]["text"] == tok.decode(out, skip_special_tokens=True)
+        r = json.loads(_arlm_cli("sample", tmp_path / "m", "--temperature", "0", "--max-new-tokens", "100", "--json"))
+        assert r[0]["text"] == tok.decode(out, skip_special_tokens=True)
     assert sample.text == tok.decode(out, skip_special_tokens=True)
+
+
+def test_char_export_refuses_an_unknown_character(tmp_path):
+    """A character outside a char vocab becomes <unk>, an id past the model's vocab: the model refuses it."""
+    vocab = CharVocab.train(["abc "])
+    export_hf(LM(_gpt(vocab), vocab, "file"), tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tok("ab é").input_ids
+    assert tok.unk_token == "<unk>" and ids[-1] == tok.unk_token_id == hf.config.vocab_size
+    assert ids[:-1] == _hf_ids(vocab, encode_document(vocab, "ab ", eos=False))
+    with pytest.raises(IndexError):
+        hf(torch.tensor([ids]))
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_import_of_an_export_scores_as_arlm_and_exports_back_the_same(kind, tmp_path):
+    vocab = _vocab(kind)
+    lm = LM(_gpt(vocab), vocab, "file")
+    export_hf(lm, tmp_path / "hf")
+    back = import_hf(tmp_path / "hf", tmp_path / "back")
+    for text in ["To be, or not to be", "é ☃", ""]:
+        assert back.log_prob(text) == pytest.approx(lm.log_prob(text), abs=1e-4)
+    export_hf(LM.load(tmp_path / "back"), tmp_path / "again")
+    a, b = load_file(str(tmp_path / "hf" / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    t1 = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    t2 = transformers.AutoTokenizer.from_pretrained(tmp_path / "again")
+    assert t1("To be, or not to be").input_ids == t2("To be, or not to be").input_ids
+    assert t2.eos_token == t1.eos_token == "<|endoftext|>"
 
 
 def _gpt2_tokenizer(directory):

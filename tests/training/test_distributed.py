@@ -93,7 +93,13 @@ def test_two_ranks_match_one_process_a_dead_rank_stops_the_other_and_the_run_res
     # arlm train --nproc 2 starts torchrun (--standalone) for the user
     r = arlm(*TRAIN, "--out", str(ddp), "--nproc", "2")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("trained gpt") == 1  # rank 0 alone reports
+    assert r.stderr.count("trained gpt") == 1  # rank 0 alone reports, and says how many ranks and which backend
+    assert "tokens/s on 2 ranks (gloo);" in r.stderr, r.stderr
+    for run, processes in ((ddp, {"world_size": 2, "backend": "gloo"}), (single, {"world_size": 1, "backend": None})):
+        training = json.loads((run / "config.json").read_text())["training"]
+        assert {k: training[k] for k in processes} == processes
+        logged = [rec for rec in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "tokens_per_s" in rec]
+        assert logged and all({k: rec[k] for k in processes} == processes for rec in logged)
     assert_matches_one_process(ddp, single)
 
     # rank 1 dies before step 14: rank 0 stops with one line, the checkpoint of step 10 stays intact
