@@ -42,12 +42,15 @@ def fit(data: str | Path | None = None, model: str = "ngram", out: str | Path = 
     ``arlm train --force``.
 
     Raises:
-        ArlmError: bad input (see ``arlm train --help`` for the options), or an
+        ArlmError: bad input (see ``arlm train --help`` for the options; ``seed``
+            is an integer in 0 .. 2**32 - 1), or an
             ``out`` that holds another model.
     """
     from . import checkpoint
     from .pipeline import load_split, split_meta, train_ngram
+    from .sampling import check_seed
 
+    check_seed(seed, "seed", 2**32 - 1)  # the split's shuffle seed, as `arlm train --seed`
     if model != "ngram":
         raise ArlmError(f"arlm.fit() fits n-gram models; train {model!r} with `arlm train --model {model}`")
     replace = checkpoint.check_output_dir(out, force, family="ngram", vocab=vocab,

@@ -841,6 +841,27 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _seed_type(limit: int):
+    """An argparse type: an integer seed in 0 .. ``limit`` (one line naming the range otherwise)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if not 0 <= v <= limit:
+            raise argparse.ArgumentTypeError(f"expected an integer from 0 to {limit}, got {v}")
+        return v
+
+    return parse
+
+
+#: Sampling seeds: 0 .. 2**64 - 1 (arlm.sampling.sample_generator gives each its own stream).
+_sample_seed = _seed_type(2**64 - 1)
+#: Split and training seeds: 0 .. 2**32 - 1 (torch's CPU generator keeps 32 bits of a manual seed).
+_train_seed = _seed_type(2**32 - 1)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, except where there is none to show:
     flags (off unless given), required options, and None defaults, whose help
@@ -897,7 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-file", default=None, metavar="FILE",
                    help="val text (default: split off the last --val-fraction of DATA)")
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
-    t.add_argument("--seed", type=int, default=1337, help="seed of the train/val split and of training")
+    t.add_argument("--seed", type=_train_seed, default=1337,
+                   help="seed of the train/val split and of training (0 .. 2**32-1)")
     t.add_argument("--out", default=None, metavar="DIR", help="model directory to write (default: runs/MODEL-VOCAB)")
     t.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the interrupted neural run in DIR (default: start a new run)")
@@ -954,7 +976,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the k most probable tokens (default: off, every token is kept)")
     g.add_argument("--top-p", type=float, default=1.0,
                    help="keep the smallest set of most probable tokens with mass >= p (1.0: off)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same samples")
+    g.add_argument("--seed", type=_sample_seed, default=None,
+                   help="seed of the sampler (0 .. 2**64-1): the same seed gives the same samples (default: a "
+                        "fresh seed each run, so samples differ from run to run)")
     g.add_argument("--stop", action="append", default=None, metavar="STR",
                    help="stop string, repeatable; \\n, \\t, \\r are read as newline, tab, return (default: none)")
     g.add_argument("--device", default=None,
@@ -968,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("data", metavar="DATA", help="UTF-8 text file to split")
     sp.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
     sp.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA that goes to val")
-    sp.add_argument("--seed", type=int, default=1337, help="seed of the shuffle (lines mode)")
+    sp.add_argument("--seed", type=_train_seed, default=1337, help="seed of the shuffle (lines mode; 0 .. 2**32-1)")
     sp.add_argument("--train-out", required=True, metavar="FILE", help="where to write the train part")
     sp.add_argument("--val-out", required=True, metavar="FILE", help="where to write the val part")
     sp.set_defaults(func=cmd_split)
@@ -1010,7 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--val-file", default=None, metavar="FILE",
                    help="val text (default: split off the last --val-fraction of DATA)")
     c.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
-    c.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
+    c.add_argument("--seed", type=_train_seed, default=1337, help="seed of the split and of training (0 .. 2**32-1)")
     c.add_argument("--out", default="runs/compare", metavar="DIR", help="directory for the models and the results")
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(func=cmd_compare)
@@ -1019,7 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a char n-gram on the built-in corpus, print val bits per char and samples.")
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="model directory to write")
     d.add_argument("--order", type=int, default=6, help="n-gram order, 1..10")
-    d.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    d.add_argument("--seed", type=_sample_seed, default=0, help="seed of the samples (0 .. 2**64-1)")
     d.set_defaults(func=cmd_demo)
     _add_export_parser(sub)
     _add_import_parser(sub)

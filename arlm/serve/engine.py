@@ -19,7 +19,8 @@ with :func:`arlm.sampling.sample_next`, with the same generator discipline as
 :meth:`arlm.LM.generate` (choice c of a prompt draws from
 :func:`arlm.sampling.sample_generator` ``(seed, c)``), so the text equals
 ``LM.generate(prompt, …, seed=seed, num_samples=n)`` (to the float rounding
-of a batched matmul for neural models). Log-probabilities are the model's,
+of a batched matmul for neural models). A request without ``seed`` gets a
+fresh one, so identical unseeded requests differ. Log-probabilities are the model's,
 before temperature/top-k/top-p, in nats: generated tokens from
 ``log_softmax`` of the decoding scores, prompt tokens (``echo``) from
 :func:`arlm.scoring.sequence_log_probs` (so they equal ``LM.token_logprobs``
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 
 from ..errors import ArlmError
-from ..sampling import check_sampling_args, filter_logits, sample_generator, sample_next
+from ..sampling import check_sampling_args, filter_logits, fresh_seed, sample_generator, sample_next
 from ..scoring import sequence_log_probs
 from ..vocab.base import BOS, EOS
 
@@ -82,7 +83,7 @@ class Params:
     top_k: int | None
     top_p: float
     n: int
-    seed: int | None
+    seed: int  # the request's, or a fresh one drawn for an unseeded request (never reported)
     stops: list[str]
     echo: bool
     logprobs: int | None
@@ -291,7 +292,8 @@ class Engine:
             raise ServeError(str(e), param="temperature") from None
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         stops = [s for s in stops if s]
-        return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, req.seed, stops,
+        seed = fresh_seed() if req.seed is None else req.seed  # unseeded requests differ, as OpenAI's and vLLM's
+        return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, seed, stops,
                       req.echo, req.logprobs, min(req.min_tokens, max_tokens), req.stream)
 
     def submit(self, params: Params, loop: asyncio.AbstractEventLoop) -> Job:

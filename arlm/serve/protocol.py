@@ -48,7 +48,8 @@ class CompletionRequest(BaseModel):
     #: vLLM's extension: no ``<eos>`` before this many tokens (the logprobs stay the model's).
     min_tokens: StrictInt = Field(default=0, ge=0)
     n: StrictInt = Field(default=1, ge=1, le=MAX_N)
-    seed: Optional[StrictInt] = None
+    #: 0 .. 2**64 - 1; omitted or null: a fresh seed per request (as OpenAI and vLLM do).
+    seed: Optional[StrictInt] = Field(default=None, ge=0, le=2**64 - 1)
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
     echo: StrictBool = False
     logprobs: Optional[StrictInt] = Field(default=None, ge=0, le=MAX_LOGPROBS)
