@@ -96,9 +96,8 @@ def cmd_train(args) -> None:
         vocab = train_vocab(args.vocab, split.train_docs, args.vocab_size)
         if replace and main_rank:  # a run writes its directory as it goes (to resume): empty it first, in one rename
             checkpoint.clear_dir(out)
-        if main_rank:  # under DDP rank 0 alone writes
-            checkpoint.prepare_dir(out)
-        cli_train(args, args.model, vocab, split.train_docs, split.val_docs, split.documents, out, meta)
+        with checkpoint.new_run_dir(out, write=main_rank):  # under DDP rank 0 alone writes
+            cli_train(args, args.model, vocab, split.train_docs, split.val_docs, split.documents, out, meta)
         if not main_rank:
             return
     else:
@@ -346,7 +345,7 @@ def cmd_compare(args) -> None:
         replace = checkpoint.check_output_dir(out, True, inputs=inputs)
     else:
         replace = checkpoint.check_output_dir(out, args.force, inputs=inputs)
-    budget = parse_duration(args.max_time)
+    budget = parse_duration(args.max_time, "--max-time")
     with checkpoint.new_model_dir(out, replace) as where:
         result = run_compare(args.data, specs, vocabs, budget, where, args.documents, args.val_file,
                              args.val_fraction, args.seed, args.mix, args.vocab_size, log=log, report_dir=out)
@@ -567,6 +566,7 @@ def _cmd_tokenize(args) -> None:
     from . import checkpoint
     from .data import TokenDir, is_token_dir
 
+    chunk_size = parse_memory(args.chunk_size, "--chunk-size")
     out = Path(args.out)
     # a token directory of the same vocab kind and document mode is replaced whole by a rerun; anything else
     # (another vocab or mode, a model, other files) needs --force
@@ -581,7 +581,7 @@ def _cmd_tokenize(args) -> None:
     replace = checkpoint.check_output_dir(out, args.force or rerun,
                                           inputs=[("DATA", args.data), ("--vocab-from", args.vocab_from)])
     with checkpoint.new_model_dir(out, replace) as where:
-        r = _tokenize(args.data, where, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size),
+        r = _tokenize(args.data, where, args.vocab, args.vocab_from, args.documents, chunk_size,
                       progress=not args.json)
     if args.json:
         _print_json(r)
@@ -694,11 +694,10 @@ def _train_neural_from_tokens(args) -> None:
     if checkpoint.check_output_dir(out, args.force, family=args.model, vocab=vocab.kind, inputs=[("DATA", args.data)]):
         if main_rank:
             checkpoint.clear_dir(out)  # a run writes its directory as it goes: empty it first, in one rename
-    if main_rank:
-        checkpoint.prepare_dir(out)
     meta = {"documents": tokens.documents, "data": str(args.data), "data_path": str(Path(args.data).resolve()),
             "token_dir": True, "split": {"val_file": None, "val_fraction": args.val_fraction, "seed": args.seed}}
-    cli_train(args, args.model, vocab, [], [], tokens.documents, out, meta, token_data=(train, val))
+    with checkpoint.new_run_dir(out, write=main_rank):
+        cli_train(args, args.model, vocab, [], [], tokens.documents, out, meta, token_data=(train, val))
     if main_rank:
         _report_token_training(out, args)
 

@@ -136,7 +136,7 @@ def settings_from_args(args, family: str, block_size: int, documents: str) -> Tr
         lr=_arg(args, "lr") or d["lr"],
         min_lr_ratio=d["min_lr_ratio"],
         max_steps=_arg(args, "max_steps"),
-        max_time=parse_duration(max_time) if max_time is not None else None,
+        max_time=parse_duration(max_time, "--max-time") if max_time is not None else None,
         seed=_arg(args, "seed") if _arg(args, "seed") is not None else 1337,
         documents=documents,
         device=_arg(args, "device") or "auto",
@@ -259,7 +259,7 @@ def cli_resume(args, out_dir: Path) -> None:
         if s.max_steps < 1:
             raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
     if _arg(args, "max_time") is not None:
-        s.max_time = parse_duration(_arg(args, "max_time"))
+        s.max_time = parse_duration(_arg(args, "max_time"), "--max-time")
     for name in ("device", "threads"):
         if _arg(args, name) is not None:
             setattr(s, name, _arg(args, name))

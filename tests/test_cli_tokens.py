@@ -120,3 +120,28 @@ def test_tokenize_never_clobbers_a_model_and_resume_refuses_retokenized_data(tmp
     assert rc == 2 and "re-tokenized" in err and len(err.strip().splitlines()) == 1
     rc, _, err = run(capsys, "train", "--resume", model, check=False)  # an n-gram is not trained step by step
     assert rc == 2 and "holds a model of family ngram; only gpt and lstm runs" in err, err
+
+
+def test_refused_commands_name_the_typed_option_and_leave_no_directory(tmp_path, capsys):
+    (tmp_path / "bad.txt").write_bytes(b"ab\xffc\n")
+    (tmp_path / "odd.txt").write_text("zz\u20ac\n")
+    run(capsys, "train", NAMES, "--documents", "lines", "--order", "2", "--out", tmp_path / "m")
+    new = tmp_path / "new" / "dir"
+    cases = [
+        (["tokenize", NAMES, "--chunk-size", "1K", "--out", new], "--chunk-size must be at least 64K"),
+        (["tokenize", NAMES, "--chunk-size", "lots", "--out", new], "--chunk-size"),
+        (["tokenize", tmp_path / "bad.txt", "--out", new], "UTF-8"),
+        (["train", NAMES, "--memory", "1K", "--out", new], "--memory must be at least 64K"),
+        (["train", NAMES, *TINY_GPT[:8], "--max-time", "0", "--out", new], "--max-time must be a positive"),
+        (["train", NAMES, "--model", "gpt", "--n-head", "3", "--n-embd", "16", "--out", new], "n_head"),
+        (["mix", tmp_path / "m", tmp_path / "m", "--fit-on", tmp_path / "odd.txt", "--out", new], "U+20AC"),
+        (["compare", NAMES, "--max-time", "0", "--out", new], "--max-time"),
+    ]
+    for args, needle in cases:
+        rc, _, err = run(capsys, *args, check=False)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and needle in lines[0], (args, err)
+        assert not (tmp_path / "new").exists(), args  # nor the parent it would have created
+    new.mkdir(parents=True)  # an empty directory given as --out stays, empty
+    rc, _, _ = run(capsys, "tokenize", tmp_path / "bad.txt", "--out", new, check=False)
+    assert rc == 2 and new.is_dir() and not any(new.iterdir())
