@@ -145,3 +145,35 @@ def test_refused_commands_name_the_typed_option_and_leave_no_directory(tmp_path,
     new.mkdir(parents=True)  # an empty directory given as --out stays, empty
     rc, _, _ = run(capsys, "tokenize", tmp_path / "bad.txt", "--out", new, check=False)
     assert rc == 2 and new.is_dir() and not any(new.iterdir())
+
+
+def _terminate_when(cmd, ready, tmp_path, timeout=60.0):
+    """Start ``arlm CMD`` with TMPDIR in tmp_path, send SIGTERM once ``ready()`` holds; (rc, stderr, tmpdir)."""
+    import os
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "arlm", *map(str, cmd)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    t0 = time.time()
+    while not ready(tmp) and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err, tmp
+
+
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    big = tmp_path / "big.txt"
+    big.write_text("".join(rng.choice("abcdefgh \n") for _ in range(300_000)))
+    # n-gram counting under --memory: stopped once it has spilled its first sorted run
+    rc, err, tmp = _terminate_when(["train", big, "--order", "7", "--memory", "64K", "--out", tmp_path / "o"],
+                                   lambda t: any(t.glob("arlm-ngram-*/*.npy")), tmp_path)
+    assert rc == 143 and err.strip() == "arlm: terminated by SIGTERM", err
+    assert list(tmp.iterdir()) == [] and not (tmp_path / "o").exists()
