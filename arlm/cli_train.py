@@ -212,6 +212,36 @@ def check_resume_flags(given, out_dir: Path, out: str | None = None) -> None:
         )
 
 
+def check_resume(args, out_dir: Path, world_size: int = 1) -> tuple[dict, dict]:
+    """The checks of a resume that need no model: flags, training state, budget, the batch split among ranks.
+
+    Run by ``--nproc N`` before torchrun is launched (as a fresh run's checks are)
+    and again by :func:`cli_resume`. Returns ``read_state``'s (tensors, state).
+
+    Raises:
+        ArlmError: one line: a flag that cannot change on resume, a missing or
+            corrupt state, ``--max-steps`` < 1, an unparsable ``--max-time``, or a
+            run whose global batch does not divide among ``world_size`` ranks.
+    """
+    given = getattr(args, "given_flags", None)
+    if given is not None:
+        check_resume_flags(given, out_dir, _arg(args, "out"))
+    tensors, st = read_state(out_dir / STATE_FILE)
+    if st.get("version") != STATE_VERSION:
+        raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    if _arg(args, "max_steps") is not None and _arg(args, "max_steps") < 1:
+        raise ArlmError(f"--max-steps must be >= 1, got {_arg(args, 'max_steps')}")
+    if _arg(args, "max_time") is not None:
+        parse_duration(_arg(args, "max_time"), "--max-time")
+    rows = (st.get("settings") or {}).get("batch_size")
+    if world_size > 1 and rows and rows % world_size:
+        ok = [n for n in range(2, min(rows, 64) + 1) if rows % n == 0]
+        raise ArlmError(f"--nproc {world_size}: the run in {out_dir} has a global batch of {rows} rows (fixed when "
+                        f"it started), which does not divide evenly among {world_size} ranks; resume with an "
+                        f"--nproc that divides {rows}" + (f" ({', '.join(map(str, ok[:6]))})" if ok else ""))
+    return tensors, st
+
+
 def cli_resume(args, out_dir: Path) -> None:
     """Continue the interrupted run in ``out_dir`` from its last checkpoint.
 
@@ -230,12 +260,7 @@ def cli_resume(args, out_dir: Path) -> None:
         Interrupted: SIGINT or SIGTERM stopped the run again after it saved.
     """
     out_dir = Path(out_dir)
-    given = getattr(args, "given_flags", None)
-    if given is not None:
-        check_resume_flags(given, out_dir, _arg(args, "out"))
-    tensors, st = read_state(out_dir / STATE_FILE)
-    if st.get("version") != STATE_VERSION:
-        raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    tensors, st = check_resume(args, out_dir, distributed.current().world_size)
     for stale in out_dir.glob(".*.tmp") if distributed.current().is_main else ():
         stale.unlink(missing_ok=True)  # half-written files of a killed process (never renamed into place)
     if (out_dir / checkpoint.CONFIG).is_file():
@@ -256,8 +281,6 @@ def cli_resume(args, out_dir: Path) -> None:
     old = dataclasses.replace(s)
     if _arg(args, "max_steps") is not None:
         s.max_steps = _arg(args, "max_steps")
-        if s.max_steps < 1:
-            raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
     if _arg(args, "max_time") is not None:
         s.max_time = parse_duration(_arg(args, "max_time"), "--max-time")
     for name in ("device", "threads"):
@@ -332,8 +355,9 @@ def start_distributed(args):
     NCCL on CUDA). Only gpt and lstm train under DDP.
 
     Raises:
-        ArlmError: ``--nproc`` below 1, an n-gram family under torchrun / ``--nproc``, or a
-            ``--batch-size`` that does not divide among the processes (checked before any is started).
+        ArlmError: ``--nproc`` below 1, an n-gram family under torchrun / ``--nproc``, a
+            ``--batch-size`` (or a resumed run's batch) that does not divide among the processes, or
+            any other check of :func:`check_resume` (all before any process is started).
         SystemExit: after the launched torchrun ends (its exit status).
     """
     nproc = _arg(args, "nproc")
@@ -346,8 +370,12 @@ def start_distributed(args):
         raise ArlmError(f"{how}: only gpt and lstm train with several processes; {_arg(args, 'model')} models are "
                         "counted in one process: run arlm train without " + how)
     world = int(os.environ.get("WORLD_SIZE", "1")) if torchrun else (nproc or 1)
-    if _arg(args, "resume") is None and world > 1:  # before anything is launched or written
-        distributed.check_batch_split(_arg(args, "batch_size") or DEFAULTS[_arg(args, "model")]["batch_size"], world)
+    if world > 1:  # before anything is launched or written
+        if _arg(args, "resume") is None:
+            distributed.check_batch_split(_arg(args, "batch_size") or DEFAULTS[_arg(args, "model")]["batch_size"],
+                                          world)
+        elif not torchrun:  # the checks every rank would make on resuming
+            check_resume(args, Path(_arg(args, "resume")), world)
     if torchrun:
         return distributed.setup(_arg(args, "device"))
     if nproc is not None and nproc > 1:
