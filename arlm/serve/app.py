@@ -5,8 +5,9 @@ Endpoints: ``GET /health``; ``GET /v1/models``; ``POST /v1/completions``
 ``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize`` (what
 lm-evaluation-harness's ``tokenizer_backend="remote"`` calls); ``GET /`` the
 playground page. With an API key every endpoint but ``/health`` and the
-(static, data-free) playground page needs ``Authorization: Bearer KEY``; the
-page asks for the key and sends it with its API calls.
+(static, data-free) playground page ``/`` needs ``Authorization: Bearer KEY``
+(a browser cannot send the header when it opens a page); the page asks for
+the key and sends it with its API calls.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import os
 import logging
+import secrets
 import time
 from importlib import resources
 
@@ -81,7 +83,12 @@ class _AuthAndLog:
 
     def __init__(self, app, api_key: str | None):
         self.app = app
-        self.expected = None if api_key is None else f"Bearer {api_key}".encode("latin-1")
+        self.expected = None if api_key is None else api_key.encode("ascii")
+
+    def _authorized(self, header: bytes) -> bool:
+        """``Authorization: Bearer KEY``; the scheme is case-insensitive (RFC 7235), the key compared in constant time."""
+        scheme, _, key = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(key.strip(), self.expected)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -97,7 +104,7 @@ class _AuthAndLog:
         try:
             if self.expected is not None and scope["path"] not in OPEN_PATHS:
                 got = dict(scope.get("headers") or []).get(b"authorization", b"")
-                if got != self.expected:
+                if not self._authorized(got):
                     response = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
                                       "authentication_error", code="invalid_api_key")
                     return await response(scope, receive, send_and_note)
