@@ -718,6 +718,11 @@ def _report_token_training(out: Path, args) -> None:
         print("no val tokens (val fraction 0): nothing to report")
 
 
+CODING_THREADS_HELP = ("CPU threads for loading the model (default: OMP_NUM_THREADS if set, else the idle cores); "
+                       "the coding itself runs on one thread, so that encoder and decoder compute identical "
+                       "probabilities")
+
+
 def _add_compress_parsers(sub) -> None:
     z = sub.add_parser("compress", help="compress a text file losslessly with a model (range coding of its probabilities)")
     z.add_argument("model_dir", metavar="DIR", help="model directory")
@@ -727,6 +732,7 @@ def _add_compress_parsers(sub) -> None:
                    help="document mode (default: the one the model was trained with)")
     z.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
     z.add_argument("--json", action="store_true", help="print the result as JSON")
+    z.add_argument("--threads", type=int, default=None, help=CODING_THREADS_HELP)
     z.set_defaults(func=_cmd_compress)
     u = sub.add_parser("decompress", help="restore a file made by `arlm compress` (needs the same model)")
     u.add_argument("model_dir", metavar="DIR", help="model directory the file was compressed with")
@@ -734,6 +740,7 @@ def _add_compress_parsers(sub) -> None:
     u.add_argument("output", metavar="OUT", help="text file to write")
     u.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
     u.add_argument("--json", action="store_true", help="print the result as JSON")
+    u.add_argument("--threads", type=int, default=None, help=CODING_THREADS_HELP)
     u.set_defaults(func=_cmd_decompress)
 
 
