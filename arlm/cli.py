@@ -1086,7 +1086,7 @@ def _add_serve_parser(sub) -> None:
                         "machine (ps); the environment variable ARLM_API_KEY or --api-key-file is safer "
                         "(default: ARLM_API_KEY if set, else no key needed)")
     v.add_argument("--api-key-file", default=None, metavar="FILE",
-                   help="read the API key from the first line of FILE (keep it readable only by you)")
+                   help="read the API key from the first line of FILE (keep it readable only by you; default: none)")
     v.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="largest max_tokens a request may ask for (n x max_tokens is capped at 4x this)")
     v.set_defaults(func=_cmd_serve)
