@@ -169,11 +169,35 @@ def clear_dir(out: str | Path) -> Path:
     return d
 
 
+def _topmost_missing(d: Path) -> Path | None:
+    """The outermost of ``d`` and its parents that does not exist (what ``mkdir(parents=True)`` creates)."""
+    top = None
+    for p in [d, *d.absolute().parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
+def _undo_new_dir(d: Path, created: Path | None) -> None:
+    """Remove what a failed command wrote into ``d``: the directories it created, or the files of an empty ``d``."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    try:
+        for p in d.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 @contextmanager
 def new_model_dir(out: str | Path, replace: bool):
     """Yield the directory to write a new model into; ``out`` itself unless ``replace``.
 
-    With ``replace`` the model is built in a hidden sibling directory and
+    Without ``replace`` (``out`` absent or empty) a block that fails or is
+    interrupted leaves ``out`` as it found it: absent (with any parents this
+    created) or empty. With ``replace`` the model is built in a hidden sibling directory and
     swapped in only when the block succeeds (two renames), so a failed command
     (a full disk, a bad input found late) leaves the old model as it was, and a
     crash leaves the old or the new model under ``out``, never a mix.
@@ -182,8 +206,14 @@ def new_model_dir(out: str | Path, replace: bool):
         ArlmError: ``out`` cannot be written.
     """
     d = Path(out)
-    if not replace:
-        yield prepare_dir(d)
+    if not replace:  # ``out`` is absent or empty: a failure leaves it so (no directory this command created)
+        created = _topmost_missing(d)
+        where = prepare_dir(d)
+        try:
+            yield where
+        except BaseException:
+            _undo_new_dir(d, created)
+            raise
         return
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.arlm-new-", dir=d.parent))
@@ -204,6 +234,29 @@ def new_model_dir(out: str | Path, replace: bool):
     except OSError as e:
         raise ArlmError(f"cannot replace output directory {d}: {os_reason(e)}") from None
     shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def new_run_dir(out: str | Path, write: bool = True):
+    """Create the directory of a neural run, which writes it as it goes (to resume); yield it.
+
+    A run that fails or is stopped before its first checkpoint (a refused
+    setting, too little data, Ctrl-C while encoding) leaves no directory this
+    created; once ``training_state.safetensors`` exists the directory stays, to
+    be resumed. ``write=False`` (a DDP rank other than 0) creates nothing.
+    """
+    d = Path(out)
+    if not write:
+        yield d
+        return
+    created = _topmost_missing(d)
+    prepare_dir(d)
+    try:
+        yield d
+    except BaseException:
+        if created is not None and not (d / STATE_FILE).exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def save(directory: str | Path, model, vocab, meta: dict[str, Any] | None = None) -> Path:

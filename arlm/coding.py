@@ -42,8 +42,9 @@ An empty file is coded as no documents.
 
 The coded size is Σ −log₂ p of the tokens as ``arlm eval`` computes them (for a
 windowed model beyond its ``block_size``, ``arlm eval --stride 1``: ``step``
-lets every token see the last ``block_size`` tokens), plus the header (about 33
-bytes), at most 4 bytes of coder termination and 2**-PRECISION-scale rounding.
+lets every token see the last ``block_size`` tokens), plus the header (30 bytes
+when every varint takes one byte, as for an empty file; one more per 7 bits of a
+larger count), at most 4 bytes of coder termination and 2**-PRECISION-scale rounding.
 """
 
 from __future__ import annotations

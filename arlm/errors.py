@@ -20,3 +20,11 @@ class Interrupted(Exception):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = int(signum)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where it arrives, so that every clean-up
+    that runs on Ctrl-C (temporary files and directories, half-written outputs)
+    runs on SIGTERM too; the CLI prints one line and exits 143."""
+
+    signum = 15

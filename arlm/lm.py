@@ -78,13 +78,15 @@ class LM:
 
     # -- sampling ------------------------------------------------------------------------
     def generate(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
+                 top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
                  stop: list[str] | str | None = None, num_samples: int = 1) -> Sample | list[Sample]:
         """Sample a completion of ``prompt`` (unconditional when empty).
 
         Returns a ``Sample(text, token_ids, finish_reason)``, or a list of
         ``num_samples`` of them drawn together as one batch (one batched model
-        step per token) from one generator seeded with ``seed``. See
+        step per token) from one generator seeded with ``seed`` (0 .. 2**64 - 1;
+        None, the default, draws a fresh seed, so unseeded calls differ: pass a
+        seed to reproduce a sample). See
         ``sampling.generate`` and ``sampling.generate_many`` for the semantics.
         """
         out = sampling.generate_many(self.model, self.vocab, prompt, num_samples, max_new_tokens, temperature,

@@ -171,10 +171,9 @@ def _train_gradient(fam, split: Split, out: Path, replace: bool, vocab: str, voc
     v = train_vocab(vocab, split.train_docs, vocab_size)
     if replace and main_rank:
         checkpoint.clear_dir(out)
-    if main_rank:
-        checkpoint.prepare_dir(out)
-    train_gradient(fam.name, v, split.train_docs, split.val_docs, split.documents, out, meta, seed=seed,
-                   keep_data=keep_data, **hyper)
+    with checkpoint.new_run_dir(out, write=main_rank):  # under DDP rank 0 alone writes
+        train_gradient(fam.name, v, split.train_docs, split.val_docs, split.documents, out, meta, seed=seed,
+                       keep_data=keep_data, **hyper)
     return LM.load(out) if main_rank else None
 
 

@@ -11,18 +11,41 @@ Filters apply in the Hugging Face order: temperature, then top-k, then top-p.
 * Non-finite logits (NaN or +inf, or a row of all -inf) are an error, never a sample.
 
 Each call uses its own ``torch.Generator`` seeded with ``seed``, so the same
-seed gives the same text in any process, whatever ran before.
+seed gives the same text in any process, whatever ran before; ``seed=None``
+draws a fresh seed from the operating system, so unseeded calls differ.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
+import secrets
 
+import numpy as np
 import torch
 
 from .errors import ArlmError
+
+
+#: Seeds are the integers 0 .. 2**64 - 1 (what a 64-bit ``seed`` field of OpenAI's API can carry).
+MAX_SEED = 2**64 - 1
+
+# torch's CPU generator state: u64 initial seed, i32 left, i32 seeded, u64 next, u64[624] Mersenne Twister words, ...
+_MT_WORDS_OFFSET, _MT_N = 24, 624
+
+
+def check_seed(seed, name: str = "seed", limit: int = MAX_SEED) -> int | None:
+    """``seed`` as an int, or None; raise ArlmError unless it is None or an integer in 0 .. ``limit``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= limit:
+        raise ArlmError(f"{name} must be an integer from 0 to {limit}, got {seed!r}")
+    return int(seed)
+
+
+def fresh_seed() -> int:
+    """A seed drawn from the operating system's randomness (what ``seed=None`` uses)."""
+    return secrets.randbits(64)
 
 
 @dataclasses.dataclass
@@ -129,7 +152,7 @@ def find_stop(text: str, stops: list[str]) -> int:
 
 @torch.no_grad()
 def generate(model, vocab, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
+             top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
              stop: list[str] | str | None = None, generator: torch.Generator | None = None) -> Sample:
     """Sample a completion of ``prompt`` (unconditional when empty: from ``<bos>``).
 
@@ -137,35 +160,48 @@ def generate(model, vocab, prompt: str = "", max_new_tokens: int = 200, temperat
     ``max_new_tokens`` tokens. Generation stops at ``<eos>`` (``finish_reason
     "stop"``, ``<eos>`` not in the text), at the first occurrence of a string in
     ``stop`` (the text is cut before it, ``"stop"``), or after
-    ``max_new_tokens`` tokens (``"length"``).
+    ``max_new_tokens`` tokens (``"length"``). ``seed`` (0 .. 2**64 - 1) makes
+    the draw reproducible; None draws a fresh seed, so unseeded calls differ.
 
     Raises:
-        ArlmError: out-of-range knobs, a prompt the vocab cannot encode, or
+        ArlmError: out-of-range knobs or seed, a prompt the vocab cannot encode, or
             non-finite logits.
     """
     return generate_many(model, vocab, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, stop,
                          generator)[0]
 
 
-@torch.no_grad()
-def sample_generator(seed: int | None, index: int = 0) -> torch.Generator:
-    """The CPU ``torch.Generator`` of sample ``index`` of a call seeded with ``seed`` (None: 0).
+def sample_generator(seed: int, index: int = 0) -> torch.Generator:
+    """The CPU ``torch.Generator`` of sample ``index`` of a call seeded with ``seed`` (0 .. 2**64 - 1).
 
-    Sample 0 uses ``seed`` itself (so one sample is what :func:`generate`
-    always drew); sample r > 0 a seed taken from SHA-256 of ``"seed:r"``, so
-    samples of one call are independent streams and no two (seed, r) pairs
-    share one by accident.
+    Sample 0 of a seed below 2**32 uses ``torch.Generator.manual_seed(seed)``
+    (what :func:`generate` has always drawn). Every other (seed, index) pair
+    fills the generator's whole Mersenne Twister state (624 32-bit words) from
+    NumPy's ``SeedSequence(seed, spawn_key=(index,))``: ``manual_seed`` keeps
+    only 32 bits of a seed (seed and seed + 2**32 would share a stream), while
+    SeedSequence hashes all of them, so distinct pairs get distinct streams.
+
+    Raises:
+        ArlmError: ``seed`` is not an integer in 0 .. 2**64 - 1.
     """
-    seed = 0 if seed is None else int(seed)
-    if index:
-        seed = int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
+    seed = check_seed(seed)
+    if seed is None:
+        raise ArlmError("sample_generator needs a seed (generate draws a fresh one for seed=None)")
     g = torch.Generator(device="cpu")
-    g.manual_seed(seed)
+    g.manual_seed(seed & 0xFFFF_FFFF)
+    if index == 0 and seed < 2**32:
+        return g
+    words = np.random.SeedSequence(seed, spawn_key=(int(index),)).generate_state(_MT_N, dtype=np.uint32)
+    if not words.any():  # the all-zero state is the one the Mersenne Twister cannot leave
+        words[0] = 1
+    state = g.get_state().numpy().copy()
+    state[_MT_WORDS_OFFSET:_MT_WORDS_OFFSET + 8 * _MT_N] = words.astype("<u8").view(np.uint8)
+    g.set_state(torch.from_numpy(state))
     return g
 
 
 def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_tokens: int = 200,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, seed: int | None = 0,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
                   stop: list[str] | str | None = None, generator: torch.Generator | None = None) -> list[Sample]:
     """``num_samples`` completions of ``prompt`` drawn together, as one batch of rows.
 
@@ -176,11 +212,15 @@ def generate_many(model, vocab, prompt: str = "", num_samples: int = 1, max_new_
     depends on ``seed`` and r only, never on how many samples are drawn or on
     how rows are batched (a server drawing the same samples one at a time gets
     the same text), and sample 0 equals :func:`generate` with the same seed.
+    ``seed=None`` draws one fresh seed for the call.
 
     Raises:
         ArlmError: ``num_samples`` < 1, or as :func:`generate`.
     """
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    seed = check_seed(seed)
+    if seed is None:
+        seed = fresh_seed()
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ArlmError(f"num_samples must be an integer >= 1, got {num_samples}")
     stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]

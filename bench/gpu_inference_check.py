@@ -1,6 +1,6 @@
 """One prepared run for a lent GPU (under 5 minutes): is arlm's CUDA path fast and correct?
 
-Usage: python bench/gpu_check.py [--steps 300] [--data ../shared/data/tinyshakespeare.txt] [--cpu-steps 20]
+Usage: python bench/gpu_inference_check.py [--steps 300] [--data ../shared/data/tinyshakespeare.txt] [--cpu-steps 20]
 
 On CUDA it prints:
 

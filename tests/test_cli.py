@@ -178,3 +178,16 @@ def test_neural_run_output_files_and_no_keep_data(tmp_path):
     assert set(files.values()) == {0o666 & ~umask}, files
     bad = arlm("train", "--resume", out, "--max-steps", "4", check=False)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--no-keep-data" in bad.stderr
+
+
+def test_sample_seeds_fresh_by_default_reproducible_with_seed_refused_out_of_range(names_model):
+    runs = {arlm("sample", names_model, "--max-new-tokens", "30", "--num-samples", "3").stdout for _ in range(2)}
+    assert len(runs) == 2  # unseeded: a fresh seed each run
+    big = ["sample", names_model, "--max-new-tokens", "30", "--seed", str(2**64 - 1)]
+    assert arlm(*big).stdout == arlm(*big).stdout
+    for bad in (str(2**64), "-1", "1.5"):
+        res = arlm("sample", names_model, "--seed", bad, check=False)
+        assert res.returncode == 2 and "--seed" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) <= 2  # argparse's usage line + the one error line
+    res = arlm("train", NAMES, "--order", "2", "--seed", str(2**32), "--out", names_model.parent / "x", check=False)
+    assert res.returncode == 2 and "--seed" in res.stderr and not (names_model.parent / "x").exists()

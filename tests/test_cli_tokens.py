@@ -113,3 +113,60 @@ def test_tokenize_never_clobbers_a_model_and_resume_refuses_retokenized_data(tmp
     assert rc == 2 and "re-tokenized" in err and len(err.strip().splitlines()) == 1
     rc, _, err = run(capsys, "train", "--resume", model, check=False)  # an n-gram is not trained step by step
     assert rc == 2 and "holds a model of family ngram; only gpt and lstm runs" in err, err
+
+
+def test_refused_commands_name_the_typed_option_and_leave_no_directory(tmp_path, capsys):
+    (tmp_path / "bad.txt").write_bytes(b"ab\xffc\n")
+    (tmp_path / "odd.txt").write_text("zz\u20ac\n")
+    run(capsys, "train", NAMES, "--documents", "lines", "--order", "2", "--out", tmp_path / "m")
+    new = tmp_path / "new" / "dir"
+    cases = [
+        (["tokenize", NAMES, "--chunk-size", "1K", "--out", new], "--chunk-size must be at least 64K"),
+        (["tokenize", NAMES, "--chunk-size", "lots", "--out", new], "--chunk-size"),
+        (["tokenize", tmp_path / "bad.txt", "--out", new], "UTF-8"),
+        (["train", NAMES, "--memory", "1K", "--out", new], "--memory must be at least 64K"),
+        (["train", NAMES, *TINY_GPT[:8], "--max-time", "0", "--out", new], "--max-time must be a positive"),
+        (["train", NAMES, "--model", "gpt", "--n-head", "3", "--n-embd", "16", "--out", new], "n_head"),
+        (["mix", tmp_path / "m", tmp_path / "m", "--fit-on", tmp_path / "odd.txt", "--out", new], "U+20AC"),
+        (["compare", NAMES, "--max-time", "0", "--out", new], "--max-time"),
+    ]
+    for args, needle in cases:
+        rc, _, err = run(capsys, *args, check=False)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and needle in lines[0], (args, err)
+        assert not (tmp_path / "new").exists(), args  # nor the parent it would have created
+    new.mkdir(parents=True)  # an empty directory given as --out stays, empty
+    rc, _, _ = run(capsys, "tokenize", tmp_path / "bad.txt", "--out", new, check=False)
+    assert rc == 2 and new.is_dir() and not any(new.iterdir())
+
+
+def _terminate_when(cmd, ready, tmp_path, timeout=60.0):
+    """Start ``arlm CMD`` with TMPDIR in tmp_path, send SIGTERM once ``ready()`` holds; (rc, stderr, tmpdir)."""
+    import os
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "arlm", *map(str, cmd)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    t0 = time.time()
+    while not ready(tmp) and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err, tmp
+
+
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    big = tmp_path / "big.txt"
+    big.write_text("".join(rng.choice("abcdefgh \n") for _ in range(300_000)))
+    # n-gram counting under --memory: stopped once it has spilled its first sorted run
+    rc, err, tmp = _terminate_when(["train", big, "--order", "7", "--memory", "64K", "--out", tmp_path / "o"],
+                                   lambda t: any(t.glob("arlm-ngram-*/*.npy")), tmp_path)
+    assert rc == 143 and err.strip() == "arlm: terminated by SIGTERM", err
+    assert list(tmp.iterdir()) == [] and not (tmp_path / "o").exists()

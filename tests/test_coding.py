@@ -117,3 +117,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "z").write_bytes(blob)
     res = _arlm("decompress", other, tmp_path / "z", tmp_path / "out", check=False)
     assert res.returncode == 2 and "different model" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_threads_accepted_and_the_readme_header_size_is_an_empty_files(tmp_path):
+    import re
+    from pathlib import Path
+
+    d = _saved(tmp_path, "ngram3-char")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    _arlm("compress", d, tmp_path / "empty.txt", tmp_path / "e.arlz", "--threads", "1")
+    _arlm("decompress", d, tmp_path / "e.arlz", tmp_path / "e.out", "--threads", "2")
+    assert (tmp_path / "e.out").read_bytes() == b""
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    said = re.search(r"a header of (\d+) bytes for an empty file", readme)
+    assert said and int(said.group(1)) == (tmp_path / "e.arlz").stat().st_size == 30

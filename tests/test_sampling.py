@@ -141,3 +141,34 @@ def test_sample_rows_does_not_depend_on_the_batch():
         assert isinstance(batch[2], ArlmError) and isinstance(alone[2], ArlmError)
         assert [batch[r] for r in (0, 1, 3)] == [alone[r] for r in (0, 1, 3)]
         assert all(isinstance(batch[r], int) and 0 <= batch[r] < 37 for r in (0, 1, 3))
+
+
+def test_unseeded_calls_differ_and_seeded_ones_repeat():
+    from arlm.lm import LM
+
+    model, vocab = build_case("ngram3-char", names_docs(500))
+    lm = LM(model, vocab, "lines")
+    unseeded = {lm.generate("", max_new_tokens=40, temperature=1.0).text for _ in range(4)}
+    assert len(unseeded) > 1  # a fresh seed per call, not seed 0 every time
+    assert lm.generate("", max_new_tokens=40, seed=9) == lm.generate("", max_new_tokens=40, seed=9)
+
+
+def test_every_64_bit_seed_has_its_own_stream_and_others_are_refused():
+    from arlm.sampling import generate_many, sample_generator
+
+    def draws(seed, index=0):
+        return torch.randint(0, 2**31, (8,), generator=sample_generator(seed, index)).tolist()
+
+    # torch keeps 32 bits of a manual seed: seed and seed + 2**32 must not share a stream
+    seeds = [0, 5, 2**32 + 5, 2**33 + 5, 2**64 - 1, 2**64 - 2**32 + 5]
+    streams = [draws(s, i) for s in seeds for i in range(3)]
+    assert len({tuple(x) for x in streams}) == len(streams)
+    assert draws(5) == torch.randint(0, 2**31, (8,), generator=torch.Generator().manual_seed(5)).tolist()
+    model, vocab = build_case("ngram3-char", names_docs(500))
+    a = generate(model, vocab, "", max_new_tokens=60, seed=7)
+    assert a != generate(model, vocab, "", max_new_tokens=60, seed=7 + 2**32)
+    assert generate(model, vocab, "", max_new_tokens=5, seed=2**64 - 1) == generate(model, vocab, "", max_new_tokens=5,
+                                                                                     seed=2**64 - 1)
+    for bad in (-1, 2**64, 1.5, "3", True):
+        with pytest.raises(ArlmError, match="seed must be an integer from 0 to"):
+            generate_many(model, vocab, "", 2, max_new_tokens=3, seed=bad)

@@ -93,8 +93,35 @@ def _warnings_as_lines():
                 print(f"arlm: warning: {text}", file=sys.stderr)
 
 
+def _raise_terminated(signum, frame) -> None:
+    from ..errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import Interrupted
+    """Run ``arlm ARGV``; returns the exit status (0, 1 for an OS error, 2 for bad input, 130/143 when stopped)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    # SIGTERM unwinds like Ctrl-C (temporary files removed, outputs left as they were), then exits 143;
+    # training (a checkpoint first) and serve (a graceful shutdown) install their own handlers meanwhile
+    from ..errors import Terminated
+
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    except Terminated:  # before the command started (parsing, imports)
+        print("arlm: terminated by SIGTERM", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _main(argv: list[str] | None) -> int:
+    from ..errors import Interrupted, Terminated
     from ..io import os_reason
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -122,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"arlm: {e}", file=sys.stderr)
         return 128 + e.signum
+    except Terminated:
+        print("arlm: terminated by SIGTERM", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("arlm: interrupted", file=sys.stderr)
         return 130

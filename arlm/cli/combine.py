@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, JSON_HELP, on_device, positive_int, print_json
+from .common import DOCUMENTS_HELP, JSON_HELP, on_device, positive_int, print_json, train_seed
 
 
 def add_parser(sub) -> None:
@@ -62,7 +62,7 @@ def _add_compare(sub) -> None:
     c.add_argument("--val-file", default=None, metavar="FILE",
                    help="val text (default: split off the last --val-fraction of DATA)")
     c.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
-    c.add_argument("--seed", type=int, default=1337, help="seed of the split and of training")
+    c.add_argument("--seed", type=train_seed, default=1337, help="seed of the split and of training (0 .. 2**32-1)")
     c.add_argument("--out", default="runs/compare", metavar="DIR", help="directory for the models and the results")
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(func=run)
@@ -174,7 +174,7 @@ def cmd_compare(args) -> None:
         replace = checkpoint.check_output_dir(out, True, inputs=inputs)
     else:
         replace = checkpoint.check_output_dir(out, args.force, inputs=inputs)
-    budget = parse_duration(args.max_time)
+    budget = parse_duration(args.max_time, "--max-time")
     with checkpoint.new_model_dir(out, replace) as where:
         result = run_compare(args.data, specs, vocabs, budget, where, args.documents, args.val_file,
                              args.val_fraction, args.seed, args.mix, args.vocab_size, log=log, report_dir=out)

@@ -10,6 +10,27 @@ DOCUMENTS_HELP = "lines: each non-empty line is a document; file: the whole file
 JSON_HELP = "print the result as JSON on stdout instead of text"
 
 
+def _seed_type(limit: int):
+    """An argparse type: an integer seed in 0 .. ``limit`` (one line naming the range otherwise)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if not 0 <= v <= limit:
+            raise argparse.ArgumentTypeError(f"expected an integer from 0 to {limit}, got {v}")
+        return v
+
+    return parse
+
+
+#: Sampling seeds: 0 .. 2**64 - 1 (arlm.sampling.sample_generator gives each its own stream).
+sample_seed = _seed_type(2**64 - 1)
+#: Split and training seeds: 0 .. 2**32 - 1 (torch's CPU generator keeps 32 bits of a manual seed).
+train_seed = _seed_type(2**32 - 1)
+
+
 def on_device(lm, args):
     """``lm`` moved to the command's ``--device`` (see ``arlm.device.add_device_argument``); the CPU without it."""
     return lm.to(args.device) if getattr(args, "device", None) else lm

@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, print_json
+from .common import DOCUMENTS_HELP, print_json, train_seed
+
+
+CODING_THREADS_HELP = ("CPU threads for loading the model (default: OMP_NUM_THREADS if set, else the idle cores); "
+                       "the coding itself runs on one thread, so that encoder and decoder compute identical "
+                       "probabilities")
 
 
 def add_parser(sub) -> None:
@@ -68,7 +73,7 @@ def _add_split(sub) -> None:
     sp.add_argument("data", metavar="DATA", help="UTF-8 text file to split")
     sp.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
     sp.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA that goes to val")
-    sp.add_argument("--seed", type=int, default=1337, help="seed of the shuffle (lines mode)")
+    sp.add_argument("--seed", type=train_seed, default=1337, help="seed of the shuffle (lines mode; 0 .. 2**32-1)")
     sp.add_argument("--train-out", required=True, metavar="FILE", help="where to write the train part")
     sp.add_argument("--val-out", required=True, metavar="FILE", help="where to write the val part")
     sp.set_defaults(func=run)
@@ -82,6 +87,7 @@ def _add_compress_parsers(sub) -> None:
     z.add_argument("--documents", default=None, choices=["lines", "file"],
                    help="document mode (default: the one the model was trained with)")
     z.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
+    z.add_argument("--threads", type=int, default=None, help=CODING_THREADS_HELP)
     z.add_argument("--json", action="store_true", help="print the result as JSON")
     z.set_defaults(func=run)
     u = sub.add_parser("decompress", help="restore a file made by `arlm compress` (needs the same model)")
@@ -89,6 +95,7 @@ def _add_compress_parsers(sub) -> None:
     u.add_argument("input", metavar="IN", help="compressed file")
     u.add_argument("output", metavar="OUT", help="text file to write")
     u.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
+    u.add_argument("--threads", type=int, default=None, help=CODING_THREADS_HELP)
     u.add_argument("--json", action="store_true", help="print the result as JSON")
     u.set_defaults(func=run)
 
@@ -158,7 +165,7 @@ def _cmd_tokenize(args) -> None:
     replace = checkpoint.check_output_dir(out, args.force or rerun,
                                           inputs=[("DATA", args.data), ("--vocab-from", args.vocab_from)])
     with checkpoint.new_model_dir(out, replace) as where:
-        r = tokenize(args.data, where, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size),
+        r = tokenize(args.data, where, args.vocab, args.vocab_from, args.documents, parse_memory(args.chunk_size, "--chunk-size"),
                       progress=not args.json)
     if args.json:
         print_json(r)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import fmt_metrics, sample_header
+from .common import fmt_metrics, sample_header, sample_seed
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
                        description="Train a char n-gram on the built-in corpus, print val bits per char and samples.")
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="model directory to write")
     d.add_argument("--order", type=int, default=6, help="n-gram order, 1..10")
-    d.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    d.add_argument("--seed", type=sample_seed, default=0, help="seed of the samples (0 .. 2**64-1)")
     d.set_defaults(func=run)
 
 

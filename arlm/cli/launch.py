@@ -36,8 +36,15 @@ def start_distributed(args):
         raise ArlmError(f"{how}: only gpt and lstm train with several processes; {args.model} models are "
                         "counted in one process: run arlm train without " + how)
     world = int(os.environ.get("WORLD_SIZE", "1")) if torchrun else (nproc or 1)
-    if args.resume is None and world > 1:  # before anything is launched or written
-        distributed.check_batch_split(args.batch_size or fam.defaults["batch_size"], world)
+    if world > 1:  # before anything is launched or written
+        if args.resume is None:
+            distributed.check_batch_split(args.batch_size or fam.defaults["batch_size"], world)
+        elif not torchrun:  # the checks every rank would make on resuming
+            from pathlib import Path
+
+            from ..training.run import check_resume
+
+            check_resume(Path(args.resume), world, max_steps=args.max_steps, max_time=args.max_time)
     if torchrun:
         return distributed.setup(args.device)
     if nproc is not None and nproc > 1:

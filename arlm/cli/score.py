@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, on_device, positive_int, print_json, sample_header
+from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, on_device, positive_int, print_json, sample_header, sample_seed
 
 from ..units import LN2
 STREAM_EVAL_BYTES = 256 << 20
@@ -65,7 +65,9 @@ def _add_sample(sub) -> None:
                    help="keep only the k most probable tokens (default: off, every token is kept)")
     g.add_argument("--top-p", type=float, default=1.0,
                    help="keep the smallest set of most probable tokens with mass >= p (1.0: off)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same samples")
+    g.add_argument("--seed", type=sample_seed, default=None,
+                   help="seed of the sampler (0 .. 2**64-1): the same seed gives the same samples (default: a "
+                        "fresh seed each run, so samples differ from run to run)")
     g.add_argument("--stop", action="append", default=None, metavar="STR",
                    help="stop string, repeatable; \\n, \\t, \\r are read as newline, tab, return (default: none)")
     g.add_argument("--json", action="store_true", help=JSON_HELP)

@@ -21,8 +21,13 @@ def _add_serve_parser(sub) -> None:
                    help="model directory to serve (its id is the directory name), or NAME=DIR")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (only this machine by default)")
     v.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    v.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: no key needed)")
+    v.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="read the API key from the first line of FILE (keep it readable only by you; default: none)")
+    v.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health and the playground page / "
+                        "(static, it asks for the key). A key on the command line is visible to every user of the "
+                        "machine (ps); the environment variable ARLM_API_KEY or --api-key-file is safer "
+                        "(default: ARLM_API_KEY if set, else no key needed)")
     v.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="largest max_tokens a request may ask for (n x max_tokens is capped at 4x this)")
     v.set_defaults(func=run)
@@ -43,7 +48,7 @@ def _cmd_serve(args) -> None:
         raise ArlmError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_tokens_limit < 1:
         raise ArlmError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
-    serve(args.models, host=args.host, port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
+    serve(args.models, host=args.host, port=args.port, api_key=_api_key(args), max_tokens_limit=args.max_tokens_limit,
           device=args.device)
 
 
@@ -55,3 +60,32 @@ def _cmd_heatmap(args) -> None:
     lm = on_device(LM.load(args.model_dir), args)
     result = write_heatmap(lm, read_text(args.file), args.out)
     print(f"bits_per_char {result['bits_per_char']:.4f} over {result['n_chars']} chars -> {args.out}")
+
+
+def _api_key(args) -> str | None:
+    """The serve key: --api-key, --api-key-file or ARLM_API_KEY (in that order); None for none.
+
+    Raises:
+        ArlmError: both flags given, an unreadable or empty file, or a key a header cannot carry.
+    """
+    import os
+    from pathlib import Path
+
+    if args.api_key is not None and args.api_key_file is not None:
+        raise ArlmError("give the key once: --api-key or --api-key-file, not both")
+    if args.api_key is not None:
+        key, where = args.api_key, "--api-key"
+    elif args.api_key_file is not None:
+        try:
+            lines = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise ArlmError(f"cannot read --api-key-file {args.api_key_file}: {reason}") from None
+        key, where = (lines[0].strip() if lines else ""), f"--api-key-file {args.api_key_file}"
+    elif os.environ.get("ARLM_API_KEY") is not None:
+        key, where = os.environ["ARLM_API_KEY"], "ARLM_API_KEY"
+    else:
+        return None
+    if not key or not all("!" <= c <= "~" for c in key):
+        raise ArlmError(f"the API key from {where} must be non-empty printable ASCII without spaces")
+    return key

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ArlmError
 from . import flags
-from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, positive_int, print_json
+from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, positive_int, print_json, train_seed
 from .launch import start_distributed
 
 
@@ -34,7 +34,8 @@ def add_parser(sub, only: str | None = None) -> None:
     t.add_argument("--val-file", default=None, metavar="FILE",
                    help="val text (default: split off the last --val-fraction of DATA)")
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
-    t.add_argument("--seed", type=int, default=1337, help="seed of the train/val split and of training")
+    t.add_argument("--seed", type=train_seed, default=1337,
+                   help="seed of the train/val split and of training (0 .. 2**32-1)")
     t.add_argument("--out", default=None, metavar="DIR", help="model directory to write (default: runs/MODEL-VOCAB)")
     t.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the interrupted neural run in DIR (default: start a new run)")

@@ -40,18 +40,19 @@ BYTES_PER_TOKEN_ORDER = 48
 MIN_BUDGET = 64 << 10
 
 
-def parse_memory(text: str) -> int:
+def parse_memory(text: str, option: str = "--memory") -> int:
     """``'2G'``, ``'512M'``, ``'64K'``, ``'1.5G'`` or a plain number of bytes -> bytes (powers of 1024).
 
     Raises:
-        ArlmError: unparsable, or below 64 KiB.
+        ArlmError: unparsable, or below 64 KiB; the message names ``option``
+            (the flag the size was given as).
     """
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
     if not m:
-        raise ArlmError(f"cannot parse memory size {text!r}: use e.g. 2G, 512M or a number of bytes")
+        raise ArlmError(f"cannot parse {option} {text!r} as a memory size: use e.g. 2G, 512M or a number of bytes")
     value = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
     if value < MIN_BUDGET:
-        raise ArlmError(f"--memory must be at least 64K, got {text!r}")
+        raise ArlmError(f"{option} must be at least 64K, got {text!r}")
     return value
 
 

@@ -4,9 +4,12 @@ Endpoints: ``GET /health``; ``GET /v1/models``; ``POST /v1/completions``
 (OpenAI legacy completions, see ``protocol.py``); vLLM's tokenizer endpoints
 ``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize`` (what
 lm-evaluation-harness's ``tokenizer_backend="remote"`` calls); ``GET /`` the
-playground page. With an API key every endpoint but ``/health`` and the
-(static, data-free) playground page needs ``Authorization: Bearer KEY``; the
-page asks for the key and sends it with its API calls.
+playground page. Every route is also served under ``/models/NAME/`` for the
+model NAME alone (``/models/NAME/v1/completions``, ``/models/NAME/tokenize``):
+lm-eval's remote tokenizer never sends ``model``. With an API key every endpoint but ``/health`` and the
+(static, data-free) playground page ``/`` needs ``Authorization: Bearer KEY``
+(a browser cannot send the header when it opens a page); the page asks for
+the key and sends it with its API calls.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import asyncio
 import json
 import os
 import logging
+import secrets
 import time
+import urllib.parse
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -34,6 +39,9 @@ from .protocol import (CompletionRequest, DetokenizeRequest, TokenizeRequest, co
 log = logging.getLogger("arlm.serve")
 
 OPEN_PATHS = {"/health", "/", "/favicon.ico"}
+#: ``/models/NAME/v1/completions``, ``/models/NAME/tokenize``, ...: every route, for the model NAME alone
+#: (what a client that never sends ``model``, such as lm-eval's remote tokenizer, is pointed at).
+MODEL_PREFIX = "/models/"
 
 
 def _error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -81,7 +89,12 @@ class _AuthAndLog:
 
     def __init__(self, app, api_key: str | None):
         self.app = app
-        self.expected = None if api_key is None else f"Bearer {api_key}".encode("latin-1")
+        self.expected = None if api_key is None else api_key.encode("ascii")
+
+    def _authorized(self, header: bytes) -> bool:
+        """``Authorization: Bearer KEY``; the scheme is case-insensitive (RFC 7235), the key compared in constant time."""
+        scheme, _, key = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(key.strip(), self.expected)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -94,16 +107,21 @@ class _AuthAndLog:
                 status[0] = message["status"]
             await send(message)
 
+        path = scope["path"]
+        if path.startswith(MODEL_PREFIX):  # /models/NAME/REST: the route REST, with NAME as the model
+            name, _, rest = path[len(MODEL_PREFIX):].partition("/")
+            scope = {**scope, "path": "/" + rest, "raw_path": ("/" + rest).encode(),
+                     "arlm_model": urllib.parse.unquote(name)}
         try:
             if self.expected is not None and scope["path"] not in OPEN_PATHS:
                 got = dict(scope.get("headers") or []).get(b"authorization", b"")
-                if got != self.expected:
+                if not self._authorized(got):
                     response = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
                                       "authentication_error", code="invalid_api_key")
                     return await response(scope, receive, send_and_note)
             await self.app(scope, receive, send_and_note)
         finally:
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], 1e3 * (time.perf_counter() - t0))
+            log.info("%s %s %d %.1f ms", scope["method"], path, status[0], 1e3 * (time.perf_counter() - t0))
 
 
 def create_app(engines: dict[str, Engine], api_key: str | None = None, max_tokens_limit: int = 4096) -> FastAPI:
@@ -119,13 +137,25 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
                   for n, e in engines.items()}
     one_vocab = len(set(signatures.values())) == 1
 
-    def engine_for(name: str | None) -> Engine:
-        """The engine of ``name``; without a name (lm-eval's tokenizer calls) any, if all share one vocab."""
+    def engine_for(name: str | None, request: Request) -> Engine:
+        """The engine of ``name``, or of the route's ``/models/NAME/`` prefix; without either (lm-eval's
+        tokenizer calls) any, if all share one vocab."""
+        scoped = request.scope.get("arlm_model")
+        if scoped is not None:
+            if scoped not in engines:
+                raise ServeError(f"the model {scoped!r} of the route {MODEL_PREFIX}{scoped}/ does not exist here; "
+                                 f"served: {', '.join(engines)}", status=404, param="model", code="model_not_found",
+                                 type="not_found_error")
+            if name is not None and name != scoped:
+                raise ServeError(f"the route {MODEL_PREFIX}{scoped}/ serves {scoped!r}, but the request names "
+                                 f"{name!r}", param="model")
+            name = scoped
         if name is None:
             if one_vocab:
                 return next(iter(engines.values()))
             raise ServeError(f"the served models ({', '.join(engines)}) have different vocabs: say which with "
-                             "'model'", param="model")
+                             f"'model', or use the route {MODEL_PREFIX}NAME/ (e.g. {MODEL_PREFIX}NAME/v1/completions)",
+                             param="model")
         eng = engines.get(name)
         if eng is None:
             raise ServeError(f"the model {name!r} does not exist here; served: {', '.join(engines)}", status=404,
@@ -156,7 +186,7 @@ def create_app(engines: dict[str, Engine], api_key: str | None = None, max_token
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await _parse(request, CompletionRequest)
-        eng = engine_for(req.model)
+        eng = engine_for(req.model, request)
         params = await run_in_threadpool(eng.prepare, req, max_tokens_limit)
         job = eng.submit(params, asyncio.get_running_loop())
         rid = completion_id()
@@ -199,8 +229,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_tokenizer_routes(app: FastAPI, engine_for) -> None:
     """vLLM's tokenizer endpoints (what lm-evaluation-harness's remote tokenizer calls)."""
     @app.get("/tokenizer_info")
-    async def tokenizer_info(model: str | None = None):
-        eng = engine_for(model)
+    async def tokenizer_info(request: Request, model: str | None = None):
+        eng = engine_for(model, request)
         return {"tokenizer_class": f"arlm.{eng.vocab.kind}", "vocab_size": eng.vocab.vocab_size,
                 "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": None, "unk_token": None,
                 "bos_token_id": eng.vocab.bos_id, "eos_token_id": eng.vocab.eos_id,
@@ -209,7 +239,7 @@ def _add_tokenizer_routes(app: FastAPI, engine_for) -> None:
     @app.post("/tokenize")
     async def tokenize(request: Request):
         req = await _parse(request, TokenizeRequest)
-        eng = engine_for(req.model)
+        eng = engine_for(req.model, request)
         try:
             ids = await run_in_threadpool(eng.tokenize, req.prompt)
         except ArlmError as e:
@@ -222,7 +252,7 @@ def _add_tokenizer_routes(app: FastAPI, engine_for) -> None:
     @app.post("/detokenize")
     async def detokenize(request: Request):
         req = await _parse(request, DetokenizeRequest)
-        eng = engine_for(req.model)
+        eng = engine_for(req.model, request)
         return {"prompt": eng.detokenize(req.tokens)}
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ..errors import ArlmError
-from ..sampling import check_sampling_args
+from ..sampling import check_sampling_args, fresh_seed
 
 #: Most alternatives per position in ``logprobs`` (OpenAI's and vLLM's limit).
 MAX_LOGPROBS = 20
@@ -53,7 +53,8 @@ class CompletionRequest(BaseModel):
     #: vLLM's extension: no ``<eos>`` before this many tokens (the logprobs stay the model's).
     min_tokens: StrictInt = Field(default=0, ge=0)
     n: StrictInt = Field(default=1, ge=1, le=MAX_N)
-    seed: Optional[StrictInt] = None
+    #: 0 .. 2**64 - 1; omitted or null: a fresh seed per request (as OpenAI and vLLM do).
+    seed: Optional[StrictInt] = Field(default=None, ge=0, le=2**64 - 1)
     stop: Optional[Union[StrictStr, list[StrictStr]]] = None
     echo: StrictBool = False
     logprobs: Optional[StrictInt] = Field(default=None, ge=0, le=MAX_LOGPROBS)
@@ -106,7 +107,7 @@ class Params:
     top_k: int | None
     top_p: float
     n: int
-    seed: int | None
+    seed: int  # the request's, or a fresh one drawn for an unseeded request (never reported)
     stops: list[str]
     echo: bool
     logprobs: int | None
@@ -184,7 +185,7 @@ def validate_request(req: CompletionRequest, vocab, max_tokens_limit: int) -> Pa
         raise ServeError(str(e), param="temperature") from None
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     stops = [s for s in stops if s]
-    return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, req.seed, stops,
+    return Params(prompts, texts, starts, max_tokens, temperature, top_k, top_p, req.n, fresh_seed() if req.seed is None else req.seed, stops,
                   req.echo, req.logprobs, min(req.min_tokens, max_tokens), req.stream)
 
 

@@ -65,7 +65,7 @@ def make_settings(name: str, window: int, documents: str, seed: int = 1337, **hy
         if f.name in fam.defaults and f.name not in kw:
             kw[f.name] = fam.defaults[f.name]
     if kw.get("max_time") is not None:
-        kw["max_time"] = parse_duration(kw["max_time"])
+        kw["max_time"] = parse_duration(kw["max_time"], "--max-time")
     kw.update(block_size=window, documents=documents, seed=seed, compile=kw.get("compile"))
     s = TrainSettings(**kw)
     if s.max_steps is not None and s.max_steps < 1:
@@ -106,6 +106,36 @@ def train_gradient(name: str, vocab, train_docs: list[str], val_docs: list[str],
 RESUMABLE = tuple(f.name for f in hyperparameters(TrainSettings) if f.metadata.get("resume"))
 
 
+def check_resume(out_dir: str | Path, world_size: int = 1, **changes) -> tuple[dict, dict]:
+    """The checks of a resume that need no model: the settings that may change, the training state, the budget,
+    the batch split among ``world_size`` ranks. Run by ``--nproc N`` before torchrun is launched (as a fresh
+    run's checks are) and again by :func:`resume`. Returns ``read_state``'s (tensors, state).
+
+    Raises:
+        ArlmError: one line: a setting that cannot change on resume, a missing or corrupt state,
+            ``--max-steps`` < 1, an unparsable ``--max-time``, or a global batch that does not divide
+            among ``world_size`` ranks.
+    """
+    out_dir = Path(out_dir)
+    bad = sorted(set(changes) - set(RESUMABLE))
+    if bad:
+        raise ArlmError(f"{', '.join(bad)} cannot change on resume (only {', '.join(RESUMABLE)} may)")
+    tensors, st = read_state(out_dir / STATE_FILE)
+    if st.get("version") != STATE_VERSION:
+        raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    if changes.get("max_steps") is not None and changes["max_steps"] < 1:
+        raise ArlmError(f"--max-steps must be >= 1, got {changes['max_steps']}")
+    if changes.get("max_time") is not None:
+        parse_duration(changes["max_time"], "--max-time")
+    rows = (st.get("settings") or {}).get("batch_size")
+    if world_size > 1 and rows and rows % world_size:
+        ok = [n for n in range(2, min(rows, 64) + 1) if rows % n == 0]
+        raise ArlmError(f"--nproc {world_size}: the run in {out_dir} has a global batch of {rows} rows (fixed when "
+                        f"it started), which does not divide evenly among {world_size} ranks; resume with an "
+                        f"--nproc that divides {rows}" + (f" ({', '.join(map(str, ok[:6]))})" if ok else ""))
+    return tensors, st
+
+
 def resume(out_dir: str | Path, **changes) -> None:
     """Continue the interrupted run in ``out_dir`` from its last checkpoint.
 
@@ -122,12 +152,7 @@ def resume(out_dir: str | Path, **changes) -> None:
         Interrupted: SIGINT or SIGTERM stopped the run again after it saved.
     """
     out_dir = Path(out_dir)
-    bad = sorted(set(changes) - set(RESUMABLE))
-    if bad:
-        raise ArlmError(f"{', '.join(bad)} cannot change on resume (only {', '.join(RESUMABLE)} may)")
-    tensors, st = read_state(out_dir / STATE_FILE)
-    if st.get("version") != STATE_VERSION:
-        raise ArlmError(f"cannot resume: {out_dir / STATE_FILE} has state version {st.get('version')}")
+    tensors, st = check_resume(out_dir, distributed.current().world_size, **changes)
     for stale in out_dir.glob(".*.tmp") if distributed.current().is_main else ():
         stale.unlink(missing_ok=True)  # half-written files of a killed process (never renamed into place)
     if (out_dir / checkpoint.CONFIG).is_file():
@@ -151,7 +176,7 @@ def resume(out_dir: str | Path, **changes) -> None:
         if s.max_steps < 1:
             raise ArlmError(f"--max-steps must be >= 1, got {s.max_steps}")
     if changes.get("max_time") is not None:
-        s.max_time = parse_duration(changes["max_time"])
+        s.max_time = parse_duration(changes["max_time"], "--max-time")
     for name in ("device", "threads"):
         if changes.get(name) is not None:
             setattr(s, name, changes[name])

@@ -97,11 +97,11 @@ class CountSettings:
                 "all of DATA, val only from --val-file (default: count in memory)", "metavar": "SIZE"})
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, name: str = "max_time") -> float:
     """``'90s'``, ``'2m'``, ``'1.5h'``, ``'1h30m'`` or a plain number of seconds -> seconds.
 
     Raises:
-        ArlmError: unparsable or non-positive.
+        ArlmError: unparsable or non-positive, naming ``name`` (the option it was given as).
     """
     s = str(text).strip().lower()
     try:
@@ -109,11 +109,12 @@ def parse_duration(text: str) -> float:
     except ValueError:
         parts = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?", s)
         if not s or not parts or not any(parts.groups()):
-            raise ArlmError(f"cannot parse duration {text!r}: use e.g. 90s, 2m, 1h or a number of seconds") from None
+            raise ArlmError(f"cannot parse {name} {text!r}: use a duration such as 90s, 2m, 1h or a number of "
+                              "seconds") from None
         h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
         value = 3600 * h + 60 * m + sec
     if not value > 0 or not math.isfinite(value):
-        raise ArlmError(f"duration must be positive, got {text!r}")
+        raise ArlmError(f"{name} must be a positive duration, got {text!r}")
     return value
 
 

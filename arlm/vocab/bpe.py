@@ -6,7 +6,9 @@ symbols and repeatedly merges the most frequent adjacent pair. Byte-level BPE
 (GPT-2: Radford et al. 2019, "Language Models are Unsupervised Multitask
 Learners") runs the merges over the UTF-8 *bytes* of the text, after splitting
 it into pieces with GPT-2's regular expression, so the base alphabet is the
-256 byte values and every Unicode string encodes without unknowns. Training
+256 byte values and every Unicode string encodes without unknowns; pieces
+longer than ``MAX_PIECE_BYTES`` bytes are cut, so training and encoding take
+time proportional to the text even without whitespace. Training
 and encoding are done by the Hugging Face ``tokenizers`` library
 (https://huggingface.co/docs/tokenizers): ``models.BPE`` with the
 ``ByteLevel`` pre-tokenizer and decoder, trained by ``BpeTrainer``.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import ArlmError
 from ..io import atomic_write_text
@@ -76,6 +78,21 @@ def _name_of_bytes(data: bytes) -> str:
             out.extend(f"<0x{b:02X}>" for b in data[e.start : e.end])
             data = data[e.end :]
     return "".join(out)
+
+
+#: The longest piece (in bytes) the pre-tokenizer hands to BPE. GPT-2's regex alone keeps a run of letters
+#: or digits whole, and the trainer's cost grows with the square of a piece's length: a line of DNA or
+#: minified JSON would take quadratic time. No token is longer than this.
+MAX_PIECE_BYTES = 64
+
+
+def pre_tokenizer():
+    """GPT-2's byte-level pre-tokenizer (regex pieces, bytes as printable characters), then every piece cut
+    into runs of at most ``MAX_PIECE_BYTES`` bytes (lossless: the pieces still concatenate to the text)."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        pre_tokenizers.Split(Regex(f"[\\s\\S]{{1,{MAX_PIECE_BYTES}}}"), behavior="isolated"),
+    ])
 
 
 def _one_line(e: BaseException) -> str:
@@ -183,7 +200,7 @@ class BPEVocab:
             raise ArlmError("cannot train a BPE vocab on empty text")
         tokenizer = Tokenizer(models.BPE())
         # add_prefix_space=False: no space is invented before the text, so decode(encode(x)) == x.
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tokenizer.pre_tokenizer = pre_tokenizer()
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -48,14 +48,15 @@ def make_models(root: Path) -> dict[str, Path]:
 class Server:
     """``arlm serve`` in a subprocess; ``stop()`` ends it."""
 
-    def __init__(self, specs: list[str], api_key: str | None = API_KEY, extra: list[str] | None = None):
+    def __init__(self, specs: list[str], api_key: str | None = API_KEY, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         cmd = [sys.executable, "-m", "arlm", "serve", *specs, "--port", str(self.port), *(extra or [])]
         if api_key:
             cmd += ["--api-key", api_key]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**{k: v for k, v in os.environ.items() if k != "ARLM_API_KEY"}, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"arlm-serve-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -82,3 +82,55 @@ def test_generate_until_through_local_completions(server, lms, monkeypatch, tmp_
     want = [lms["ngram"].generate(ctx, max_new_tokens=12, temperature=0, stop=["\n"]).text for ctx in ["al", "jo", "mar"]]
     assert out == want
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_readme_recipe_on_the_command_line_with_two_vocabs(model_dirs, lms, tmp_path):
+    """The README's lm_eval line, run as written by the real ``lm_eval`` command against a server holding
+    two models of different vocabs (so the bare ``/tokenize`` cannot know which one lm-eval means)."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from arlm.data import encode_documents
+    from arlm.lm import LM
+    from arlm.models.ngram import NGramConfig, NGramModel
+    from arlm.vocab.byte import ByteVocab
+
+    from .conftest import Server
+
+    docs = (REPO / "tests" / "data" / "names.txt").read_text(encoding="utf-8").split()[:2000]
+    byte = ByteVocab.train(docs)
+    shakes = NGramModel.fit(NGramConfig(byte.vocab_size, byte.bos_id, byte.eos_id, order=3),
+                            encode_documents(byte, docs))
+    LM(shakes, byte, "lines").save(tmp_path / "shakes")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("lm_eval ")]
+    srv = Server([f"gpt={model_dirs['gpt']}", f"shakes={tmp_path / 'shakes'}"], api_key=None)
+    try:
+        assert httpx_status(srv.url + "/tokenize") == 400  # the bare route cannot tell which vocab
+        cmd = shlex.split(line.replace("http://127.0.0.1:8000", srv.url).replace("--tasks ...", "--tasks arlm_names_mc"))
+        cmd += ["--include_path", str(TASKS), "--limit", "6", "--log_samples", "--output_path", str(tmp_path / "out")]
+        assert cmd[0] == "lm_eval"
+        r = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), *cmd[1:]], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, env={**os.environ, **OFFLINE, "HF_HOME": str(tmp_path / "hf")})
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        srv.stop()
+    (samples,) = list((tmp_path / "out").rglob("samples_arlm_names_mc_*.jsonl"))
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert len(rows) == 6
+    for s in rows:
+        args = s["arguments"]  # {"gen_args_0": {"arg_0": context, "arg_1": continuation}, ...} in the file
+        pairs = [(a["arg_0"], a["arg_1"]) for a in args.values()] if isinstance(args, dict) else args
+        assert len(pairs) == len(s["doc"]["choices"])
+        for (context, continuation), resp in zip(pairs, s["resps"]):
+            want = lms["gpt"].conditional_log_prob(continuation, given=context)
+            assert abs(float(resp[0][0]) - want) <= 1e-5
+    assert re.search(r"/models/gpt/v1/completions", line)
+
+
+def httpx_status(url: str) -> int:
+    import httpx
+
+    return httpx.post(url, json={"prompt": "emma"}).status_code

@@ -177,3 +177,16 @@ def test_health_answers_while_busy_and_a_disconnect_stops_generation(server):
     while httpx.get(server.url + "/health").json()["sequences_in_flight"] and time.time() < deadline:
         time.sleep(0.05)
     assert httpx.get(server.url + "/health").json()["sequences_in_flight"] == 0
+
+
+def test_unseeded_requests_differ_seeded_repeat_and_out_of_range_seeds_are_refused(server, client, lms):
+    kw = dict(model="ngram", prompt="", max_tokens=30, temperature=1.0)
+    texts = {client.completions.create(**kw).choices[0].text for _ in range(4)}
+    assert len(texts) > 1  # a fresh seed per request, as OpenAI and vLLM do
+    big = 2**64 - 1
+    r = client.completions.create(**kw, seed=big, n=2)
+    assert [c.text for c in r.choices] == [s.text for s in lms["ngram"].generate("", max_new_tokens=30, seed=big,
+                                                                                  num_samples=2)]
+    for bad in (2**64, -1):
+        res = httpx.post(server.url + "/v1/completions", json={**kw, "seed": bad}, headers=server.headers())
+        assert res.status_code == 400 and res.json()["error"]["param"] == "seed"

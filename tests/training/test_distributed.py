@@ -163,3 +163,19 @@ def test_global_batch_splits_evenly_among_ranks():
     one = Dist()
     assert one.shard(7) == slice(0, 7) and one.all_reduce([1.5, 2.0]) == [1.5, 2.0]
     assert one.agree_stop("max_time", 3.0) == ("max_time", 3.0)
+
+
+def test_a_resume_gets_every_check_of_a_fresh_run_before_anything_starts(tmp_path):
+    out = tmp_path / "g"
+    small = [a if a != "20" else "2" for a in TRAIN]  # a finished 2-step run to resume
+    r = arlm(*small, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for extra, needle in [(["--nproc", "3"], "global batch of 8 rows"), (["--nproc", "0"], "--nproc must be >= 1"),
+                          (["--nproc", "2", "--max-steps", "0"], "--max-steps must be >= 1"),
+                          (["--nproc", "2", "--max-time", "soon"], "--max-time"),
+                          (["--nproc", "2", "--lr", "1"], "cannot change on resume")]:
+        r = arlm("train", "--resume", str(out), *extra)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # refused before torchrun started
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

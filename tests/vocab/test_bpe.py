@@ -146,3 +146,19 @@ def test_errors_for_bad_ids_and_text(vocab):
         vocab.token_text(-1)
     with pytest.raises(ArlmError, match="U\\+D800 at position 1"):
         vocab.encode("a\ud800b")
+
+
+def test_pieces_handed_to_the_trainer_are_bounded_so_one_long_line_trains_in_linear_time():
+    import random
+
+    from arlm.vocab.bpe import MAX_PIECE_BYTES, BPEVocab
+
+    rng = random.Random(0)
+    dna = "".join(rng.choice("ACGT") for _ in range(20_000))  # one line, no whitespace: one regex piece of 20 kB
+    text = dna + " " + "é" * 100 + "\n" + "{\"k\":[1,2,3]}" * 50
+    v = BPEVocab.train([text], 600)
+    pieces = [p for p, _ in v._tokenizer.pre_tokenizer.pre_tokenize_str(text)]  # byte-level: one char per byte
+    assert sum(map(len, pieces)) == len(text.encode()) and max(map(len, pieces)) == MAX_PIECE_BYTES
+    assert v.decode(v.encode(text)) == text
+    tokens = [v._tokenizer.id_to_token(i) for i in range(v.vocab_size)]
+    assert max(len(t) for t in tokens if t not in ("<bos>", "<eos>")) <= MAX_PIECE_BYTES
