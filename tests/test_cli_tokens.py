@@ -7,6 +7,8 @@ One real subprocess checks the command line end to end; the rest call
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from conftest import NAMES, SHAKESPEARE, run_arlm
 

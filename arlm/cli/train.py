@@ -50,6 +50,8 @@ def add_parser(sub, only: str | None = None) -> None:
 
 
 def run(args) -> None:
+    if args.resume is not None and getattr(args, "given_flags", None) is not None:
+        check_resume_flags(args.given_flags, Path(args.resume), args.out)  # before --nproc launches anything
     main_rank = start_distributed(args).is_main  # --nproc: runs torchrun; under torchrun: joins the process group
     if args.resume is not None:
         _resume(args, main_rank)
