@@ -237,26 +237,46 @@ def new_model_dir(out: str | Path, replace: bool):
 
 
 @contextmanager
-def new_run_dir(out: str | Path, write: bool = True):
+def new_run_dir(out: str | Path, write: bool = True, replace: bool = False):
     """Create the directory of a neural run, which writes it as it goes (to resume); yield it.
 
-    A run that fails or is stopped before its first checkpoint (a refused
-    setting, too little data, Ctrl-C while encoding) leaves no directory this
-    created; once ``training_state.safetensors`` exists the directory stays, to
-    be resumed. ``write=False`` (a DDP rank other than 0) creates nothing.
+    With ``replace`` the old directory is moved aside in one rename and deleted
+    only once the new run has its first checkpoint: a run that fails or is
+    stopped before then (a refused setting, too little data, Ctrl-C or SIGTERM
+    while encoding) puts the old directory back, or, when there was none, leaves
+    no directory this created. ``write=False`` (a DDP rank other than 0) creates
+    nothing.
+
+    Raises:
+        ArlmError: the old directory cannot be moved aside.
     """
     d = Path(out)
     if not write:
         yield d
         return
+    trash = None
+    if replace and d.exists():
+        trash = _trash_name(d)
+        try:
+            os.rename(d, trash)
+        except OSError as e:
+            raise ArlmError(f"cannot clear output directory {d}: {os_reason(e)}") from None
     created = _topmost_missing(d)
     prepare_dir(d)
     try:
         yield d
     except BaseException:
-        if created is not None and not (d / STATE_FILE).exists():
-            shutil.rmtree(created, ignore_errors=True)
+        if not (d / STATE_FILE).exists():
+            if trash is not None:  # nothing new worth keeping: the old directory comes back
+                shutil.rmtree(d, ignore_errors=True)
+                os.rename(trash, d)
+                trash = None
+            elif created is not None:
+                shutil.rmtree(created, ignore_errors=True)
         raise
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def save(directory: str | Path, model, vocab, meta: dict[str, Any] | None = None) -> Path:
@@ -275,6 +295,32 @@ def save(directory: str | Path, model, vocab, meta: dict[str, Any] | None = None
     }
     atomic_write_text(d / CONFIG, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     return d
+
+
+def holds_arlm_files(directory: str | Path) -> bool:
+    """Whether ``directory`` is an arlm model or token directory (its ``config.json`` names a family, or it
+    holds ``tokens.json``)."""
+    d = Path(directory)
+    if (d / "tokens.json").is_file():
+        return True
+    try:
+        cfg = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "family" in cfg
+
+
+def refuse_model_files(path: str | Path, option: str) -> None:
+    """Refuse an output file or directory that would replace files of an arlm model or token directory.
+
+    Raises:
+        ArlmError: ``path`` is such a directory, or a file inside one (one line naming both).
+    """
+    p = Path(path)
+    for d in (p, p.parent):
+        if d.is_dir() and holds_arlm_files(d):
+            raise ArlmError(f"{option} {p} would write into {d}, which holds an arlm model or tokens; "
+                            "choose a path outside it")
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import refuse_model_files
 from .coding_header import DEVICE_TYPES, FINGERPRINT_BYTES, FORMAT_VERSION, MAGIC, Header  # noqa: F401
 from .corpus import check_document_mode
 from .errors import ArlmError
@@ -348,6 +349,7 @@ def compress_file(model_dir: str | Path, src: str | Path, dst: str | Path, docum
     from .lm import LM
 
     check_distinct_files([("IN", src)], [("OUT", dst)])
+    refuse_model_files(dst, "OUT")
     lm = LM.load(model_dir)
     if device:
         lm.to(device)
@@ -369,6 +371,7 @@ def decompress_file(model_dir: str | Path, src: str | Path, dst: str | Path, pro
     from .lm import LM
 
     check_distinct_files([("IN", src)], [("OUT", dst)])
+    refuse_model_files(dst, "OUT")
     blob = _read_bytes(src)
     head, _ = Header.unpack(blob, str(src))  # a bad file fails before the model is loaded
     if device is None and head.device != "cpu":

@@ -169,9 +169,8 @@ def _train_gradient(fam, split: Split, out: Path, replace: bool, vocab: str, voc
 
     main_rank = distributed.current().is_main
     v = train_vocab(vocab, split.train_docs, vocab_size)
-    if replace and main_rank:
-        checkpoint.clear_dir(out)
-    with checkpoint.new_run_dir(out, write=main_rank):  # under DDP rank 0 alone writes
+    # under DDP rank 0 alone writes; a replaced directory is deleted once the new run has checkpointed
+    with checkpoint.new_run_dir(out, write=main_rank, replace=bool(replace)):
         train_gradient(fam.name, v, split.train_docs, split.val_docs, split.documents, out, meta, seed=seed,
                        keep_data=keep_data, **hyper)
     return LM.load(out) if main_rank else None

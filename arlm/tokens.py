@@ -142,12 +142,11 @@ def _train_neural(fam, data, out, val_file, val_fraction: float, seed: int, forc
     vocab = tokens.vocab()
     out = Path(out if out is not None else f"runs/{fam.name}-{vocab.kind}")
     main_rank = distributed.current().is_main  # under DDP rank 0 alone writes
-    if checkpoint.check_output_dir(out, force, family=fam.name, vocab=vocab.kind, inputs=[("DATA", data)]):
-        if main_rank:
-            checkpoint.clear_dir(out)  # a run writes its directory as it goes: empty it first, in one rename
+    replace = checkpoint.check_output_dir(out, force, family=fam.name, vocab=vocab.kind, inputs=[("DATA", data)])
     meta = {"documents": tokens.documents, "data": str(data), "data_path": str(Path(data).resolve()),
             "token_dir": True, "split": {"val_file": None, "val_fraction": val_fraction, "seed": seed}}
-    with checkpoint.new_run_dir(out, write=main_rank):  # under DDP rank 0 alone writes
+    # under DDP rank 0 alone writes; a replaced directory is deleted once the new run has checkpointed
+    with checkpoint.new_run_dir(out, write=main_rank, replace=bool(replace)):
         train_gradient(fam.name, vocab, [], [], tokens.documents, out, meta, seed=seed, keep_data=keep_data,
                        token_data=(train, val), **hyper)
     if not main_rank:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,41 @@ def test_failed_save_leaves_previous_files(saved, monkeypatch):
     assert (saved / "model.safetensors").read_bytes() == before
     assert not [p for p in saved.iterdir() if p.name.endswith(".tmp")]
     assert LM.load(saved).log_prob("emma") == lm.log_prob("emma")
+
+
+def test_a_replaced_run_directory_comes_back_when_the_new_run_fails_before_its_first_checkpoint(tmp_path):
+    from arlm import checkpoint
+    from arlm.paths import STATE_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"family": "ngram"}')
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.new_run_dir(out, replace=True) as d:
+            (d / "half.txt").write_text("x")
+            raise KeyboardInterrupt  # Ctrl-C or SIGTERM before anything worth keeping
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "run"]  # no trash left beside it
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.new_run_dir(out, replace=True) as d:
+            (d / STATE_FILE).write_text("state")
+            raise KeyboardInterrupt  # after the first checkpoint: the new run stays, to be resumed
+    assert sorted(p.name for p in out.iterdir()) == [STATE_FILE]
+    assert not [p for p in tmp_path.iterdir() if p.name != "run"]
+
+
+def test_no_output_file_replaces_a_model_s_files(tmp_path, capsys):
+    from arlm.cli import main
+
+    names = Path(__file__).parent / "data" / "names.txt"
+    m = tmp_path / "m"
+    assert main(["train", str(names), "--order", "3", "--documents", "lines", "--out", str(m)]) == 0
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+    for argv in (["compress", str(m), str(names), str(m / "model.safetensors")],
+                 ["export", str(m), "--format", "arpa", "--out", str(m / "config.json")],
+                 ["heatmap", str(m), str(names), "--out", str(m / "vocab.json")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds an arlm model" in err[0], err
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before

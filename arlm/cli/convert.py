@@ -115,6 +115,9 @@ def _cmd_export(args) -> None:
 
         if lm.model.family not in FAMILIES or "arpa" not in FAMILIES[lm.model.family].formats:
             raise refuse_family(lm.model.family, "arpa")
+        from ..checkpoint import refuse_model_files
+
+        refuse_model_files(args.out, "--out")
         result = export_arpa(lm.model, lm.vocab, args.out, documents=lm.documents)
     if args.json:
         print_json(result)

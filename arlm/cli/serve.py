@@ -58,6 +58,9 @@ def _cmd_heatmap(args) -> None:
     from ..serve.heatmap import write_heatmap
 
     lm = on_device(LM.load(args.model_dir), args)
+    from ..checkpoint import refuse_model_files
+
+    refuse_model_files(args.out, "--out")
     result = write_heatmap(lm, read_text(args.file), args.out)
     print(f"bits_per_char {result['bits_per_char']:.4f} over {result['n_chars']} chars -> {args.out}")
 

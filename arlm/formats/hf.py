@@ -264,7 +264,7 @@ def export_hf(lm, out: str | Path) -> dict:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
-    from ..checkpoint import prepare_dir
+    from ..checkpoint import prepare_dir, refuse_model_files
 
     model, vocab = lm.model, lm.vocab
     if model.family != "gpt":
@@ -276,6 +276,7 @@ def export_hf(lm, out: str | Path) -> dict:
         raise ArlmError("--format hf needs GPT-2's learned position embeddings (wpe); this model has none")
     tied = model.lm_head.weight is model.wte.weight
     meta = (lm.info or {}).get(HF_META)
+    refuse_model_files(out, "--out")
     out = prepare_dir(out)
 
     if meta:  # imported from Hugging Face: drop the <bos> row arlm added, restore the names
