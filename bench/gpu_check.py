@@ -32,8 +32,8 @@ import argparse
 import importlib
 import json
 import os
-import pickle
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,7 +41,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,10 +99,11 @@ def prepare(text: str, work: Path, nanogpt: Path | None) -> dict:
         run = work / "nanogpt"
         data = run / "data/shakespeare_char"
         data.mkdir(parents=True)
-        np.array([stoi[c] for c in text[:n]], dtype=np.uint16).tofile(data / "train.bin")
-        np.array([stoi[c] for c in text[n:]], dtype=np.uint16).tofile(data / "val.bin")
-        with open(data / "meta.pkl", "wb") as f:  # nanoGPT reads its vocab size from this file
-            pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+        # nanoGPT's own prepare.py writes its inputs (train.bin, val.bin and the vocab file it reads) from
+        # input.txt, with the same 90/10 split and sorted-character ids; arlm writes no pickle of its own
+        (data / "input.txt").write_text(text, encoding="utf-8")
+        shutil.copy(nanogpt / "data/shakespeare_char/prepare.py", data / "prepare.py")
+        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, stdout=subprocess.DEVNULL)
         for name in ("train.py", "model.py", "configurator.py", "config"):
             (run / name).symlink_to(nanogpt.resolve() / name)
     return {"train_chars": n, "val_chars": len(text) - n, "stoi": stoi}
@@ -199,7 +199,7 @@ def sliding_window_nll(logits_of, ids: torch.Tensor, block: int) -> tuple[float,
 def score_nanogpt(nanogpt: Path, ckpt: Path, val_text: str, stoi: dict, device: str) -> tuple[float, int]:
     sys.path.insert(0, str(nanogpt.resolve()))
     model_mod = importlib.import_module("model")
-    ck = torch.load(ckpt, map_location=device, weights_only=False)  # nanoGPT's own checkpoint format
+    ck = torch.load(ckpt, map_location=device, weights_only=True)  # tensors, numbers and strings only
     m = model_mod.GPT(model_mod.GPTConfig(**ck["model_args"]))
     m.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ck["model"].items()})
     m.to(device).eval()
