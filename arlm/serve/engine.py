@@ -15,7 +15,7 @@ stop string, ``max_tokens``, a disconnected client) are fed ``<eos>`` until
 their group ends; the contract has no way to drop a row from a state.
 
 Exactness: each sequence is sampled from its own row of the batched scores
-with :func:`arlm.sampling.sample_next`, with the same generator discipline as
+with :func:`arlm.sampling.sample_rows`, with the same generator discipline as
 :meth:`arlm.LM.generate` (choice c of a prompt draws from
 :func:`arlm.sampling.sample_generator` ``(seed, c)``), so the text equals
 ``LM.generate(prompt, …, seed=seed, num_samples=n)`` (to the float rounding
