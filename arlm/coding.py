@@ -193,7 +193,7 @@ def _categorical(constriction, freq: np.ndarray):
 
 # -- the two directions -----------------------------------------------------------------------------
 def compress_bytes(lm, model_dir: str | Path, data: bytes, documents: str | None = None,
-                   progress: bool = False, name: str = "input") -> tuple[bytes, dict]:
+                   progress: bool = False, name: str = "input", adapt: dict | None = None) -> tuple[bytes, dict]:
     """Compress ``data`` (UTF-8 text) with the model ``lm`` loaded from ``model_dir``.
 
     Args:
@@ -201,6 +201,8 @@ def compress_bytes(lm, model_dir: str | Path, data: bytes, documents: str | None
         model_dir: its directory (for the fingerprint).
         data: the text's bytes (strict UTF-8; may be empty).
         documents: ``"file"`` or ``"lines"``; default the model's training mode.
+        adapt: dynamic evaluation settings (``LM.adapt``): code under dynamic evaluation; the header
+            records the settings and ``decompress_bytes`` applies them.
 
     Returns:
         ``(compressed bytes, stats)``; stats has ``n_bytes``, ``n_chars``,
@@ -213,6 +215,9 @@ def compress_bytes(lm, model_dir: str | Path, data: bytes, documents: str | None
             or the model gives a non-finite probability.
     """
     constriction = _constriction()
+    if adapt is not None:
+        lm = lm.adapt(**adapt)
+        adapt = lm.model.settings()
     documents = documents or lm.documents
     try:
         text = data.decode("utf-8", errors="strict")
@@ -246,7 +251,7 @@ def compress_bytes(lm, model_dir: str | Path, data: bytes, documents: str | None
                     bar.update(len(data) * done // n_tokens - bar.n)
     words = np.asarray(encoder.get_compressed(), dtype="<u4")
     head = Header(model_fingerprint(model_dir), documents, trailing, len(data), len(docs), n_tokens,
-                  int(words.size), zlib.crc32(data), _device_type(model))
+                  int(words.size), zlib.crc32(data), _device_type(model), adapt)
     out = head.pack() + words.tobytes()
     seconds = time.time() - t0
     stats = {"n_bytes": len(data), "n_chars": len(text), "n_tokens": n_tokens, "nll_bits": nll / LN2,
@@ -279,6 +284,11 @@ def decompress_bytes(lm, model_dir: str | Path, blob: bytes, progress: bool = Fa
     head, pos = Header.unpack(blob, name)
     if head.fingerprint != model_fingerprint(model_dir):
         raise ArlmError(f"{name} was compressed with a different model than {model_dir} (fingerprints differ)")
+    if head.adapt is not None:
+        try:
+            lm = lm.adapt(**head.adapt)
+        except (ArlmError, TypeError, ValueError):
+            raise ArlmError(f"{name} is corrupt: its dynamic evaluation settings are not ones arlm can use") from None
     if _device_type(lm.model) != head.device:
         raise ArlmError(f"{name} was compressed with the model on {head.device}, not {_device_type(lm.model)}: "
                         f"decompress it with --device {head.device} (another device's probabilities differ in their "
@@ -342,9 +352,10 @@ def _write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def compress_file(model_dir: str | Path, src: str | Path, dst: str | Path, documents: str | None = None,
-                  progress: bool = False, device: str | None = None) -> dict:
+                  progress: bool = False, device: str | None = None, adapt: dict | None = None) -> dict:
     """Compress the file ``src`` into ``dst`` (atomically) with the model in ``model_dir`` (neural models on
-    ``device``, default the CPU; the header records it); stats as in ``compress_bytes``."""
+    ``device``, default the CPU; the header records it; ``adapt``: as in ``compress_bytes``); stats as in
+    ``compress_bytes``."""
     from .io import check_distinct_files
     from .lm import LM
 
@@ -353,7 +364,7 @@ def compress_file(model_dir: str | Path, src: str | Path, dst: str | Path, docum
     lm = LM.load(model_dir)
     if device:
         lm.to(device)
-    blob, stats = compress_bytes(lm, model_dir, _read_bytes(src), documents, progress, name=str(src))
+    blob, stats = compress_bytes(lm, model_dir, _read_bytes(src), documents, progress, name=str(src), adapt=adapt)
     _write_bytes(dst, blob)
     return stats
 

@@ -1,5 +1,6 @@
 """The container of ``arlm compress``: signature, version, the model's fingerprint, flags (document mode,
-trailing newline, device type), variable-length counts and CRC-32 checksums (see :mod:`arlm.coding`)."""
+trailing newline, device type, adapted), variable-length counts, the dynamic evaluation settings (version 2,
+``--adapt``) and CRC-32 checksums (see :mod:`arlm.coding`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,29 @@ from .errors import ArlmError
 
 MAGIC = b"ARLZ"
 FORMAT_VERSION = 1
+#: the version of files coded under dynamic evaluation (flags bit 4; the settings follow the counts)
+ADAPT_VERSION = 2
+#: the update rules a version-2 header names by index (arlm.models.dyneval.DYNEVAL_OPTIMIZERS)
+ADAPT_OPTIMIZERS = ("sgd", "rms")
+
+
+def _pack_adapt(a: dict) -> bytes:
+    """chunk_size and steps (varints), the rule's index (u8), learning_rate and decay (float64)."""
+    return (_varint(a["chunk_size"]) + _varint(a["steps"]) + bytes([ADAPT_OPTIMIZERS.index(a["optimizer"])])
+            + struct.pack("<dd", a["learning_rate"], a["decay"]))
+
+
+def _unpack_adapt(buf: bytes, pos: int) -> tuple[dict | None, int]:
+    chunk, pos = _read_varint(buf, pos)
+    steps, pos = _read_varint(buf, pos)
+    if len(buf) < pos + 17:
+        raise ArlmError("header ends early")
+    rule = buf[pos]
+    lr, decay = struct.unpack_from("<dd", buf, pos + 1)
+    if rule >= len(ADAPT_OPTIMIZERS):
+        return None, pos + 17
+    return {"chunk_size": chunk, "steps": steps, "optimizer": ADAPT_OPTIMIZERS[rule], "learning_rate": lr,
+            "decay": decay}, pos + 17
 FINGERPRINT_BYTES = 12
 
 
@@ -52,12 +76,18 @@ class Header:
     n_words: int
     crc: int
     device: str = "cpu"  # the device type the model ran on (DEVICE_TYPES)
+    adapt: dict | None = None  # dynamic evaluation settings (LM.adapt), or None
 
     def pack(self) -> bytes:
         flags = (1 if self.documents == "lines" else 0) | (2 if self.trailing_newline else 0)
         flags |= DEVICE_TYPES.index(self.device) << 2
-        body = (MAGIC + bytes([FORMAT_VERSION]) + self.fingerprint + bytes([flags]) + _varint(self.n_bytes)
-                + _varint(self.n_documents) + _varint(self.n_tokens) + _varint(self.n_words)
+        extra = b""
+        if self.adapt is not None:
+            flags |= 16
+            extra = _pack_adapt(self.adapt)
+        version = FORMAT_VERSION if self.adapt is None else ADAPT_VERSION
+        body = (MAGIC + bytes([version]) + self.fingerprint + bytes([flags]) + _varint(self.n_bytes)
+                + _varint(self.n_documents) + _varint(self.n_tokens) + _varint(self.n_words) + extra
                 + struct.pack("<I", self.crc))
         return body + struct.pack("<I", zlib.crc32(body))
 
@@ -69,8 +99,9 @@ class Header:
         if len(buf) < pos + 2 + FINGERPRINT_BYTES:
             raise ArlmError(f"{name} is truncated: its header ends early")
         version = buf[pos]
-        if version != FORMAT_VERSION:
-            raise ArlmError(f"{name} has format version {version}; this arlm reads version {FORMAT_VERSION}")
+        if version not in (FORMAT_VERSION, ADAPT_VERSION):
+            raise ArlmError(f"{name} has format version {version}; this arlm reads versions {FORMAT_VERSION} and "
+                            f"{ADAPT_VERSION}")
         fp = buf[pos + 1 : pos + 1 + FINGERPRINT_BYTES]
         flags = buf[pos + 1 + FINGERPRINT_BYTES]
         pos += 2 + FINGERPRINT_BYTES
@@ -79,6 +110,9 @@ class Header:
             n_docs, pos = _read_varint(buf, pos)
             n_tokens, pos = _read_varint(buf, pos)
             n_words, pos = _read_varint(buf, pos)
+            adapt = None
+            if version == ADAPT_VERSION:
+                adapt, pos = _unpack_adapt(buf, pos)
         except ArlmError:
             raise ArlmError(f"{name} is truncated or corrupt: its header ends early") from None
         if len(buf) < pos + 8:
@@ -87,8 +121,11 @@ class Header:
         (head_crc,) = struct.unpack_from("<I", buf, pos + 4)
         if zlib.crc32(buf[: pos + 4]) != head_crc:
             raise ArlmError(f"{name} is corrupt: its header checksum does not match")
-        if flags & ~15 or flags >> 2 >= len(DEVICE_TYPES):
+        adapted = version == ADAPT_VERSION
+        if flags & ~(31 if adapted else 15) or (flags >> 2) & 3 >= len(DEVICE_TYPES) or bool(flags & 16) != adapted:
             raise ArlmError(f"{name} is corrupt: unknown header flags {flags:#x}")
+        if adapted and adapt is None:
+            raise ArlmError(f"{name} is corrupt: its dynamic evaluation settings cannot be read")
         head = cls(fp, "lines" if flags & 1 else "file", bool(flags & 2), n_bytes, n_docs, n_tokens, n_words, crc,
-                   DEVICE_TYPES[flags >> 2])
+                   DEVICE_TYPES[(flags >> 2) & 3], adapt)
         return head, pos + 8

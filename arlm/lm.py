@@ -52,6 +52,25 @@ class LM:
         place(self.model, resolve_device(device) if isinstance(device, str) else device)
         return self
 
+    def adapt(self, **settings) -> "LM":
+        """This model under dynamic evaluation: it keeps training on each document as it reads it
+        (Krause et al. 2018; :mod:`arlm.models.dyneval`), and p(x) = Π p(x_t | x_<t) stays exact.
+
+        Args:
+            settings: the update settings, fields of :class:`arlm.models.dyneval.DynEvalConfig`
+                (``chunk_size``, ``learning_rate``, ``decay``, ``steps``, ``optimizer``); unset ones take
+                its defaults. On a ``dyneval`` model they replace its saved settings.
+
+        Returns:
+            A new ``LM`` sharing this one's weights (never changed: each document adapts a private copy).
+
+        Raises:
+            ArlmError: the model is not a gpt or lstm (or a dyneval of one), an unknown setting, a bad value.
+        """
+        from .models.dyneval import adapted
+
+        return LM(adapted(self.model, settings), self.vocab, self.documents, self.info)
+
     # -- scoring (nats) ----------------------------------------------------------------
     def log_prob(self, text: str, eos: bool = True) -> float:
         """log p(text) in nats; ``eos=False`` gives the prefix probability. See ``scoring.log_prob``."""

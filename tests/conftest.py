@@ -106,13 +106,15 @@ def make_mixer(vocab, docs, seed=0):
     return m.eval()
 
 
-def make_dyneval(vocab, docs=None, seed=0):
-    """Dynamic evaluation of the tiny LSTM, updating every 4 tokens (so short texts adapt)."""
+def make_dyneval(vocab, docs=None, seed=0, base="lstm", gpt=None, **settings):
+    """Dynamic evaluation of the tiny LSTM or GPT (8-token window), updating every 3 or 4 tokens (so short texts
+    adapt and the GPT's windows slide)."""
     from arlm.models.dyneval import DynEvalConfig, DynEvalModel
 
-    cfg = DynEvalConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, "lstm", chunk_size=4, learning_rate=0.5,
-                        decay=0.01)
-    return DynEvalModel(cfg, make_lstm(vocab, docs, seed=seed)).eval()
+    settings = {"chunk_size": 4 if base == "lstm" else 3, "learning_rate": 0.5, "decay": 0.01, **settings}
+    cfg = DynEvalConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, base, **settings)
+    net = make_lstm(vocab, docs, seed=seed) if base == "lstm" else make_gpt(vocab, docs, seed=seed, **(gpt or {}))
+    return DynEvalModel(cfg, net).eval()
 
 
 def make_cm(vocab, docs):
@@ -148,6 +150,7 @@ FAMILY_CASES = {
     "backoff3-byte": ("byte", lambda v, d: make_backoff(v, d, 3)),
     "mixer-char": ("char", lambda v, d: make_mixer(v, d)),
     "dyneval-lstm-char": ("char", lambda v, d: make_dyneval(v, d)),
+    "dyneval-gpt-char": ("char", lambda v, d: make_dyneval(v, d, base="gpt")),
     "cm-char": ("char", lambda v, d: make_cm(v, d)),
     "cm-byte": ("byte", lambda v, d: make_cm(v, d)),
 }
@@ -161,6 +164,8 @@ FAMILY_CASES.update({
     "cache-bpe": ("bpe", lambda v, d: make_cache(v, d)),
     "mixture-cache-bpe": ("bpe", lambda v, d: make_mixture(v, d, bucketed=True, cache=True)),
     "mixer-bpe": ("bpe", lambda v, d: make_mixer(v, d)),
+    "dyneval-gpt-rotary-rms-bpe": ("bpe", lambda v, d: make_dyneval(
+        v, d, base="gpt", gpt={"pos_emb": "rotary", "n_layer": 2}, optimizer="rms", learning_rate=0.01, steps=2)),
     "cm-bpe": ("bpe", lambda v, d: make_cm(v, d)),
 })
 

@@ -61,6 +61,10 @@ def _add_safety_flags(sub) -> None:
     for name in ("eval", "score", "sample", "mix", "serve", "heatmap", "mixer", "compress"):
         add_device_argument(sub.choices[name])
     add_device_argument(sub.choices["decompress"], default="the device the file was compressed on")
+    from .common import ADAPT_COMMANDS, add_adapt_arguments
+
+    for name in ADAPT_COMMANDS:
+        add_adapt_arguments(sub.choices[name])
 
 
 def _given_flags(parser: argparse.ArgumentParser, argv: list[str], command: str) -> set[str]:

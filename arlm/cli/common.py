@@ -90,3 +90,44 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+#: The commands that take ``--adapt`` (dynamic evaluation of a gpt or lstm while it reads).
+ADAPT_COMMANDS = ("eval", "score", "sample", "serve", "heatmap", "compress")
+
+
+def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
+    """``--adapt`` and one ``--adapt-SETTING`` flag per field of ``DynEvalConfig`` with help metadata."""
+    from ..models.dyneval import DynEvalConfig
+    from ..models.registry import hyperparameters
+
+    g = p.add_argument_group("dynamic evaluation (gpt and lstm models)")
+    g.add_argument("--adapt", action="store_true",
+                   help="dynamic evaluation: the model keeps training on each document as it reads it (Krause et al. "
+                        "2018); probabilities stay exact")
+    for f in hyperparameters(DynEvalConfig):
+        kind = {"int | None": positive_int, "int": positive_int, "float": float}.get(str(f.type), str)
+        g.add_argument("--adapt-" + f.name.replace("_", "-"), dest="adapt_" + f.name, type=kind, default=None,
+                       choices=f.metadata.get("choices"), help=f.metadata["help"] + " (with --adapt)")
+
+
+def adapt_settings(args) -> dict | None:
+    """The ``--adapt-*`` settings the user typed, or None without ``--adapt``.
+
+    Raises:
+        ArlmError: an ``--adapt-*`` flag without ``--adapt``.
+    """
+    given = {k[len("adapt_"):]: v for k, v in vars(args).items() if k.startswith("adapt_") and v is not None}
+    if not getattr(args, "adapt", False):
+        if given:
+            from ..errors import ArlmError
+
+            raise ArlmError(f"--adapt-{next(iter(given)).replace('_', '-')} needs --adapt")
+        return None
+    return given
+
+
+def with_adapt(lm, args):
+    """``lm`` under dynamic evaluation when the command has ``--adapt`` (see :func:`adapt_settings`)."""
+    settings = adapt_settings(args)
+    return lm if settings is None else lm.adapt(**settings)

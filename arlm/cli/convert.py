@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, print_json, train_seed
+from .common import DOCUMENTS_HELP, adapt_settings, print_json, train_seed
 
 
 CODING_THREADS_HELP = ("CPU threads for loading the model (default: OMP_NUM_THREADS if set, else the idle cores); "
@@ -208,7 +208,7 @@ def _cmd_compress(args) -> None:
     from ..coding import compress_file
 
     st = compress_file(args.model_dir, args.input, args.output, args.documents, progress=not args.no_progress and sys.stderr.isatty(),
-                       device=args.device)
+                       device=args.device, adapt=adapt_settings(args))
     if args.json:
         print_json(st)
         return

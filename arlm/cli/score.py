@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, JSON_HELP, fmt_metrics, on_device, positive_int, print_json, sample_header, sample_seed
+from .common import (DOCUMENTS_HELP, JSON_HELP, fmt_metrics, on_device, positive_int, print_json, sample_header,
+                     sample_seed, with_adapt)
 
 from ..units import LN2
 STREAM_EVAL_BYTES = 256 << 20
@@ -78,7 +79,7 @@ def cmd_eval(args) -> None:
     from ..corpus import read_text
     from ..lm import LM
 
-    lm = on_device(LM.load(args.model_dir), args)
+    lm = on_device(with_adapt(LM.load(args.model_dir), args), args)
     documents = args.documents or lm.documents
     if _stream_eval(lm, args.file, documents):
         from ..scoring import evaluate_file
@@ -102,7 +103,7 @@ def _stream_eval(lm, path, documents: str) -> bool:
 def cmd_score(args) -> None:
     from ..lm import LM
 
-    lm = on_device(LM.load(args.model_dir), args)
+    lm = on_device(with_adapt(LM.load(args.model_dir), args), args)
     result: dict = {"text": args.text}
     if args.given is not None:
         lp = lm.conditional_log_prob(args.text, given=args.given)
@@ -127,7 +128,7 @@ def cmd_score(args) -> None:
 def cmd_sample(args) -> None:
     from ..lm import LM
 
-    lm = on_device(LM.load(args.model_dir), args)
+    lm = on_device(with_adapt(LM.load(args.model_dir), args), args)
     stop = [_unescape(x) for x in args.stop] if args.stop else None
     samples = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=stop,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArlmError
-from .common import on_device
+from .common import adapt_settings, on_device, with_adapt
 
 
 def add_parser(sub) -> None:
@@ -49,7 +49,7 @@ def _cmd_serve(args) -> None:
     if args.max_tokens_limit < 1:
         raise ArlmError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
     serve(args.models, host=args.host, port=args.port, api_key=_api_key(args), max_tokens_limit=args.max_tokens_limit,
-          device=args.device)
+          device=args.device, adapt=adapt_settings(args))
 
 
 def _cmd_heatmap(args) -> None:
@@ -57,7 +57,7 @@ def _cmd_heatmap(args) -> None:
     from ..lm import LM
     from ..serve.heatmap import write_heatmap
 
-    lm = on_device(LM.load(args.model_dir), args)
+    lm = on_device(with_adapt(LM.load(args.model_dir), args), args)
     from ..checkpoint import refuse_model_files
 
     refuse_model_files(args.out, "--out")

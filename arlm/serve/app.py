@@ -387,8 +387,9 @@ async def _stream(job: Job, rid: str, created: int, model: str, include_usage: b
             job.cancel()
 
 
-def build_engines(specs: list[str], device: str | None = None) -> dict[str, Engine]:
-    """Load ``DIR`` or ``NAME=DIR`` model specs (neural models onto ``device``, default the CPU); the id is NAME
+def build_engines(specs: list[str], device: str | None = None, adapt: dict | None = None) -> dict[str, Engine]:
+    """Load ``DIR`` or ``NAME=DIR`` model specs (neural models onto ``device``, default the CPU; under dynamic
+    evaluation with the settings ``adapt`` when given, see ``LM.adapt``); the id is NAME
     or the directory's name. Raises ArlmError."""
     from pathlib import Path
 
@@ -404,13 +405,19 @@ def build_engines(specs: list[str], device: str | None = None) -> dict[str, Engi
         if name in engines:
             raise ArlmError(f"two models are named {name!r}: use NAME=DIR to tell them apart")
         lm = LM.load(path)
+        if adapt is not None:
+            try:
+                lm = lm.adapt(**adapt)
+            except ArlmError as e:
+                raise ArlmError(f"model {name!r}: {e}") from None
         engines[name] = Engine(name, lm.to(device) if device else lm)
     return engines
 
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_tokens_limit: int = 4096, device: str | None = None) -> None:
-    """Load the models (neural ones onto ``device``, default the CPU) and serve them with uvicorn until interrupted."""
+          max_tokens_limit: int = 4096, device: str | None = None, adapt: dict | None = None) -> None:
+    """Load the models (neural ones onto ``device``, default the CPU; ``adapt``: see ``build_engines``) and serve
+    them with uvicorn until interrupted."""
     import sys
 
     import uvicorn
@@ -423,7 +430,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
             probe.bind((host, port))
         except OSError as e:
             raise ArlmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    engines = build_engines(specs, device)
+    engines = build_engines(specs, device, adapt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s arlm.serve %(message)s"))
     log.addHandler(handler)
