@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ArlmError
-from .common import DOCUMENTS_HELP, JSON_HELP, on_device, positive_int, print_json, train_seed
+from .common import DOCUMENTS_HELP, JSON_HELP, add_adapt_settings, on_device, positive_int, print_json, train_seed
 
 
 def add_parser(sub) -> None:
@@ -87,10 +87,7 @@ def _add_dyneval_parser(sub) -> None:
     v = sub.add_parser("dyneval", help="wrap a neural model with dynamic evaluation (it keeps training on what it reads)")
     v.add_argument("model_dir", metavar="DIR", help="trained lstm or gpt model directory")
     v.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
-    v.add_argument("--chunk-size", type=positive_int, default=50, help="tokens predicted between two updates")
-    v.add_argument("--learning-rate", type=float, default=0.01, help="SGD step size of each update")
-    v.add_argument("--decay", type=float, default=0.0, help="pull of the weights back toward the trained ones per update")
-    v.add_argument("--steps", type=positive_int, default=1, help="gradient steps per chunk")
+    add_adapt_settings(v, prefix="")
     v.set_defaults(func=run)
 
 
@@ -218,8 +215,8 @@ def _cmd_dyneval(args) -> None:
 
     lm = LM.load(args.model_dir)
     v = lm.vocab
-    cfg = DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, lm.model.family, args.chunk_size, args.learning_rate,
-                        args.decay, args.steps)
+    settings = {k[len("adapt_"):]: x for k, x in vars(args).items() if k.startswith("adapt_") and x is not None}
+    cfg = DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, lm.model.family, **settings)
     from .. import checkpoint
 
     replace = checkpoint.check_output_dir(args.out, args.force, family="dyneval", vocab=v.kind,

@@ -98,17 +98,25 @@ ADAPT_COMMANDS = ("eval", "score", "sample", "serve", "heatmap", "compress")
 
 def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
     """``--adapt`` and one ``--adapt-SETTING`` flag per field of ``DynEvalConfig`` with help metadata."""
-    from ..models.dyneval import DynEvalConfig
-    from ..models.registry import hyperparameters
-
     g = p.add_argument_group("dynamic evaluation (gpt and lstm models)")
     g.add_argument("--adapt", action="store_true",
                    help="dynamic evaluation: the model keeps training on each document as it reads it (Krause et al. "
                         "2018); probabilities stay exact")
+    add_adapt_settings(g, prefix="adapt-", note=" (with --adapt)")
+
+
+def add_adapt_settings(p, prefix: str, note: str = "") -> None:
+    """One ``--{prefix}SETTING`` flag per field of ``DynEvalConfig`` with help metadata (dest ``adapt_SETTING``,
+    default None: the config's own default applies)."""
+    from ..models.dyneval import DynEvalConfig
+    from ..models.registry import hyperparameters
+
     for f in hyperparameters(DynEvalConfig):
-        kind = {"int | None": positive_int, "int": positive_int, "float": float}.get(str(f.type), str)
-        g.add_argument("--adapt-" + f.name.replace("_", "-"), dest="adapt_" + f.name, type=kind, default=None,
-                       choices=f.metadata.get("choices"), help=f.metadata["help"] + " (with --adapt)")
+        kind = {"int": positive_int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
+        default = "" if f.default is None else f" (default: {f.default})"
+        p.add_argument("--" + prefix + f.name.replace("_", "-"), dest="adapt_" + f.name, type=kind, default=None,
+                       choices=f.metadata.get("choices"), metavar=None if "choices" in f.metadata else f.name.upper(),
+                       help=f.metadata["help"] + default + note)
 
 
 def adapt_settings(args) -> dict | None:

@@ -50,6 +50,8 @@ from .base import LanguageModel
 DYNEVAL_OPTIMIZERS = ("sgd", "rms")
 #: ``"rms"``: decay of the running mean of squared gradients, and ε.
 _RMS_BETA, _RMS_EPS = 0.99, 1e-8
+#: The step size η of each rule when none is given.
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "rms": 3e-4}
 
 
 @dataclasses.dataclass
@@ -63,10 +65,11 @@ class DynEvalConfig:
     base: str = "lstm"
     chunk_size: int | None = field(default=None, metadata={
         "help": "tokens predicted between two updates (default: half a gpt's block size; 50 for an lstm)"})
-    learning_rate: float = field(default=0.01, metadata={"help": "step size η of each update"})
-    decay: float = field(default=0.0, metadata={"help": "pull λ of the weights back toward the trained ones per update"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "step size η of each update (default: 3e-4 for rms, 0.01 for sgd)"})
+    decay: float = field(default=0.001, metadata={"help": "pull λ of the weights back toward the trained ones per update"})
     steps: int = field(default=1, metadata={"help": "gradient steps per chunk"})
-    optimizer: str = field(default="sgd", metadata={
+    optimizer: str = field(default="rms", metadata={
         "help": "update rule: sgd, or rms (steps divided by the running RMS of the gradients)",
         "choices": DYNEVAL_OPTIMIZERS})
 
@@ -82,7 +85,7 @@ def check_settings(cfg: DynEvalConfig) -> None:
         raise ArlmError(f"unknown adaptation rule {cfg.optimizer!r}: choose one of {', '.join(DYNEVAL_OPTIMIZERS)}")
     for name in ("learning_rate", "decay"):
         v = getattr(cfg, name)
-        if not (v >= 0 and v != float("inf")):
+        if v is not None and not (v >= 0 and v != float("inf")):
             raise ArlmError(f"the adaptation {name.replace('_', ' ')} must be a finite number ≥ 0, got {v}")
 
 
@@ -118,6 +121,8 @@ class DynEvalModel(LanguageModel):
             raise ArlmError(f"the adaptation chunk size must be in 1..block_size={base.block_size}, got {chunk}")
         self.config = config
         self.chunk = chunk
+        lr = config.learning_rate
+        self.learning_rate = DEFAULT_LEARNING_RATES[config.optimizer] if lr is None else lr
         self.base = base
 
     @property
@@ -126,7 +131,7 @@ class DynEvalModel(LanguageModel):
 
     def settings(self) -> dict:
         """The update settings in effect (``chunk_size`` resolved): the keywords of ``LM.adapt``."""
-        return {"chunk_size": self.chunk, "learning_rate": self.config.learning_rate, "decay": self.config.decay,
+        return {"chunk_size": self.chunk, "learning_rate": self.learning_rate, "decay": self.config.decay,
                 "steps": self.config.steps, "optimizer": self.config.optimizer}
 
     @property
@@ -167,12 +172,12 @@ class DynEvalModel(LanguageModel):
         correction = 1.0 - _RMS_BETA ** st.updates
         for i, (p, p0) in enumerate(zip(params, self.base.parameters())):
             g = p.grad
-            if g is not None and cfg.learning_rate:
+            if g is not None and self.learning_rate:
                 if cfg.optimizer == "rms":
                     sq = st.sq[i].mul_(_RMS_BETA).addcmul_(g, g, value=1.0 - _RMS_BETA)
-                    p.addcdiv_(g, (sq / correction).sqrt_().add_(_RMS_EPS), value=-cfg.learning_rate)
+                    p.addcdiv_(g, (sq / correction).sqrt_().add_(_RMS_EPS), value=-self.learning_rate)
                 else:
-                    p.sub_(cfg.learning_rate * g)
+                    p.sub_(self.learning_rate * g)
             if cfg.decay:
                 p.add_(cfg.decay * (p0 - p))
 

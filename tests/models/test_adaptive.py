@@ -107,5 +107,5 @@ def test_adapt_on_a_dyneval_model_replaces_its_settings():
     base, model = _gpt_dyneval(v, chunk_size=2, learning_rate=0.5)
     again = LM(model, v).adapt(chunk_size=4, optimizer="rms")
     assert again.model.base is base and again.model.settings() == {
-        "chunk_size": 4, "learning_rate": 0.01, "decay": 0.0, "steps": 1, "optimizer": "rms"}
+        "chunk_size": 4, "learning_rate": 3e-4, "decay": 0.001, "steps": 1, "optimizer": "rms"}
     assert LM(base, v).adapt().model.settings()["chunk_size"] == 4  # half the block by default
