@@ -111,7 +111,8 @@ def make_dyneval(vocab, docs=None, seed=0, base="lstm", gpt=None, **settings):
     adapt and the GPT's windows slide)."""
     from arlm.models.dyneval import DynEvalConfig, DynEvalModel
 
-    settings = {"chunk_size": 4 if base == "lstm" else 3, "learning_rate": 0.5, "decay": 0.01, **settings}
+    settings = {"chunk_size": 4 if base == "lstm" else 3, "optimizer": "sgd", "learning_rate": 0.5, "decay": 0.01,
+                **settings}
     cfg = DynEvalConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, base, **settings)
     net = make_lstm(vocab, docs, seed=seed) if base == "lstm" else make_gpt(vocab, docs, seed=seed, **(gpt or {}))
     return DynEvalModel(cfg, net).eval()

@@ -42,7 +42,7 @@ def test_dynamic_evaluation_adapts_and_is_exact_at_zero_rate():
     ids = torch.tensor(encode_document(v, TEXT))
 
     def dyneval(lr):
-        return DynEvalModel(DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, "lstm", 10, lr), base).eval()
+        return DynEvalModel(DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, "lstm", 10, lr, optimizer="sgd"), base).eval()
 
     static = base.sequence_log_probs(ids)
     assert torch.allclose(dyneval(0.0).sequence_log_probs(ids), static, atol=1e-12)

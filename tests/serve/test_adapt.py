@@ -6,12 +6,12 @@ import httpx
 
 from .conftest import Server
 
-SETTINGS = ["--adapt", "--adapt-chunk-size", "4", "--adapt-learning-rate", "0.5"]
+SETTINGS = ["--adapt", "--adapt-chunk-size", "4", "--adapt-optimizer", "sgd", "--adapt-learning-rate", "0.5"]
 
 
 def test_echo_logprobs_are_the_adapted_models(model_dirs, lms):
     text = "emmaolivianoahliamavaemmaolivia"  # past the GPT's block of 16: the chunk windows slide
-    adapted = lms["gpt"].adapt(chunk_size=4, learning_rate=0.5)
+    adapted = lms["gpt"].adapt(chunk_size=4, optimizer="sgd", learning_rate=0.5)
     want = adapted.token_logprobs(text, eos=False)
     static = lms["gpt"].token_logprobs(text, eos=False)
     assert max(abs(a - b) for (_, a), (_, b) in zip(want, static)) > 1e-3  # the adaptation changes the scores
