@@ -74,18 +74,22 @@ class LM:
     # -- scoring (nats) ----------------------------------------------------------------
     def log_prob(self, text: str, eos: bool = True) -> float:
         """log p(text) in nats; ``eos=False`` gives the prefix probability. See ``scoring.log_prob``."""
+        _text(text=text)
         return scoring.log_prob(self.model, self.vocab, text, eos=eos)
 
     def conditional_log_prob(self, completion: str, given: str = "") -> float:
         """log p(completion | given) in nats. See ``scoring.conditional_log_prob``."""
+        _text(completion=completion, given=given)
         return scoring.conditional_log_prob(self.model, self.vocab, completion, given=given)
 
     def token_logprobs(self, text: str, eos: bool = True) -> list[tuple[str, float]]:
         """Per-token ``(token_text, logprob)`` pairs in nats. See ``scoring.token_logprobs``."""
+        _text(text=text)
         return scoring.token_logprobs(self.model, self.vocab, text, eos=eos)
 
     def next_token_log_probs(self, prefix: str = "") -> dict[str, float]:
         """Token text -> log-prob (nats) of the token after ``prefix``, ``<eos>`` included."""
+        _text(prefix=prefix)
         return scoring.next_token_log_probs(self.model, self.vocab, prefix)
 
     def evaluate(self, text: str, documents: str | None = None, stride: int | None = None) -> dict[str, float]:
@@ -93,6 +97,7 @@ class LM:
 
         ``documents`` defaults to the mode the model was trained with. See ``scoring.evaluate``.
         """
+        _text(text=text)
         return scoring.evaluate(self.model, self.vocab, text, documents or self.documents, stride=stride)
 
     # -- sampling ------------------------------------------------------------------------
@@ -108,6 +113,16 @@ class LM:
         seed to reproduce a sample). See
         ``sampling.generate`` and ``sampling.generate_many`` for the semantics.
         """
+        _text(prompt=prompt)
         out = sampling.generate_many(self.model, self.vocab, prompt, num_samples, max_new_tokens, temperature,
                                      top_k, top_p, seed, stop)
         return out[0] if num_samples == 1 else out
+
+
+def _text(**args) -> None:
+    """Raises ArlmError naming the first argument that is not a str (the methods take text, not bytes or ids)."""
+    for name, value in args.items():
+        if not isinstance(value, str):
+            from .errors import ArlmError
+
+            raise ArlmError(f"{name} must be a str (text), not {type(value).__name__}")

@@ -46,3 +46,19 @@ def check_options(fam: Family, given, spell=str) -> None:
         one = len(unused) == 1
         raise ArlmError(f"{', '.join(unused)} {'does' if one else 'do'} not apply to --model {fam.name}: "
                         f"drop {'it' if one else 'them'}")
+    for n, v in given.items():
+        kinds = _accepted(mine[n])
+        if v is not None and kinds and (not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ArlmError(f"{spell(n)} must be {'an' if names[0] in 'ai' else 'a'} {names}, got {v!r}")
+
+
+#: The Python types an option of each annotated type takes (an int where a float goes).
+_KINDS = {"int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "list": (list, tuple)}
+
+
+def _accepted(f: dataclasses.Field) -> tuple[type, ...]:
+    """The types ``f`` takes from ``arlm.train``: its annotation's, plus its flag's (a duration may be a str)."""
+    kinds = _KINDS.get(str(f.type).split(" ")[0].split("[")[0], ())
+    extra = f.metadata.get("flag_type")
+    return kinds + ((extra,) if kinds and extra and extra not in kinds else ())

@@ -45,6 +45,18 @@ def load_split(data: str | Path | None, documents: str = "file", val_file: str |
     return Split(train_docs, val_docs, val_text, documents, source)
 
 
+def val_share(val_file, val_fraction: float | None, cli_names: bool = False) -> float:
+    """The share of the data held out as val: ``val_fraction``, 0.1 when None.
+
+    Raises:
+        ArlmError: both a val file and a val fraction are given (the file would make the fraction unused).
+    """
+    if val_file is not None and val_fraction is not None:
+        both = "--val-file and --val-fraction" if cli_names else "val_file and val_fraction"
+        raise ArlmError(f"give {both.replace(' and ', ' or ')}, not both: with a val file all of the data trains")
+    return 0.1 if val_fraction is None else val_fraction
+
+
 def split_meta(split: Split, val_file, val_fraction: float, seed: int) -> dict:
     return {
         "documents": split.documents,
@@ -75,7 +87,7 @@ _CLI_LABELS = {"data": "DATA", "val_file": "--val-file", "out": "--out"}
 
 
 def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char", out: str | Path | None = None,
-          *, documents: str = "file", val_file: str | Path | None = None, val_fraction: float = 0.1,
+          *, documents: str = "file", val_file: str | Path | None = None, val_fraction: float | None = None,
           seed: int = 1337, vocab_size: int | None = None, force: bool = False, keep_data: bool = True,
           progress: bool = True, cli_names: bool = False, **hyperparameters) -> LM | None:
     """Train a model of family ``model`` on the text file ``data`` and save it to the model directory ``out``.
@@ -83,7 +95,7 @@ def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char
     ``data``: a UTF-8 text file (None: the built-in corpus), a token directory from ``arlm tokenize``, or
     a :class:`Split` already made (``arlm compare``: its ``documents`` then win, ``val_fraction`` is recorded);
     ``documents``: ``"file"`` (one document) or ``"lines"`` (each non-empty line); val is ``val_file`` or
-    the last ``val_fraction`` of ``data`` (shuffled documents in lines mode, by ``seed``). ``out`` defaults
+    the last ``val_fraction`` of ``data`` (default 0.1; shuffled documents in lines mode, by ``seed``). ``out`` defaults
     to ``runs/MODEL-VOCAB``; it may be absent, empty, or hold a model of the same family and vocab
     (replaced as a whole); anything else needs ``force=True``. ``hyperparameters`` are the family's
     options, named as the fields of its config dataclass and of its training settings (``n_layer=4``,
@@ -95,8 +107,8 @@ def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char
         The trained :class:`LM` (``lm.trained``: a :class:`Trained`), or None in a DDP process other than rank 0.
 
     Raises:
-        ArlmError: an unknown family or hyperparameter, one the family does not use, bad input, or an
-            ``out`` that holds another model.
+        ArlmError: an unknown family or hyperparameter, one the family does not use, bad input, both
+            ``val_file`` and ``val_fraction``, or an ``out`` that holds another model.
         Interrupted: SIGINT or SIGTERM stopped a neural run after it saved its checkpoint.
     """
     from .data import is_token_dir
@@ -111,6 +123,7 @@ def train(data: str | Path | None = None, model: str = "gpt", vocab: str = "char
         raise ArlmError("--memory bounds n-gram counting; neural training reads batches from a token directory "
                         "(arlm tokenize) without holding it")
     check_options(fam, hyperparameters, spell=spell)
+    val_fraction = val_share(val_file, val_fraction, cli_names)
     labels = _CLI_LABELS if cli_names else _API_LABELS
     given_split = data if isinstance(data, Split) else None
     if given_split is None and ((data is not None and is_token_dir(data)) or hyperparameters.get("memory") is not None):

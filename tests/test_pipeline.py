@@ -54,3 +54,28 @@ def test_every_config_hyperparameter_is_a_flag_with_its_default():
 def test_train_help_of_one_family():
     out = run_arlm("train", "--model", "lstm", "--help").stdout
     assert "--n-hidden" in out and "--lr" in out and "--n-head" not in out and "--table-bits" not in out
+
+
+def test_train_names_an_option_of_the_wrong_type(tmp_path):
+    import arlm
+    from arlm.errors import ArlmError
+
+    data = tmp_path / "d.txt"
+    data.write_text("emma\nava\n", encoding="utf-8")
+    for kw, msg in [(dict(model="ngram", order="3"), "order must be an int, got '3'"),
+                    (dict(model="gpt", max_steps="3"), "max_steps must be an int"),
+                    (dict(model="gpt", lr=True), "lr must be a float or int, got True")]:
+        with pytest.raises(ArlmError, match=msg):
+            arlm.train(data, out=tmp_path / "m", **kw)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_val_file_and_a_val_fraction_together_are_refused(tmp_path):
+    from conftest import run_arlm
+
+    data = tmp_path / "d.txt"
+    data.write_text("emma\nava\n" * 20, encoding="utf-8")
+    r = run_arlm("train", data, "--model", "ngram", "--val-file", data, "--val-fraction", "0.2", "--out",
+                 tmp_path / "m", check=False)
+    assert r.returncode != 0 and "give --val-file or --val-fraction, not both" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "m").exists()

@@ -68,3 +68,20 @@ def test_bpe_boundary_policy_scores_completion_over_its_own_tokens():
     # log_prob uses the canonical segmentation
     assert scoring.log_prob(model, vocab, "hello", eos=False) == pytest.approx(
         float(scoring.sequence_log_probs(model, [vocab.bos_id, *vocab.encode("hello")]).sum()))
+
+
+def test_lm_methods_name_an_argument_that_is_not_text():
+    from arlm.errors import ArlmError
+    from arlm.lm import LM
+    from arlm.vocab import CharVocab
+
+    from conftest import make_ngram, names_docs
+
+    v = CharVocab.train(names_docs(100))
+    lm = LM(make_ngram(v, names_docs(100), 2), v)
+    for call, name in [(lambda: lm.log_prob(b"emma"), "text"), (lambda: lm.token_logprobs(None), "text"),
+                       (lambda: lm.conditional_log_prob("a", given=1), "given"),
+                       (lambda: lm.next_token_log_probs(["e"]), "prefix"), (lambda: lm.evaluate(b"x"), "text"),
+                       (lambda: lm.generate(prompt=None), "prompt")]:
+        with pytest.raises(ArlmError, match=f"^{name} must be a str"):
+            call()

@@ -61,7 +61,8 @@ def _add_compare(sub) -> None:
     c.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
     c.add_argument("--val-file", default=None, metavar="FILE",
                    help="val text (default: split off the last --val-fraction of DATA)")
-    c.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
+    c.add_argument("--val-fraction", type=float, default=None,
+                   help="share of DATA held out as val when no --val-file (default: 0.1)")
     c.add_argument("--seed", type=train_seed, default=1337, help="seed of the split and of training (0 .. 2**32-1)")
     c.add_argument("--out", default="runs/compare", metavar="DIR", help="directory for the models and the results")
     c.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -172,9 +173,12 @@ def cmd_compare(args) -> None:
     else:
         replace = checkpoint.check_output_dir(out, args.force, inputs=inputs)
     budget = parse_duration(args.max_time, "--max-time")
+    from ..pipeline import val_share
+
+    val_fraction = val_share(args.val_file, args.val_fraction, cli_names=True)
     with checkpoint.new_model_dir(out, replace) as where:
         result = run_compare(args.data, specs, vocabs, budget, where, args.documents, args.val_file,
-                             args.val_fraction, args.seed, args.mix, args.vocab_size, log=log, report_dir=out)
+                             val_fraction, args.seed, args.mix, args.vocab_size, log=log, report_dir=out)
     if args.json:
         print_json(result)
         return

@@ -33,7 +33,8 @@ def add_parser(sub, only: str | None = None) -> None:
     t.add_argument("--documents", default="file", choices=["lines", "file"], help=DOCUMENTS_HELP)
     t.add_argument("--val-file", default=None, metavar="FILE",
                    help="val text (default: split off the last --val-fraction of DATA)")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="share of DATA held out as val when no --val-file")
+    t.add_argument("--val-fraction", type=float, default=None,
+                   help="share of DATA held out as val when no --val-file (default: 0.1)")
     t.add_argument("--seed", type=train_seed, default=1337,
                    help="seed of the train/val split and of training (0 .. 2**32-1)")
     t.add_argument("--out", default=None, metavar="DIR", help="model directory to write (default: runs/MODEL-VOCAB)")
