@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="score only the first CHARS characters")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("settings", nargs="*", default=["{}"])
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = LM.load(args.model_dir)
