@@ -53,8 +53,9 @@ def check_options(fam: Family, given, spell=str) -> None:
             raise ArlmError(f"{spell(n)} must be {'an' if names[0] in 'ai' else 'a'} {names}, got {v!r}")
 
 
-#: The Python types an option of each annotated type takes (an int where a float goes).
-_KINDS = {"int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "list": (list, tuple)}
+#: The Python types an option of each annotated type takes (an int where a float goes; a list as its flag
+#: spells it, "0,1,2").
+_KINDS = {"int": (int,), "float": (float, int), "bool": (bool,), "str": (str,), "list": (list, tuple, str)}
 
 
 def _accepted(f: dataclasses.Field) -> tuple[type, ...]:
