@@ -237,13 +237,13 @@ def make_cm(split: Split, out: str | Path, vocab: str = "char", vocab_size: int 
     import numpy as np
 
     from .data import encode_document
-    from .models.cm import CMConfig, CMModel, word_token_ids
+    from .models.cm import CMConfig, CMModel, newline_id, word_token_ids
 
     checkpoint.prepare_dir(out)
     network, v = _cm_network(config, vocab) if config.get("neural") else (None, train_vocab(vocab, split.train_docs,
                                                                                             vocab_size))
-    model = CMModel(CMConfig(v.vocab_size, v.bos_id, v.eos_id, word_token_ids=word_token_ids(v), **config),
-                    neural=network)
+    model = CMModel(CMConfig(v.vocab_size, v.bos_id, v.eos_id, word_token_ids=word_token_ids(v),
+                             newline_id=newline_id(v), **config), neural=network)
     model.fit([np.array(encode_document(v, d), dtype=np.int64) for d in split.train_docs])
     lm = LM(model, v, split.documents)
     val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None

@@ -121,11 +121,12 @@ def make_cm(vocab, docs, neural=None):
     import numpy as np
 
     from arlm.data import encode_document
-    from arlm.models.cm import CMConfig, CMModel, word_token_ids
+    from arlm.models.cm import CMConfig, CMModel, newline_id, word_token_ids
 
     net = {None: None, "gpt": lambda: make_gpt(vocab, docs), "dyneval": lambda: make_dyneval(vocab, docs)}[neural]
     cfg = CMConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, orders=[0, 1, 2, 3], table_bits=12, match_bits=10,
-                   match_min=3, word_token_ids=word_token_ids(vocab), neural=neural, neural_tail=200)
+                   match_min=3, word_token_ids=word_token_ids(vocab), newline_id=newline_id(vocab), neural=neural,
+                   neural_tail=200)
     m = CMModel(cfg, neural=net() if net else None)
     m.fit([np.array(encode_document(vocab, d)) for d in (docs or [])[:300]])
     return m

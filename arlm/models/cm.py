@@ -14,7 +14,9 @@ family does the same over any vocabulary:
   - one hashed slot per context (a check byte identifies it among the 4
     slots of its bucket; a new context takes the slot with the smallest count) for the order-k contexts (the last k tokens of the document, for k
     in ``orders``) and, with ``word_contexts``, the current word and the
-    current word with the previous one (a word is a run of ``word_token_ids``).
+    current word with the previous one (a word is a run of ``word_token_ids``);
+    with ``line_contexts``, the column with the token above it in the previous
+    line, and that token with the previous one (lines end at ``newline_id``).
     A slot holds an adaptive counter (rate 1 / (n + 1.5), n capped at
     ``count_limit``) and the slot's last six decisions (a bit history). Each
     context gives three inputs: stretch(counter), stretch of an adaptive map of
@@ -32,6 +34,17 @@ family does the same over any vocabulary:
   node and previous token, and by node and the last two tokens (hashed); the
   final p is the average of the mixer's and theirs, clipped to [1, 4095]/4096.
 
+With a network input (``neural``: a GPT, LSTM or dyneval model on the same vocab, embedded in
+the saved directory as ``neural/``), the network is stepped one token at a time
+(``LanguageModel.step``, torch on one thread) and its distribution becomes, at every
+node, the 12-bit probability of the right branch (its right subtree's mass over the
+node's, ``cm_neural.node_probs``): one more mixer input (stretch of it), a fourth
+first-layer mixer whose weight set is selected by node x the network's confidence
+(|stretch| in 16 steps), and a fourth APM keyed by node x its quantised probability
+(weighted 2/6 in the final average). ``fit`` reads only the last ``neural_tail``
+training tokens with the network (after a warm-up of its window): stepping a network
+costs far more than the integer model.
+
 Training (``fit``) reads the training documents once through the model: the
 counters, mixer weights, APMs, the token history and the match index are the
 saved weights. Scoring (``step``, ``logits``, ``sequence_log_probs``) starts each
@@ -43,7 +56,12 @@ follows, DESIGN.md §8). Independent sequences never share state.
 Determinism: every probability is integer arithmetic (``cm_kernels``), run on one
 thread; the final log-probabilities are float64 ``log`` of 12-bit ratios, so two
 loads of a model give identical log-probs, and ``compress``/``decompress``
-reproduce each other's distributions bit for bit on the same machine.
+reproduce each other's distributions bit for bit on the same machine. With a network
+input, the network's floats are the same in ``step`` (compress, decompress) and
+``sequence_log_probs`` (``arlm eval``) because both run ``step`` token by token on one
+thread; they are then rounded to integers, so encoder, decoder and eval agree exactly
+with the same model directory, torch version and kind of CPU (a dyneval network
+included: its updates run in that same loop).
 ``step`` predicts all V - 1 nodes (a full distribution); ``sequence_log_probs``
 predicts only the nodes on the observed token's path, which are the same integers.
 """
@@ -62,6 +80,7 @@ from . import cm_kernels as K
 from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 from .cm_neural import NeuralInput, node_ranges
+from .cm_tree import build_tree, newline_id, word_token_ids  # noqa: F401  (part of this module's interface)
 
 MAX_CM_ORDER = 24
 
@@ -76,7 +95,8 @@ class CMConfig:
     2**-14 (w += x · err · lr >> 14 in 16.16 fixed point); ``apm_rate``: APM update shift;
     ``match_min``: shortest context (tokens) the match model follows; ``match_bits``:
     log2 of its index size; ``word_contexts``: add the word and word-pair contexts;
-    ``word_token_ids``: the tokens that make up words (from the vocab at training); ``neural``:
+    ``word_token_ids``: the tokens that make up words (from the vocab at training);
+    ``line_contexts``: add the line contexts; ``newline_id``: the line break token (-1: none); ``neural``:
     where the network input came from (None: no network; the saved model embeds it as ``neural/``);
     ``neural_dyneval``: it was wrapped in dynamic evaluation; ``neural_tail``: training tokens read
     with it."""
@@ -97,6 +117,10 @@ class CMConfig:
     word_contexts: bool = dataclasses.field(default=True, metadata={
         "help": "cm: leave out the word and word-pair contexts"})  # the help of the flag --no-word-contexts
     word_token_ids: list[int] = dataclasses.field(default_factory=list)
+    line_contexts: bool = dataclasses.field(default=True, metadata={
+        "help": "cm: leave out the two line contexts: (column, the token above in the previous line), (that "
+                "token, the previous token)"})  # the help of the flag --no-line-contexts
+    newline_id: int = -1
     neural: str | None = dataclasses.field(default=None, metadata={
         "help": "cm: a GPT or LSTM model directory on the same vocab: its probability of each branch of the "
                 "vocab tree becomes a mixer input (the saved model embeds it)", "metavar": "DIR"})
@@ -105,44 +129,6 @@ class CMConfig:
     neural_tail: int = dataclasses.field(default=20000, metadata={
         "help": "cm: with --neural, the last N training tokens are also read with the network (so the mixer "
                 "learns its weight)"})
-
-
-def build_tree(vocab_size: int, bos_id: int):
-    """A balanced binary tree over the tokens other than ``<bos>``.
-
-    Returns (path_nodes int32[V, D], path_bits uint8[V, D], path_len int32[V],
-    node_depth int32[n_nodes], is_leaf uint8[V]): token v's decisions are
-    nodes path_nodes[v, :path_len[v]] with branches path_bits[v, :path_len[v]]
-    (1 = right); n_nodes = V - 2 internal nodes, numbered in preorder.
-    """
-    leaves = [v for v in range(vocab_size) if v != bos_id]
-    paths: dict[int, list[tuple[int, int]]] = {v: [] for v in leaves}
-    depth: list[int] = []
-
-    def build(lo: int, hi: int, d: int, prefix: list[tuple[int, int]]) -> None:
-        if hi - lo == 1:
-            paths[leaves[lo]] = prefix
-            return
-        j = len(depth)
-        depth.append(d)
-        mid = (lo + hi) // 2
-        build(lo, mid, d + 1, prefix + [(j, 0)])
-        build(mid, hi, d + 1, prefix + [(j, 1)])
-
-    if leaves:
-        build(0, len(leaves), 0, [])
-    D = max(1, max((len(p) for p in paths.values()), default=1))
-    path_nodes = np.zeros((vocab_size, D), dtype=np.int32)
-    path_bits = np.zeros((vocab_size, D), dtype=np.uint8)
-    path_len = np.zeros(vocab_size, dtype=np.int32)
-    is_leaf = np.zeros(vocab_size, dtype=np.uint8)
-    for v, p in paths.items():
-        is_leaf[v] = 1
-        path_len[v] = len(p)
-        for d, (j, b) in enumerate(p):
-            path_nodes[v, d] = j
-            path_bits[v, d] = b
-    return path_nodes, path_bits, path_len, np.array(depth, dtype=np.int32), is_leaf
 
 
 #: the arrays that make up a trained state (saved in model.safetensors)
@@ -207,12 +193,15 @@ class CMModel(LanguageModel):
         (self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf) = build_tree(
             c.vocab_size, c.bos_id)
         self.n_nodes = len(self.node_depth)
-        self.n_ctx = len(c.orders) + (2 if c.word_contexts else 0)
+        self.n_ctx = len(c.orders) + (2 if c.word_contexts else 0) + (2 if c.line_contexts else 0)
+        self.context_kinds = int(c.word_contexts) | (2 if c.line_contexts else 0)
         self.orders = np.array(c.orders, dtype=np.int64)
         self.is_word = np.zeros(c.vocab_size, dtype=np.uint8)
         for v in c.word_token_ids:
             if 0 <= v < c.vocab_size and v not in (c.bos_id, c.eos_id):
                 self.is_word[v] = 1
+        if 0 <= c.newline_id < c.vocab_size:
+            self.is_word[c.newline_id] = 2
         self.points, self.stretch, self.recip = K.make_tables()
         self.neural = neural
         self.nin = None if neural is None else NeuralInput(neural, c.vocab_size, c.bos_id, c.eos_id, node_ranges(
@@ -298,7 +287,7 @@ class CMModel(LanguageModel):
             nq = self.nin.rows(ids, nq_start, warm=self.block_warm())
             nq = nq if len(nq) else np.zeros((1, 1), dtype=np.int64)
         K.run_sequence(ids.astype(np.int64), c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders,
-                       c.word_contexts, self.is_word, self.path_nodes, self.path_bits, self.path_len,
+                       self.context_kinds, self.is_word, self.path_nodes, self.path_bits, self.path_len,
                        self.node_depth, self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin,
                        st.p0, st.pf, st.mexp, st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate,
                        c.match_min, nq, nq_start, out)
@@ -313,7 +302,7 @@ class CMModel(LanguageModel):
             nq = np.zeros(max(self.n_nodes, 1), dtype=np.int64)
         else:
             nq, st.neural = self.nin.row(tok, st.neural)
-        K.step_all(tok, c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders, c.word_contexts,
+        K.step_all(tok, c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders, self.context_kinds,
                    self.is_word, self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf,
                    self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin, st.p0, st.pf, st.mexp,
                    st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate, c.match_min, nq, out)
@@ -407,15 +396,3 @@ class CMModel(LanguageModel):
         if not path.is_file():
             raise ArlmError(f"{directory} is incomplete: model.safetensors is missing")
         return cls(config, dict(load_file(str(path))), (components or [None])[0]).eval()
-
-
-def word_token_ids(vocab) -> list[int]:
-    """Ids of the tokens that are letters (or runs of letters, or apostrophes): the word contexts' alphabet."""
-    out = []
-    for v in range(vocab.vocab_size):
-        if v in (vocab.bos_id, vocab.eos_id):
-            continue
-        text = vocab.token_text(v)
-        if text and all(ch.isalpha() or ch == "'" for ch in text):
-            out.append(v)
-    return out

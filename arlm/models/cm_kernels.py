@@ -31,11 +31,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-M32 = 0xFFFFFFFF
+from .cm_contexts import (  # noqa: F401  (the scalar slots are part of this module's interface)
+    M32, N_SCALARS, SC_DOC_START, SC_HIST_LEN, SC_LAST, SC_MATCH_LEN, SC_MATCH_PTR, SC_PENDING, SC_PREV_WORD, SC_WORD,
+    _context_hashes, _mix32)
 
-# scalar slots of ``sc``
-SC_HIST_LEN, SC_DOC_START, SC_MATCH_PTR, SC_MATCH_LEN, SC_WORD, SC_PREV_WORD, SC_PENDING, SC_LAST = range(8)
-N_SCALARS = 8
 N_MATCH_BUCKETS = 32
 MIXER_MATCH_SETS = 4  # weight sets per node: no match, match length < 16, < 32, longer
 MAX_MATCH_VERIFY = 400
@@ -78,38 +77,6 @@ def make_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # counter update rate 1 / (n + 1.5) as a 16-bit fixed-point reciprocal
     recip = np.array([(65536 * 2) // (2 * n + 3) for n in range(256)], dtype=np.int64)
     return points, stretch, recip
-
-
-@njit(cache=True)
-def _mix32(x):
-    x = x & M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & M32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & M32
-    x ^= x >> 16
-    return x
-
-
-@njit(cache=True)
-def _context_hashes(hist, sc, orders, use_word, hs):
-    """Hash of each context for the next token: order k = the last k tokens of the
-    document (the ``<bos>`` at its start included); then the word contexts."""
-    hl = sc[SC_HIST_LEN]
-    ds = sc[SC_DOC_START]
-    n_orders = orders.shape[0]
-    for i in range(n_orders):
-        k = orders[i]
-        h = (k + 1) * 0x3C6EF372 & M32
-        for m in range(1, k + 1):
-            pos = hl - m
-            if pos < ds:
-                break
-            h = _mix32(h ^ ((hist[pos] + 1) * 0x9E3779B1))
-        hs[i] = _mix32(h + k)
-    if use_word:
-        hs[n_orders] = _mix32(sc[SC_WORD] * 0x2545F491 + 0x51ED27)
-        hs[n_orders + 1] = _mix32(sc[SC_WORD] * 0x2545F491 + _mix32(sc[SC_PREV_WORD] + 0x1B873593))
 
 
 @njit(cache=True)
@@ -348,7 +315,7 @@ def _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab
         sc[SC_WORD] = 0
         sc[SC_PREV_WORD] = 0
     else:
-        if is_word[tok]:
+        if is_word[tok] == 1:
             sc[SC_WORD] = _mix32((sc[SC_WORD] + tok + 1) * 0x2F0B3A4D)
         elif sc[SC_WORD] != 0:
             sc[SC_PREV_WORD] = sc[SC_WORD]
@@ -375,7 +342,7 @@ def _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab
                         sc[SC_MATCH_LEN] = L
                         sc[SC_MATCH_PTR] = cand
             mtab[h] = hl
-    _context_hashes(hist, sc, orders, use_word, hs)
+    _context_hashes(hist, sc, orders, use_word, is_word, hs)
 
 
 @njit(cache=True)
