@@ -202,6 +202,8 @@ def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs
         p0[j, 1 + H + h] = d
         p0[j, 1 + h] = squash(d, points)
         dot += np.int64(mw[s4, h]) * d
+    if H == 4:  # the final mixer also weighs the network's input directly
+        dot += np.int64(mw[s4, H]) * xin[j, 3 * C + 2]
     dot = dot >> 16
     if dot > 2047:
         dot = 2047
@@ -276,6 +278,8 @@ def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, 
     s = mset[j, H]
     for h in range(H):
         mw[s, h] += (p0[j, 1 + H + h] * err) >> 14
+    if H == 4:
+        mw[s, H] += (xin[j, 3 * C + 2] * err) >> 14
     st = stretch[p0[j, 0]] + 2048
     lo = st >> 7
     near = lo + ((st & 127) >> 6)
