@@ -38,10 +38,10 @@ With a network input (``neural``: a GPT, LSTM or dyneval model on the same vocab
 the saved directory as ``neural/``), the network is stepped one token at a time
 (``LanguageModel.step``, torch on one thread) and its distribution becomes, at every
 node, the 12-bit probability of the right branch (its right subtree's mass over the
-node's, ``cm_neural.node_probs``): one more mixer input (stretch of it), a fourth
-first-layer mixer whose weight set is selected by node x the network's confidence
-(|stretch| in 16 steps), and a fourth APM keyed by node x its quantised probability
-(weighted 2/6 in the final average). ``fit`` reads only the last ``neural_tail``
+node's, ``cm_neural.node_probs``): one more input (stretch of it) of every mixer,
+the final one included, a fourth first-layer mixer whose weight set is selected by
+node x the network's confidence (|stretch| in 16 steps), and a fourth APM keyed by
+node x its quantised probability (weighted 2/6 in the final average). ``fit`` reads only the last ``neural_tail``
 training tokens with the network (after a warm-up of its window): stepping a network
 costs far more than the integer model.
 

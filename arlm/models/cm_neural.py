@@ -85,8 +85,8 @@ class NeuralInput:
 
     def _row(self, tok: int, state):
         out = np.empty(self.n_nodes, dtype=np.int64)
-        scores, state = self.network.step(torch.tensor([tok], dtype=torch.long), state)
-        node_probs(scores[0].double().numpy(), self.leaves, self.lo, self.mid, self.hi, out)
+        scores, state = self.network.step(torch.tensor([tok], dtype=torch.long, device=self.network.device), state)
+        node_probs(scores[0].double().cpu().numpy(), self.leaves, self.lo, self.mid, self.hi, out)
         return out, state
 
     @torch.no_grad()
