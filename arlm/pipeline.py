@@ -250,16 +250,37 @@ def make_cm(split: Split, out: str | Path, vocab: str = "char", vocab_size: int 
     import numpy as np
 
     from .data import encode_document
-    from .models.cm import CMConfig, CMModel, word_token_ids
+    from .models.cm import CMConfig, CMModel, newline_id, word_token_ids
 
     checkpoint.prepare_dir(out)
-    v = train_vocab(vocab, split.train_docs, vocab_size)
-    model = CMModel(CMConfig(v.vocab_size, v.bos_id, v.eos_id, word_token_ids=word_token_ids(v), **config))
+    network, v = _cm_network(config, vocab) if config.get("neural") else (None, train_vocab(vocab, split.train_docs,
+                                                                                            vocab_size))
+    model = CMModel(CMConfig(v.vocab_size, v.bos_id, v.eos_id, word_token_ids=word_token_ids(v),
+                             newline_id=newline_id(v), **config), neural=network)
     model.fit([np.array(encode_document(v, d), dtype=np.int64) for d in split.train_docs])
     lm = LM(model, v, split.documents)
     val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
     lm.save(out, meta)
     return lm, val_metrics
+
+
+def _cm_network(config: dict, vocab: str):
+    """The network input of a cm model (``config["neural"]``: its directory) and its vocab, which cm
+    adopts; with ``neural_dyneval``, wrapped in dynamic evaluation (``arlm dyneval``'s defaults)."""
+    from .models.dyneval import DynEvalConfig, DynEvalModel
+
+    network, v, _ = checkpoint.load(config["neural"])
+    if v.kind != vocab:
+        raise ArlmError(f"--neural {config['neural']} uses the {v.kind} vocab; this cm model the {vocab} vocab")
+    if network.family not in ("gpt", "lstm", "dyneval"):
+        raise ArlmError(f"--neural takes a gpt, lstm or dyneval model directory, not {network.family}")
+    config["neural"] = str(Path(config["neural"]).resolve())  # where it came from (the model embeds it)
+    if config.get("neural_dyneval"):
+        if network.family == "dyneval":
+            raise ArlmError("--neural-dyneval: the network is already a dyneval model")
+        chunk = min(50, network.block_size or 50)
+        network = DynEvalModel(DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, network.family, chunk), network).eval()
+    return network, v
 
 
 # -- composites: built from loaded LMs and texts (the models receive their components) ----------

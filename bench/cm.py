@@ -7,6 +7,9 @@ Prints bits/char, the training and scoring wall-clock seconds and the process
 CPU seconds of each row.
 
     .venv/bin/python bench/cm.py --train runs/train.txt --val runs/val.txt [--limit 30000] [--rows base,no-match]
+
+With ``--neural DIR`` (a GPT/LSTM trained on train.txt) every row also gets that network input
+(``--neural-dyneval``: under dynamic evaluation); the network's vocab is used.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arlm.data import encode_document  # noqa: E402
-from arlm.models.cm import CMConfig, CMModel, word_token_ids  # noqa: E402
+from arlm.models.cm import CMConfig, CMModel, newline_id, word_token_ids  # noqa: E402
 from arlm.vocab import ByteVocab, CharVocab  # noqa: E402
 
 BASE: dict = {}  # CMConfig's defaults
@@ -36,6 +39,8 @@ ROWS = {
     "orders 0-7": dict(orders=[0, 1, 2, 3, 4, 5, 6, 7]),
     "orders 0-12": dict(orders=list(range(13))),
     "no word contexts": dict(word_contexts=False),
+    "no line contexts": dict(line_contexts=False),
+    "neural tail 0": dict(neural_tail=0),
     "no match (min 64)": dict(match_min=64),
     "match min 6": dict(match_min=6),
     "match min 10": dict(match_min=10),
@@ -54,15 +59,26 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="score only the first N chars of val")
     p.add_argument("--rows", default="base", help=f"comma list of rows, or 'all': {', '.join(ROWS)}")
     p.add_argument("--vocab", default="char", choices=["char", "byte"], help="vocabulary")
+    p.add_argument("--neural", default=None, metavar="DIR", help="a network input for every row")
+    p.add_argument("--neural-dyneval", action="store_true", help="the network under dynamic evaluation")
     p.add_argument("--set", default="", help="extra changes to every row, e.g. 'mixer_lr=8;orders=0,1,2'")
     args = p.parse_args()
     train = Path(args.train).read_text(encoding="utf-8")
     val = Path(args.val).read_text(encoding="utf-8")[: args.limit]
     vocab = CharVocab.train([train, val]) if args.vocab == "char" else ByteVocab()
+    network = None
+    if args.neural:
+        from arlm import checkpoint
+        from arlm.models.dyneval import DynEvalConfig, DynEvalModel
+
+        network, vocab, _ = checkpoint.load(args.neural)
+        if args.neural_dyneval:
+            network = DynEvalModel(DynEvalConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, network.family,
+                                                 min(50, network.block_size or 50)), network).eval()
     extra = {}
     for item in filter(None, args.set.split(";")):
         k, v = item.split("=")
-        extra[k] = [int(x) for x in v.split(",")] if k == "orders" else (v == "1" if k == "word_contexts" else int(v))
+        extra[k] = [int(x) for x in v.split(",")] if k == "orders" else (v == "1" if k.endswith("contexts") else int(v))
     rows = list(ROWS) if args.rows == "all" else args.rows.split(",")
     train_ids = np.array(encode_document(vocab, train))
     val_ids = torch.tensor(encode_document(vocab, val))
@@ -70,9 +86,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in rows:
         cfg = CMConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, word_token_ids=word_token_ids(vocab),
-                       **{**BASE, **ROWS[name], **extra})
+                       newline_id=newline_id(vocab), neural=args.neural, **{**BASE, **ROWS[name], **extra})
         c0, t0 = time.process_time(), time.time()
-        model = CMModel(cfg)
+        model = CMModel(cfg, neural=network)
         model.fit([train_ids])
         t1 = time.time()
         lp = model.sequence_log_probs(val_ids)

@@ -118,16 +118,19 @@ def make_dyneval(vocab, docs=None, seed=0, base="lstm", gpt=None, **settings):
     return DynEvalModel(cfg, net).eval()
 
 
-def make_cm(vocab, docs):
-    """A small context-mixing model (tiny tables), trained by reading docs once."""
+def make_cm(vocab, docs, neural=None):
+    """A small context-mixing model (tiny tables), trained by reading docs once; ``neural``: a network
+    input (the tiny GPT, or the tiny LSTM under dynamic evaluation), read on the last 200 training tokens."""
     import numpy as np
 
     from arlm.data import encode_document
-    from arlm.models.cm import CMConfig, CMModel, word_token_ids
+    from arlm.models.cm import CMConfig, CMModel, newline_id, word_token_ids
 
+    net = {None: None, "gpt": lambda: make_gpt(vocab, docs), "dyneval": lambda: make_dyneval(vocab, docs)}[neural]
     cfg = CMConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, orders=[0, 1, 2, 3], table_bits=12, match_bits=10,
-                   match_min=3, word_token_ids=word_token_ids(vocab))
-    m = CMModel(cfg)
+                   match_min=3, word_token_ids=word_token_ids(vocab), newline_id=newline_id(vocab), neural=neural,
+                   neural_tail=200)
+    m = CMModel(cfg, neural=net() if net else None)
     m.fit([np.array(encode_document(vocab, d)) for d in (docs or [])[:300]])
     return m
 
@@ -154,6 +157,8 @@ FAMILY_CASES = {
     "dyneval-gpt-char": ("char", lambda v, d: make_dyneval(v, d, base="gpt")),
     "cm-char": ("char", lambda v, d: make_cm(v, d)),
     "cm-byte": ("byte", lambda v, d: make_cm(v, d)),
+    "cm-gpt-char": ("char", lambda v, d: make_cm(v, d, "gpt")),
+    "cm-dyneval-char": ("char", lambda v, d: make_cm(v, d, "dyneval")),
 }
 
 

@@ -14,7 +14,9 @@ family does the same over any vocabulary:
   - one hashed slot per context (a check byte identifies it among the 4
     slots of its bucket; a new context takes the slot with the smallest count) for the order-k contexts (the last k tokens of the document, for k
     in ``orders``) and, with ``word_contexts``, the current word and the
-    current word with the previous one (a word is a run of ``word_token_ids``).
+    current word with the previous one (a word is a run of ``word_token_ids``);
+    with ``line_contexts``, the column with the token above it in the previous
+    line, and that token with the previous one (lines end at ``newline_id``).
     A slot holds an adaptive counter (rate 1 / (n + 1.5), n capped at
     ``count_limit``) and the slot's last six decisions (a bit history). Each
     context gives three inputs: stretch(counter), stretch of an adaptive map of
@@ -32,6 +34,17 @@ family does the same over any vocabulary:
   node and previous token, and by node and the last two tokens (hashed); the
   final p is the average of the mixer's and theirs, clipped to [1, 4095]/4096.
 
+With a network input (``neural``: a GPT, LSTM or dyneval model on the same vocab, embedded in
+the saved directory as ``neural/``), the network is stepped one token at a time
+(``LanguageModel.step``, torch on one thread) and its distribution becomes, at every
+node, the 12-bit probability of the right branch (its right subtree's mass over the
+node's, ``cm_neural.node_probs``): one more input (stretch of it) of every mixer,
+the final one included, a fourth first-layer mixer whose weight set is selected by
+node x the network's confidence (|stretch| in 16 steps), and a fourth APM keyed by
+node x its quantised probability (weighted 2/6 in the final average). ``fit`` reads only the last ``neural_tail``
+training tokens with the network (after a warm-up of its window): stepping a network
+costs far more than the integer model.
+
 Training (``fit``) reads the training documents once through the model: the
 counters, mixer weights, APMs, the token history and the match index are the
 saved weights. Scoring (``step``, ``logits``, ``sequence_log_probs``) starts each
@@ -43,7 +56,12 @@ follows, DESIGN.md §8). Independent sequences never share state.
 Determinism: every probability is integer arithmetic (``cm_kernels``), run on one
 thread; the final log-probabilities are float64 ``log`` of 12-bit ratios, so two
 loads of a model give identical log-probs, and ``compress``/``decompress``
-reproduce each other's distributions bit for bit on the same machine.
+reproduce each other's distributions bit for bit on the same machine. With a network
+input, the network's floats are the same in ``step`` (compress, decompress) and
+``sequence_log_probs`` (``arlm eval``) because both run ``step`` token by token on one
+thread; they are then rounded to integers, so encoder, decoder and eval agree exactly
+with the same model directory, torch version and kind of CPU (a dyneval network
+included: its updates run in that same loop).
 ``step`` predicts all V - 1 nodes (a full distribution); ``sequence_log_probs``
 predicts only the nodes on the observed token's path, which are the same integers.
 """
@@ -61,6 +79,8 @@ from ..errors import ArlmError
 from . import cm_kernels as K
 from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
+from .cm_neural import NeuralInput, node_ranges
+from .cm_tree import build_tree, newline_id, word_token_ids  # noqa: F401  (part of this module's interface)
 
 MAX_CM_ORDER = 24
 
@@ -75,7 +95,11 @@ class CMConfig:
     2**-14 (w += x · err · lr >> 14 in 16.16 fixed point); ``apm_rate``: APM update shift;
     ``match_min``: shortest context (tokens) the match model follows; ``match_bits``:
     log2 of its index size; ``word_contexts``: add the word and word-pair contexts;
-    ``word_token_ids``: the tokens that make up words (from the vocab at training)."""
+    ``word_token_ids``: the tokens that make up words (from the vocab at training);
+    ``line_contexts``: add the line contexts; ``newline_id``: the line break token (-1: none); ``neural``:
+    where the network input came from (None: no network; the saved model embeds it as ``neural/``);
+    ``neural_dyneval``: it was wrapped in dynamic evaluation; ``neural_tail``: training tokens read
+    with it."""
 
     vocab_size: int
     bos_id: int
@@ -93,44 +117,18 @@ class CMConfig:
     word_contexts: bool = dataclasses.field(default=True, metadata={
         "help": "cm: leave out the word and word-pair contexts"})  # the help of the flag --no-word-contexts
     word_token_ids: list[int] = dataclasses.field(default_factory=list)
-
-
-def build_tree(vocab_size: int, bos_id: int):
-    """A balanced binary tree over the tokens other than ``<bos>``.
-
-    Returns (path_nodes int32[V, D], path_bits uint8[V, D], path_len int32[V],
-    node_depth int32[n_nodes], is_leaf uint8[V]): token v's decisions are
-    nodes path_nodes[v, :path_len[v]] with branches path_bits[v, :path_len[v]]
-    (1 = right); n_nodes = V - 2 internal nodes, numbered in preorder.
-    """
-    leaves = [v for v in range(vocab_size) if v != bos_id]
-    paths: dict[int, list[tuple[int, int]]] = {v: [] for v in leaves}
-    depth: list[int] = []
-
-    def build(lo: int, hi: int, d: int, prefix: list[tuple[int, int]]) -> None:
-        if hi - lo == 1:
-            paths[leaves[lo]] = prefix
-            return
-        j = len(depth)
-        depth.append(d)
-        mid = (lo + hi) // 2
-        build(lo, mid, d + 1, prefix + [(j, 0)])
-        build(mid, hi, d + 1, prefix + [(j, 1)])
-
-    if leaves:
-        build(0, len(leaves), 0, [])
-    D = max(1, max((len(p) for p in paths.values()), default=1))
-    path_nodes = np.zeros((vocab_size, D), dtype=np.int32)
-    path_bits = np.zeros((vocab_size, D), dtype=np.uint8)
-    path_len = np.zeros(vocab_size, dtype=np.int32)
-    is_leaf = np.zeros(vocab_size, dtype=np.uint8)
-    for v, p in paths.items():
-        is_leaf[v] = 1
-        path_len[v] = len(p)
-        for d, (j, b) in enumerate(p):
-            path_nodes[v, d] = j
-            path_bits[v, d] = b
-    return path_nodes, path_bits, path_len, np.array(depth, dtype=np.int32), is_leaf
+    line_contexts: bool = dataclasses.field(default=True, metadata={
+        "help": "cm: leave out the two line contexts: (column, the token above in the previous line), (that "
+                "token, the previous token)"})  # the help of the flag --no-line-contexts
+    newline_id: int = -1
+    neural: str | None = dataclasses.field(default=None, metadata={
+        "help": "cm: a GPT or LSTM model directory on the same vocab: its probability of each branch of the "
+                "vocab tree becomes a mixer input (the saved model embeds it)", "metavar": "DIR"})
+    neural_dyneval: bool = dataclasses.field(default=False, metadata={
+        "help": "cm: with --neural, keep training the network on the text it reads (dynamic evaluation)"})
+    neural_tail: int = dataclasses.field(default=20000, metadata={
+        "help": "cm: with --neural, the last N training tokens are also read with the network (so the mixer "
+                "learns its weight)"})
 
 
 #: the arrays that make up a trained state (saved in model.safetensors)
@@ -141,19 +139,20 @@ class CMState:
     """One sequence's adaptive state: the tables (copied from the trained model when the
     sequence starts, then updated in place by ``step``) and per-step scratch arrays."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], n_nodes: int, n_ctx: int):
+    def __init__(self, arrays: dict[str, np.ndarray], n_nodes: int, n_ctx: int, n_in: int):
         self.a = arrays
+        self.neural = None  # the network's state (``step``)
         self.hs = np.zeros(n_ctx, dtype=np.int64)
         self.slot = np.zeros((n_nodes, n_ctx), dtype=np.int64)
         self.chk = np.zeros((n_nodes, n_ctx), dtype=np.uint8)
         self.hit = np.zeros((n_nodes, n_ctx), dtype=np.uint8)
         self.smi = np.zeros((n_nodes, n_ctx), dtype=np.int64)
         self.bhi = np.zeros((n_nodes, n_ctx), dtype=np.int64)
-        self.xin = np.zeros((n_nodes, 3 * n_ctx + 2), dtype=np.int64)
-        self.p0 = np.zeros((n_nodes, 8), dtype=np.int64)
+        self.xin = np.zeros((n_nodes, n_in), dtype=np.int64)
+        self.p0 = np.zeros((n_nodes, K.P0_COLS), dtype=np.int64)
         self.pf = np.zeros(n_nodes, dtype=np.int64)
         self.mexp = np.zeros(n_nodes, dtype=np.int64)
-        self.mset = np.zeros((n_nodes, 4), dtype=np.int64)
+        self.mset = np.zeros((n_nodes, 5), dtype=np.int64)
 
     def reserve(self, extra: int) -> None:
         """Make room in the history for ``extra`` more tokens."""
@@ -170,8 +169,13 @@ class CMModel(LanguageModel):
 
     family = "cm"
 
-    def __init__(self, config: CMConfig, arrays: dict[str, np.ndarray] | None = None):
+    def __init__(self, config: CMConfig, arrays: dict[str, np.ndarray] | None = None,
+                 neural: LanguageModel | None = None):
         super().__init__()
+        if bool(config.neural) != (neural is not None):
+            raise ArlmError("cm: config.neural names a network but none was given (or the reverse)")
+        if config.neural_tail < 0:
+            raise ArlmError(f"cm neural_tail must be >= 0, got {config.neural_tail}")
         c = config
         if not c.orders or any(not 0 <= k <= MAX_CM_ORDER for k in c.orders):
             raise ArlmError(f"cm orders must be in 0..{MAX_CM_ORDER}, got {c.orders}")
@@ -189,13 +193,20 @@ class CMModel(LanguageModel):
         (self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf) = build_tree(
             c.vocab_size, c.bos_id)
         self.n_nodes = len(self.node_depth)
-        self.n_ctx = len(c.orders) + (2 if c.word_contexts else 0)
+        self.n_ctx = len(c.orders) + (2 if c.word_contexts else 0) + (2 if c.line_contexts else 0)
+        self.context_kinds = int(c.word_contexts) | (2 if c.line_contexts else 0)
         self.orders = np.array(c.orders, dtype=np.int64)
         self.is_word = np.zeros(c.vocab_size, dtype=np.uint8)
         for v in c.word_token_ids:
             if 0 <= v < c.vocab_size and v not in (c.bos_id, c.eos_id):
                 self.is_word[v] = 1
+        if 0 <= c.newline_id < c.vocab_size:
+            self.is_word[c.newline_id] = 2
         self.points, self.stretch, self.recip = K.make_tables()
+        self.neural = neural
+        self.nin = None if neural is None else NeuralInput(neural, c.vocab_size, c.bos_id, c.eos_id, node_ranges(
+            self.path_nodes, self.path_bits, self.path_len, self.n_nodes))
+        self.n_in = 3 * self.n_ctx + (3 if neural is not None else 2)
         self.arrays = arrays if arrays is not None else self._fresh_arrays()
         self._check_arrays(self.arrays)
 
@@ -215,25 +226,33 @@ class CMModel(LanguageModel):
             "ih": np.full((self.n_ctx, 128), 32768, dtype=np.uint16),
             "mw": self._fresh_mixers(),
             "apm1": np.tile(apm_row, (max(n, 1), 1)),
-            "apm2": np.tile(apm_row, (max(n, 1) * c.vocab_size + K.APM3_ROWS, 1)),
+            "apm2": np.tile(apm_row, (max(n, 1) * c.vocab_size + K.APM3_ROWS + self._nq_apm_rows(), 1)),
             "mm": np.full(K.N_MATCH_BUCKETS, 49152, dtype=np.uint16),
             "hist": np.zeros(1024, dtype=np.int32),
             "mtab": np.zeros(1 << c.match_bits, dtype=np.int32),
             "sc": np.zeros(K.N_SCALARS, dtype=np.int64),
         }
 
+    def _nq_apm_rows(self) -> int:
+        return max(self.n_nodes, 1) * K.NQ_APM if self.neural is not None else 0
+
     def _fresh_mixers(self) -> np.ndarray:
         """Rows: mixer 1 (node x match length), mixer 2 (node x contexts seen), mixer 3 (node x
-        previous token), then the final mixer (per node; its first 3 columns weigh the three)."""
+        previous token), with a network mixer 4 (node x its confidence), then the final mixer
+        (per node; its first 3 or 4 columns weigh the others)."""
         n, C, V = max(self.n_nodes, 1), self.n_ctx, self.config.vocab_size
-        first = n * (K.MIXER_MATCH_SETS + C + 1 + V)
-        mw = np.full((first + n, 3 * C + 2), 1 << 13, dtype=np.int32)
+        H = 3 if self.neural is None else 4
+        first = n * (K.MIXER_MATCH_SETS + C + 1 + V + (K.NQ_SETS if H == 4 else 0))
+        mw = np.full((first + n, self.n_in), 1 << 13, dtype=np.int32)
+        if H == 4:
+            mw[:first, -1] = 1 << 15  # the network's input starts at weight 0.5
         mw[first:] = 0
-        mw[first:, :3] = 65536 // 3
+        mw[first:, :H] = 65536 // H
         return mw
 
     def _check_arrays(self, a: dict[str, np.ndarray]) -> None:
         fresh_shapes = {"cp": (self.n_ctx, 1 << self.config.table_bits), "mm": (K.N_MATCH_BUCKETS,),
+                        "mw": self._fresh_mixers().shape,
                         "sc": (K.N_SCALARS,), "mtab": (1 << self.config.match_bits,)}
         missing = [k for k in STATE_ARRAYS if k not in a]
         if missing:
@@ -247,24 +266,31 @@ class CMModel(LanguageModel):
         """A sequence's state: a copy of the trained tables (reading never changes the model)."""
         arrays = {k: v.copy() for k, v in self.arrays.items()}
         arrays["sc"][K.SC_PENDING] = 0
-        return CMState(arrays, self.n_nodes, self.n_ctx)
+        return CMState(arrays, self.n_nodes, self.n_ctx, self.n_in)
 
     def _args(self, st: CMState):
         a = self.arrays if st is None else st.a
         return (a["cp"], a["cn"], a["cc"], a["sm"], a["ch"], a["ih"], a["mw"], a["apm1"], a["apm2"], a["mm"], a["hist"], a["mtab"], a["sc"])
 
-    def _run(self, st: CMState, ids: np.ndarray) -> np.ndarray:
-        """log p(ids[t+1] | ids[:t+1]) for t < T-1 (float64[T-1]); reads every id into ``st``."""
+    def _run(self, st: CMState, ids: np.ndarray, nq_start: int = 0) -> np.ndarray:
+        """log p(ids[t+1] | ids[:t+1]) for t < T-1 (float64[T-1]); reads every id into ``st``; a
+        network input (if any) is read from position ``nq_start`` on (after a warm-up context)."""
         c = self.config
         st.reserve(len(ids))
         out = np.zeros(max(len(ids) - 1, 0), dtype=np.float64)
         if len(ids) == 0:
             return out
+        if self.nin is None:
+            nq, nq_start = np.zeros((1, 1), dtype=np.int64), len(ids)
+        else:
+            nq_start = min(nq_start, len(ids))
+            nq = self.nin.rows(ids, nq_start, warm=self.block_warm())
+            nq = nq if len(nq) else np.zeros((1, 1), dtype=np.int64)
         K.run_sequence(ids.astype(np.int64), c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders,
-                       c.word_contexts, self.is_word, self.path_nodes, self.path_bits, self.path_len,
+                       self.context_kinds, self.is_word, self.path_nodes, self.path_bits, self.path_len,
                        self.node_depth, self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin,
                        st.p0, st.pf, st.mexp, st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate,
-                       c.match_min, out)
+                       c.match_min, nq, nq_start, out)
         st.a["sc"][K.SC_PENDING] = 0  # nothing predicted after the last token
         return out
 
@@ -272,21 +298,33 @@ class CMModel(LanguageModel):
         c = self.config
         st.reserve(1)
         out = np.empty(c.vocab_size, dtype=np.float64)
-        K.step_all(tok, c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders, c.word_contexts,
+        if self.nin is None:
+            nq = np.zeros(max(self.n_nodes, 1), dtype=np.int64)
+        else:
+            nq, st.neural = self.nin.row(tok, st.neural)
+        K.step_all(tok, c.bos_id, c.vocab_size, *self._args(st), st.hs, self.orders, self.context_kinds,
                    self.is_word, self.path_nodes, self.path_bits, self.path_len, self.node_depth, self.is_leaf,
                    self.points, self.stretch, self.recip, st.slot, st.chk, st.hit, st.smi, st.bhi, st.xin, st.p0, st.pf, st.mexp,
-                   st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate, c.match_min, out)
+                   st.mset, c.table_bits, c.count_limit, c.mixer_lr, c.apm_rate, c.match_min, nq, out)
         return out
 
     # -- training --------------------------------------------------------------------------
     def fit(self, documents: list[np.ndarray]) -> None:
         """Read training sequences (int arrays, normally ``[<bos>, …, <eos>]``) once, in order,
         adapting the model's own tables (the history carries over between documents)."""
-        st = CMState(self.arrays, self.n_nodes, self.n_ctx)
+        st = CMState(self.arrays, self.n_nodes, self.n_ctx, self.n_in)
         st.reserve(sum(len(d) for d in documents))
+        left = sum(len(d) for d in documents)  # tokens still to read
         for d in documents:
-            self._run(st, np.asarray(d, dtype=np.int64))
+            left -= len(d)
+            # the network reads the last neural_tail tokens (positions from nq_start in this document)
+            self._run(st, np.asarray(d, dtype=np.int64), nq_start=max(0, len(d) + left - self.config.neural_tail))
         self.arrays = st.a
+
+    def block_warm(self) -> int:
+        """Tokens the network reads before its first input in ``fit``'s tail (its window, else 256)."""
+        b = getattr(getattr(self.neural, "base", self.neural), "block_size", None)
+        return int(b) if b else 256
 
     # -- the contract ----------------------------------------------------------------------
     @property
@@ -328,9 +366,17 @@ class CMModel(LanguageModel):
         return [self.sequence_log_probs(d) for d in documents]
 
     def num_parameters(self) -> int:
-        return int(sum(v.size for k, v in self.arrays.items() if k not in ("hist", "sc")))
+        own = int(sum(v.size for k, v in self.arrays.items() if k not in ("hist", "sc")))
+        return own + (self.neural.num_parameters() if self.neural is not None else 0)
 
     # -- persistence -------------------------------------------------------------------------
+    def components_to_save(self, directory: Path) -> list[tuple[str, LanguageModel]]:
+        return [("neural", self.neural)] if self.neural is not None else []
+
+    @classmethod
+    def component_dirs(cls, config: CMConfig, directory: Path) -> list[Path]:
+        return [Path(directory) / "neural"] if config.neural else []
+
     def save_weights(self, directory: Path, vocab=None) -> None:
         from safetensors.numpy import save_file
 
@@ -343,22 +389,10 @@ class CMModel(LanguageModel):
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata={"format": "arlm-cm"})
 
     @classmethod
-    def load_weights(cls, config: CMConfig, directory: Path) -> "CMModel":
+    def load_weights(cls, config: CMConfig, directory: Path, components: list | None = None) -> "CMModel":
         from safetensors.numpy import load_file
 
         path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise ArlmError(f"{directory} is incomplete: model.safetensors is missing")
-        return cls(config, dict(load_file(str(path))))
-
-
-def word_token_ids(vocab) -> list[int]:
-    """Ids of the tokens that are letters (or runs of letters, or apostrophes): the word contexts' alphabet."""
-    out = []
-    for v in range(vocab.vocab_size):
-        if v in (vocab.bos_id, vocab.eos_id):
-            continue
-        text = vocab.token_text(v)
-        if text and all(ch.isalpha() or ch == "'" for ch in text):
-            out.append(v)
-    return out
+        return cls(config, dict(load_file(str(path))), (components or [None])[0]).eval()

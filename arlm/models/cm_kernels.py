@@ -31,16 +31,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-M32 = 0xFFFFFFFF
+from .cm_contexts import (  # noqa: F401  (the scalar slots are part of this module's interface)
+    M32, N_SCALARS, SC_DOC_START, SC_HIST_LEN, SC_LAST, SC_MATCH_LEN, SC_MATCH_PTR, SC_PENDING, SC_PREV_WORD, SC_WORD,
+    _context_hashes, _mix32)
 
-# scalar slots of ``sc``
-SC_HIST_LEN, SC_DOC_START, SC_MATCH_PTR, SC_MATCH_LEN, SC_WORD, SC_PREV_WORD, SC_PENDING, SC_LAST = range(8)
-N_SCALARS = 8
 N_MATCH_BUCKETS = 32
 MIXER_MATCH_SETS = 4  # weight sets per node: no match, match length < 16, < 32, longer
 MAX_MATCH_VERIFY = 400
 APM3_ROWS = 1 << 16
 BUCKET = 4  # slots a context may occupy in its table
+NQ_SETS = 17  # with a network input, mixer 4's weight sets per node: none, then |stretch(network p)| >> 7
+NQ_APM = 24  # with a network input, APM 4's rows per node: the network's stretched p in 24 steps
+P0_COLS = 10  # per node: final p, up to 4 mixer outputs (squashed, then stretched), APM 4's row
 
 # 4096 / (1 + exp(-x / 256)) at x = -2048, -1920, …, 2048 (computed once, rounded to integers)
 _SQUASH_POINTS = np.array([1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048, 2550, 2994,
@@ -78,38 +80,6 @@ def make_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
-def _mix32(x):
-    x = x & M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & M32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & M32
-    x ^= x >> 16
-    return x
-
-
-@njit(cache=True)
-def _context_hashes(hist, sc, orders, use_word, hs):
-    """Hash of each context for the next token: order k = the last k tokens of the
-    document (the ``<bos>`` at its start included); then the word contexts."""
-    hl = sc[SC_HIST_LEN]
-    ds = sc[SC_DOC_START]
-    n_orders = orders.shape[0]
-    for i in range(n_orders):
-        k = orders[i]
-        h = (k + 1) * 0x3C6EF372 & M32
-        for m in range(1, k + 1):
-            pos = hl - m
-            if pos < ds:
-                break
-            h = _mix32(h ^ ((hist[pos] + 1) * 0x9E3779B1))
-        hs[i] = _mix32(h + k)
-    if use_word:
-        hs[n_orders] = _mix32(sc[SC_WORD] * 0x2545F491 + 0x51ED27)
-        hs[n_orders + 1] = _mix32(sc[SC_WORD] * 0x2545F491 + _mix32(sc[SC_PREV_WORD] + 0x1B873593))
-
-
-@njit(cache=True)
 def _match_bucket(length):
     if length < 16:
         return length
@@ -141,13 +111,15 @@ def _dot_squash(mw, s, xin, j, n_in):
 
 @njit(cache=True)
 def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes, path_bits, path_len,
-                  node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp, mset, bits):
+                  node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp, mset, bits, nqj):
     """Predict decision node j (P(right branch) in 12 bits into pf[j]); keep what the update needs.
 
     Inputs: per context, stretch(counter) and stretch(state map of (count, counter)); the
-    match model; a bias. Two mixers (weight sets by node x match length, and by node x
-    number of contexts seen, and by node x previous token) are combined by a final mixer
-    (weights by node), then two APMs refine."""
+    match model; a bias; with a network input (xin has 3C + 3 columns), stretch(nqj), the
+    network's 12-bit P(right) (nqj <= 0: none at this position). Three mixers (weight sets by
+    node x match length, node x number of contexts seen, node x previous token; with a network
+    a fourth, node x the network's confidence) are combined by a final mixer (weights by node),
+    then three APMs refine (a fourth keyed by node x the network's quantised p)."""
     C = hs.shape[0]
     smask = (1 << bits) - 1
     n_seen = 0
@@ -203,22 +175,35 @@ def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs
             mexp[j] = e
             msel = 1 if mlen < 16 else (2 if mlen < 32 else 3)
     xin[j, 3 * C + 1] = 256  # bias
-    n_in = 3 * C + 2
+    n_in = xin.shape[1]
     n_nodes = node_depth.shape[0]
-    s1 = j * MIXER_MATCH_SETS + msel
-    s2 = n_nodes * MIXER_MATCH_SETS + j * (C + 1) + n_seen
-    s3 = n_nodes * (MIXER_MATCH_SETS + C + 1) + j * V + sc[SC_LAST]
-    s4 = n_nodes * (MIXER_MATCH_SETS + C + 1 + V) + j
-    mset[j, 0] = s1
-    mset[j, 1] = s2
-    mset[j, 2] = s3
-    mset[j, 3] = s4
+    H = 3
+    base = n_nodes * (MIXER_MATCH_SETS + C + 1 + V)
+    p0[j, 9] = -1
+    if n_in == 3 * C + 3:  # the network's input
+        H = 4
+        nb = 0
+        xin[j, 3 * C + 2] = 0
+        if nqj > 0:
+            sq = stretch[nqj]
+            xin[j, 3 * C + 2] = sq
+            nb = 1 + ((sq if sq >= 0 else -sq) >> 7)
+            p0[j, 9] = n_nodes * V + APM3_ROWS + j * NQ_APM + (((sq + 2048) * NQ_APM) >> 12)
+        mset[j, 3] = base + j * NQ_SETS + nb
+        base += n_nodes * NQ_SETS
+    mset[j, 0] = j * MIXER_MATCH_SETS + msel
+    mset[j, 1] = n_nodes * MIXER_MATCH_SETS + j * (C + 1) + n_seen
+    mset[j, 2] = n_nodes * (MIXER_MATCH_SETS + C + 1) + j * V + sc[SC_LAST]
+    s4 = base + j
+    mset[j, H] = s4
     dot = 0
-    for h in range(3):
+    for h in range(H):
         d = _dot_squash(mw, mset[j, h], xin, j, n_in)
-        p0[j, 4 + h] = d
+        p0[j, 1 + H + h] = d
         p0[j, 1 + h] = squash(d, points)
         dot += np.int64(mw[s4, h]) * d
+    if H == 4:  # the final mixer also weighs the network's input directly
+        dot += np.int64(mw[s4, H]) * xin[j, 3 * C + 2]
     dot = dot >> 16
     if dot > 2047:
         dot = 2047
@@ -226,16 +211,21 @@ def _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs
         dot = -2047
     p = squash(dot, points)
     p0[j, 0] = p
-    # two APMs: by node, and by node and the previous token
+    # APMs: by node, by node and the previous token, by node and the last two tokens (hashed)
     st = stretch[p] + 2048
     lo = st >> 7
     w = st & 127
     a1 = (np.int64(apm1[j, lo]) * (128 - w) + np.int64(apm1[j, lo + 1]) * w) >> 11
     r2 = j * V + sc[SC_LAST]
     a2 = (np.int64(apm2[r2, lo]) * (128 - w) + np.int64(apm2[r2, lo + 1]) * w) >> 11
-    r3 = _apm3_row(j, V, hist, sc, node_depth.shape[0])
+    r3 = _apm3_row(j, V, hist, sc, n_nodes)
     a3 = (np.int64(apm2[r3, lo]) * (128 - w) + np.int64(apm2[r3, lo + 1]) * w) >> 11
-    q = (p + a1 + a2 + a3 + 2) >> 2
+    r4 = p0[j, 9]
+    if r4 >= 0:  # and by node and the network's p
+        a4 = (np.int64(apm2[r4, lo]) * (128 - w) + np.int64(apm2[r4, lo + 1]) * w) >> 11
+        q = (p + a1 + a2 + a3 + 2 * a4 + 3) // 6
+    else:
+        q = (p + a1 + a2 + a3 + 2) >> 2
     if q < 1:
         q = 1
     if q > 4095:
@@ -277,15 +267,19 @@ def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, 
         t = 65535 if y == mexp[j] else 0
         m = np.int64(mm[b])
         mm[b] = m + ((t - m) >> 6)
-    for h in range(3):
+    n_in = xin.shape[1]
+    H = 4 if n_in == 3 * C + 3 else 3
+    for h in range(H):
         err = ((y << 12) - p0[j, 1 + h]) * mixer_lr
         s = mset[j, h]
-        for k in range(3 * C + 2):
+        for k in range(n_in):
             mw[s, k] += (xin[j, k] * err) >> 14
     err = ((y << 12) - p0[j, 0]) * mixer_lr
-    s = mset[j, 3]
-    for h in range(3):
-        mw[s, h] += (p0[j, 4 + h] * err) >> 14
+    s = mset[j, H]
+    for h in range(H):
+        mw[s, h] += (p0[j, 1 + H + h] * err) >> 14
+    if H == 4:
+        mw[s, H] += (xin[j, 3 * C + 2] * err) >> 14
     st = stretch[p0[j, 0]] + 2048
     lo = st >> 7
     near = lo + ((st & 127) >> 6)
@@ -297,6 +291,10 @@ def _update_node(j, y, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, 
     r3 = _apm3_row(j, V, hist, sc, mset.shape[0])
     a = np.int64(apm2[r3, near])
     apm2[r3, near] = a + ((target - a) >> apm_rate)
+    r4 = p0[j, 9]
+    if r4 >= 0:
+        a = np.int64(apm2[r4, near])
+        apm2[r4, near] = a + ((target - a) >> apm_rate)
 
 
 @njit(cache=True)
@@ -321,7 +319,7 @@ def _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab
         sc[SC_WORD] = 0
         sc[SC_PREV_WORD] = 0
     else:
-        if is_word[tok]:
+        if is_word[tok] == 1:
             sc[SC_WORD] = _mix32((sc[SC_WORD] + tok + 1) * 0x2F0B3A4D)
         elif sc[SC_WORD] != 0:
             sc[SC_PREV_WORD] = sc[SC_WORD]
@@ -348,7 +346,7 @@ def _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab
                         sc[SC_MATCH_LEN] = L
                         sc[SC_MATCH_PTR] = cand
             mtab[h] = hl
-    _context_hashes(hist, sc, orders, use_word, hs)
+    _context_hashes(hist, sc, orders, use_word, is_word, hs)
 
 
 @njit(cache=True)
@@ -365,15 +363,16 @@ def _leaf_log_prob(v, pf, path_nodes, path_bits, path_len):
 @njit(cache=True)
 def step_all(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
              path_nodes, path_bits, path_len, node_depth, is_leaf, points, stretch, recip, slot, chk, hit, smi, bhi, xin, p0,
-             pf, mexp, mset, bits, limit, mixer_lr, apm_rate, match_min, out):
-    """Read ``tok``, then predict every decision node and write log p(v) for every token v into out[V]."""
+             pf, mexp, mset, bits, limit, mixer_lr, apm_rate, match_min, nq, out):
+    """Read ``tok``, then predict every decision node and write log p(v) for every token v into out[V].
+    ``nq`` int64[n_nodes]: the network's 12-bit P(right) per node (ignored without a network input)."""
     _observe(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
              path_nodes, path_bits, path_len, stretch, recip, slot, chk, hit, smi, bhi, xin, p0, mexp, mset,
              limit, mixer_lr, apm_rate, match_min)
     n_nodes = node_depth.shape[0]
     for j in range(n_nodes):
         _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes, path_bits, path_len,
-                      node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp, mset, bits)
+                      node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp, mset, bits, nq[j])
     sc[SC_PENDING] = 1
     for v in range(V):
         if is_leaf[v]:
@@ -385,9 +384,10 @@ def step_all(tok, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab
 @njit(cache=True)
 def run_sequence(ids, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
                  path_nodes, path_bits, path_len, node_depth, points, stretch, recip, slot, chk, hit, smi, bhi, xin, p0,
-                 pf, mexp, mset, bits, limit, mixer_lr, apm_rate, match_min, out):
+                 pf, mexp, mset, bits, limit, mixer_lr, apm_rate, match_min, nq, nq_start, out):
     """Read ids[0..T-1]; out[t] = log p(ids[t+1] | ids[:t+1]) (float64[T-1]). Predicts only the
-    nodes on the next token's path: the same integers ``step_all`` computes for them."""
+    nodes on the next token's path: the same integers ``step_all`` computes for them. With a
+    network input, nq[t - nq_start] (int64[n_nodes]) is its P(right) per node at t >= nq_start."""
     T = ids.shape[0]
     for t in range(T):
         _observe(ids[t], bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, mtab, sc, hs, orders, use_word, is_word,
@@ -396,9 +396,11 @@ def run_sequence(ids, bos, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, 
         if t + 1 < T:
             nxt = ids[t + 1]
             for d in range(path_len[nxt]):
-                _predict_node(path_nodes[nxt, d], V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes,
+                j = path_nodes[nxt, d]
+                nqj = nq[t - nq_start, j] if t >= nq_start else -1
+                _predict_node(j, V, cp, cn, cc, sm, ch, ih, mw, apm1, apm2, mm, hist, sc, hs, path_nodes,
                               path_bits, path_len, node_depth, points, stretch, slot, chk, hit, smi, bhi, xin, p0, pf, mexp,
-                              mset, bits)
+                              mset, bits, nqj)
             sc[SC_PENDING] = 1
             if path_len[nxt] == 0 and nxt == bos:
                 out[t] = -np.inf
