@@ -266,8 +266,8 @@ def make_cm(split: Split, out: str | Path, vocab: str = "char", vocab_size: int 
 
 def _cm_network(config: dict, vocab: str):
     """The network input of a cm model (``config["neural"]``: its directory) and its vocab, which cm
-    adopts; with ``neural_dyneval``, wrapped in dynamic evaluation (``arlm dyneval``'s defaults)."""
-    from .models.dyneval import DynEvalConfig, DynEvalModel
+    adopts; with ``neural_dyneval``, wrapped in dynamic evaluation (``--adapt``'s defaults)."""
+    from .models.dyneval import adapted
 
     network, v, _ = checkpoint.load(config["neural"])
     if v.kind != vocab:
@@ -278,8 +278,7 @@ def _cm_network(config: dict, vocab: str):
     if config.get("neural_dyneval"):
         if network.family == "dyneval":
             raise ArlmError("--neural-dyneval: the network is already a dyneval model")
-        chunk = min(50, network.block_size or 50)
-        network = DynEvalModel(DynEvalConfig(v.vocab_size, v.bos_id, v.eos_id, network.family, chunk), network).eval()
+        network = adapted(network, {})
     return network, v
 
 

@@ -262,5 +262,8 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(cls, data: dict):
+    """``cls`` from a saved config dict: unknown keys are dropped; a field the dict lacks takes the value in
+    ``cls.SAVED_BEFORE`` (what models saved before the field existed computed), else its default."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    legacy = {k: v for k, v in getattr(cls, "SAVED_BEFORE", {}).items() if k not in data}
+    return cls(**{k: v for k, v in data.items() if k in names}, **legacy)

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -117,6 +117,8 @@ class CMConfig:
     word_contexts: bool = dataclasses.field(default=True, metadata={
         "help": "cm: leave out the word and word-pair contexts"})  # the help of the flag --no-word-contexts
     word_token_ids: list[int] = dataclasses.field(default_factory=list)
+    #: what a model saved before a field existed computed (``config_from_dict``)
+    SAVED_BEFORE: ClassVar[dict] = {"line_contexts": False}
     line_contexts: bool = dataclasses.field(default=True, metadata={
         "help": "cm: leave out the two line contexts: (column, the token above in the previous line), (that "
                 "token, the previous token)"})  # the help of the flag --no-line-contexts

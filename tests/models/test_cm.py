@@ -117,3 +117,13 @@ def test_cli_train_compress_decompress_and_eval_agree(vocab, tmp_path):
     res = _arlm("train", tmp_path / "train.txt", "--model", "ngram", "--table-bits", "14", "--out", tmp_path / "bad",
                 check=False)
     assert res.returncode != 0 and "--table-bits" in res.stderr and "Traceback" not in res.stderr
+
+
+
+def test_a_config_saved_before_line_contexts_loads_without_them():
+    from arlm.models.base import config_from_dict
+
+    old = {"vocab_size": 5, "bos_id": 0, "eos_id": 1}
+    assert config_from_dict(CMConfig, old).line_contexts is False  # what such a model computed
+    assert config_from_dict(CMConfig, {**old, "line_contexts": True}).line_contexts is True
+    assert CMConfig(5, 0, 1).line_contexts is True  # new models have them
