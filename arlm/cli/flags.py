@@ -80,7 +80,7 @@ def given(args, fam) -> dict:
         v = getattr(args, dest(f), None)
         if v is None:
             continue
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) and not f.metadata.get("optional_bool"):
             out[name] = not f.default
         else:
             out[name] = v
