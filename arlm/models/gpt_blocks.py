@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gpt_kernels import CausalAttention, GeluTanh, cpu_training_path
+from .gpt_kernels import CausalAttention, GeluTanh, ReluSquare, cpu_training_path
 from .rotary import rotate
 
 #: The MLP activations of ``GPTConfig.mlp_act``.
@@ -130,7 +130,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)  # [B, T, 4C]
         if self.relu2:
-            h = F.relu(h).square()
+            h = ReluSquare.apply(h) if cpu_training_path(h) else F.relu(h).square()
         else:
             h = GeluTanh.apply(h) if cpu_training_path(h) else F.gelu(h, approximate="tanh")
         return self.dropout(self.c_proj(h))
