@@ -39,6 +39,9 @@ def _show(v) -> str:
 def _help(pairs) -> str:
     f = pairs[0][1]
     text = " / ".join(dict.fromkeys(g.metadata["help"] for _, g in pairs))
+    if isinstance(f.default, bool) and f.metadata.get("optional_bool"):  # --NAME / --no-NAME: say which holds
+        values = {default_of(fam, g) for fam, g in pairs}
+        return text if len(values) != 1 or "default" in text else f"{text} (default: {'on' if values.pop() else 'off'})"
     if f.type == "bool" or isinstance(f.default, bool):
         return text
     values = [(fam.name, _show(default_of(fam, g))) for fam, g in pairs]
