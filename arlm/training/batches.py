@@ -7,6 +7,7 @@ draws the whole global batch and keeps its slice, see ``arlm.training.distribute
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -89,6 +90,11 @@ def get_batch(data: TokenData, documents: str, batch_size: int, block_size: int,
     return x, y
 
 
+#: Up to this many windows an epoch's order is a uniformly random permutation (``torch.randperm``); above (a
+#: large token directory), the bijection j -> (a j + b) mod W with random a coprime to W and random b.
+EXACT_PERMUTATION_MAX = 1 << 24
+
+
 class EpochOrder:
     """Training windows in epochs (``--batch-order epochs``, documents ``file``): epoch e cuts the text into
     ``W`` windows of ``block_size + 1`` tokens starting at ``off_e + j block_size`` (j < W, ``off_e`` a random
@@ -102,15 +108,23 @@ class EpochOrder:
         self.T = min(block_size, self.n - 1)
         self.W = max(1, (self.n - self.T) // self.T)  # windows per epoch (every offset fits)
         self.seed = seed
-        self._epochs: dict[int, tuple[int, torch.Tensor]] = {}
+        self._epochs: dict[int, tuple] = {}
 
-    def _epoch(self, e: int) -> tuple[int, torch.Tensor]:
+    def _epoch(self, e: int) -> tuple:
+        """(offset, the order: a permutation [W], or (a, b) of the affine bijection) of epoch e."""
         if e not in self._epochs:
             if len(self._epochs) > 2:
                 self._epochs.pop(min(self._epochs))
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
             off = int(torch.randint(0, self.T, (1,), generator=gen))
-            self._epochs[e] = (off, torch.randperm(self.W, generator=gen))
+            if self.W <= EXACT_PERMUTATION_MAX:
+                order = torch.randperm(self.W, generator=gen)
+            else:
+                a = 0
+                while math.gcd(a, self.W) != 1:
+                    a = int(torch.randint(1, self.W, (1,), generator=gen))
+                order = (a, int(torch.randint(0, self.W, (1,), generator=gen)))
+            self._epochs[e] = (off, order)
         return self._epochs[e]
 
     def batch(self, data: TokenData, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +133,9 @@ class EpochOrder:
         starts = torch.empty(batch_size, dtype=torch.long)
         for e in torch.unique(idx // self.W).tolist():
             rows = idx // self.W == e
-            off, perm = self._epoch(e)
-            starts[rows] = off + perm[idx[rows] % self.W] * self.T
+            off, order = self._epoch(e)
+            j = idx[rows] % self.W
+            starts[rows] = off + (order[j] if isinstance(order, torch.Tensor) else (order[0] * j + order[1]) % self.W) * self.T
         starts.clamp_(max=self.n - self.T - 1)
         chunk = data.ids[starts[:, None] + torch.arange(self.T + 1)]  # [B, T+1]
         return chunk[:, :-1], chunk[:, 1:]

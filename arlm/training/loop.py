@@ -289,8 +289,9 @@ class Trainer:
         return x, y
 
     def _draw(self, data: TokenData, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of optimiser step ``step`` (0-based): from ``gen``, or (``--batch-order epochs``) from the step."""
-        if self.s.batch_order != "epochs":
+        """The batch of optimiser step ``step`` (0-based): from ``gen``, or (``--batch-order epochs``, documents
+        ``file``) from the step."""
+        if self.s.batch_order != "epochs" or self.s.documents != "file":
             return get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
         if self.order is None:
             self.order = EpochOrder(data, self.s.block_size, self.s.seed)

@@ -89,7 +89,8 @@ class TrainSettings:
     #: replacement) or ``"epochs"`` (:class:`.batches.EpochOrder`).
     batch_order: str = field(default="random", metadata={
         "help": "random: windows at uniform random offsets; epochs: each epoch cuts the text into --block-size "
-                "windows at a random offset and visits each once, in a random order (--documents file)",
+                "windows at a random offset and visits each once, in a random order (--documents file; with "
+                "--documents lines, random)",
         "choices": ("random", "epochs")})
     #: ``"cosine"`` (runs saved before this field) or ``"wsd"``: the decay's shape (:func:`arlm.training.lr_at`);
     #: ``cooldown_fraction``: the share of the budget over which ``"wsd"`` decays linearly.
@@ -162,7 +163,5 @@ def check_settings(s: TrainSettings) -> None:
         raise ArlmError("--muon-weight-decay and --muon-momentum-warmup must be >= 0")
     if s.batch_order not in ("random", "epochs"):
         raise ArlmError(f"--batch-order must be random or epochs, got {s.batch_order!r}")
-    if s.batch_order == "epochs" and s.documents != "file":
-        raise ArlmError("--batch-order epochs needs --documents file (one text cut into windows)")
     if s.threads is not None and s.threads < 1:
         raise ArlmError(f"--threads must be >= 1, got {s.threads}")

@@ -109,9 +109,22 @@ def test_epoch_order_visits_every_window_once_per_epoch_and_depends_only_on_the_
     assert torch.equal(full, expect)
 
 
-def test_epoch_order_needs_file_documents():
-    with pytest.raises(ArlmError, match="--batch-order epochs needs --documents file"):
-        check_settings(settings("lines", batch_order="epochs"))
+@pytest.mark.parametrize("exact_max", [1 << 24, 10])
+def test_epoch_order_of_a_large_text_is_a_bijection(monkeypatch, exact_max):
+    """randperm, or above EXACT_PERMUTATION_MAX windows the affine order: every window once an epoch."""
+    from arlm.training import batches
+
+    monkeypatch.setattr(batches, "EXACT_PERMUTATION_MAX", exact_max)
+    data = T.TokenData(torch.arange(1000), torch.tensor([0, 1000]))  # token i at position i: x[:, 0] is the start
+    order = EpochOrder(data, 16, seed=1)
+    for e in range(2):
+        starts = torch.cat([order.batch(data, s, 1)[0][:, 0] for s in range(e * order.W, (e + 1) * order.W)])
+        off, _ = order._epoch(e)
+        assert sorted(starts.tolist()) == [off + 16 * j for j in range(order.W)]
+    assert isinstance(order._epoch(0)[1], tuple) == (exact_max == 10)
+
+
+def test_bad_loop_options_are_refused():
     with pytest.raises(ArlmError, match="--ema-decay"):
         check_settings(settings("file", ema_decay=1.0))
 
