@@ -15,8 +15,9 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def dest(f: dataclasses.Field) -> str:
-    """The argparse dest of a field's flag: a bool that defaults to True is turned off by ``--no-NAME``."""
-    return f"no_{f.name}" if f.default is True else f.name
+    """The argparse dest of a field's flag: a bool that defaults to True is turned off by ``--no-NAME``
+    (except an ``optional_bool``: ``--NAME`` / ``--no-NAME`` both set NAME)."""
+    return f"no_{f.name}" if f.default is True and not f.metadata.get("optional_bool") else f.name
 
 
 def flag(name: str) -> str:

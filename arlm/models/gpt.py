@@ -107,7 +107,7 @@ class GPTConfig:
     zero_init: bool = field(default=False, metadata={
         "help": "gpt: output projections (and an untied head) start at zero", "optional_bool": True})
     logit_softcap: float = field(default=0.0, metadata={
-        "help": "gpt: logits become cap * tanh(logits / cap) (default: 0, off)", "metavar": "CAP"})
+        "help": "gpt: logits become cap * tanh(logits / cap); 0: off", "metavar": "CAP"})
     value_residual: bool = field(default=False, metadata={
         "help": "gpt: layers after the first mix the first layer's values into theirs (learned weight)",
         "optional_bool": True})

@@ -142,3 +142,20 @@ def test_muon_momentum_warmup_and_weight_decay():
     opt.param_groups[0]["momentum"] = 0.9
     set_step_hyperparameters(opt, settings("file"), 0.1, 0)  # no warm-up: the momentum is left alone
     assert opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_on_off_flags_set_the_field_both_ways():
+    """--NAME / --no-NAME (optional bools): each sets its value; neither leaves the family's default."""
+    import argparse
+
+    from arlm.cli.flags import add_family_flags, given
+    from arlm.models.registry import family
+
+    p = argparse.ArgumentParser()
+    add_family_flags(p, "gpt")
+    gpt = family("gpt")
+    assert given(p.parse_args(["--no-tie-word-embeddings", "--qk-norm"]), gpt) == {
+        "tie_word_embeddings": False, "qk_norm": True}
+    assert given(p.parse_args(["--tie-word-embeddings", "--no-qk-norm"]), gpt) == {
+        "tie_word_embeddings": True, "qk_norm": False}
+    assert given(p.parse_args([]), gpt) == {}
