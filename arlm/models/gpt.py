@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import gpt_decode
 from .base import LanguageModel
