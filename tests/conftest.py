@@ -39,13 +39,24 @@ def make_ngram(vocab, docs, order):
     return NGramModel.fit(NGramConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, order=order), encode_documents(vocab, docs))
 
 
-def make_gpt(vocab, docs=None, block_size=8, seed=0, pos_emb="learned", n_layer=1):
+#: Every modded-nanoGPT option of GPTConfig turned on (models/gpt_blocks.py), for the contract's variants.
+MODDED = dict(qk_norm=True, mlp_act="relu2", logit_softcap=5.0, value_residual=True, unet_skips=True,
+              tie_word_embeddings=False)
+
+
+def make_gpt(vocab, docs=None, block_size=8, seed=0, pos_emb="learned", n_layer=1, **options):
+    """A tiny float64 GPT; ``options``: more GPTConfig fields. Learned scalars (value mix, U-net weights)
+    are drawn at random so that a path ignoring them would score differently."""
     from arlm.models.gpt import GPTConfig, GPTModel
 
     torch.manual_seed(seed)
     m = GPTModel(GPTConfig(vocab_size=vocab.vocab_size, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
                            n_layer=n_layer, n_head=2, n_embd=16, block_size=block_size, dropout=0.0, bias=True,
-                           pos_emb=pos_emb))
+                           pos_emb=pos_emb, **options))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("value_mix") or name == "skip_weights":
+                p.uniform_(0.2, 1.5)
     # float64 so that probabilities from forward passes of different lengths agree to 1e-15
     return m.double().eval()
 
@@ -144,6 +155,10 @@ FAMILY_CASES = {
     "gpt-char": ("char", lambda v, d: make_gpt(v, d)),
     # rotary, sliding-window attention: a 4-token window, so the contract's texts slide it many times
     "gpt-rotary-char": ("char", lambda v, d: make_gpt(v, d, block_size=4, pos_emb="rotary", n_layer=2)),
+    # the modded-nanoGPT options (3 layers: an odd U-net, and value residual in two later layers)
+    "gpt-modded-char": ("char", lambda v, d: make_gpt(v, d, n_layer=3, **MODDED)),
+    "gpt-modded-rotary-char": ("char", lambda v, d: make_gpt(v, d, block_size=4, pos_emb="rotary", n_layer=4,
+                                                             **MODDED)),
     "lstm-char": ("char", lambda v, d: make_lstm(v, d)),
     "cache-char": ("char", lambda v, d: make_cache(v, d)),
     "cache-byte": ("byte", lambda v, d: make_cache(v, d, order=2)),

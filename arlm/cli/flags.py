@@ -15,8 +15,9 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def dest(f: dataclasses.Field) -> str:
-    """The argparse dest of a field's flag: a bool that defaults to True is turned off by ``--no-NAME``."""
-    return f"no_{f.name}" if f.default is True else f.name
+    """The argparse dest of a field's flag: a bool that defaults to True is turned off by ``--no-NAME``
+    (except an ``optional_bool``: ``--NAME`` / ``--no-NAME`` both set NAME)."""
+    return f"no_{f.name}" if f.default is True and not f.metadata.get("optional_bool") else f.name
 
 
 def flag(name: str) -> str:
@@ -39,6 +40,9 @@ def _show(v) -> str:
 def _help(pairs) -> str:
     f = pairs[0][1]
     text = " / ".join(dict.fromkeys(g.metadata["help"] for _, g in pairs))
+    if isinstance(f.default, bool) and f.metadata.get("optional_bool"):  # --NAME / --no-NAME: say which holds
+        values = {default_of(fam, g) for fam, g in pairs}
+        return text if len(values) != 1 or "default" in text else f"{text} (default: {'on' if values.pop() else 'off'})"
     if f.type == "bool" or isinstance(f.default, bool):
         return text
     values = [(fam.name, _show(default_of(fam, g))) for fam, g in pairs]
@@ -80,7 +84,7 @@ def given(args, fam) -> dict:
         v = getattr(args, dest(f), None)
         if v is None:
             continue
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) and not f.metadata.get("optional_bool"):
             out[name] = not f.default
         else:
             out[name] = v

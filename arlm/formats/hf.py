@@ -95,7 +95,7 @@ GPT2_NAMES: list[tuple[str, str, bool]] = [
     ("lm_head.weight", "lm_head.weight", False),
 ]
 #: GPT-2 config fields arlm reproduces, and the values it accepts on import.
-GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "relu2")
 #: the families and the formats they export to (for the one-line refusal)
 EXPORT_FORMATS = {"gpt": "hf", "ngram": "arpa", "backoff": "arpa"}
 #: the exported token that is arlm's input ``<bos>`` and output ``<eos>`` at once (GPT-2's name)
@@ -122,12 +122,23 @@ def refuse_family(family: str, fmt: str) -> ArlmError:
                      f"(supported: {supported})")
 
 
+#: GPTConfig options GPT2LMHeadModel has no equivalent of: (field, value that GPT-2 has)
+_NOT_GPT2 = (("qk_norm", False), ("logit_softcap", 0.0), ("value_residual", False), ("unet_skips", False))
+#: GPTConfig.mlp_act -> the GPT-2 config's activation_function (transformers' ACT2FN names)
+HF_ACTIVATIONS = {"gelu": "gelu_new", "relu2": "relu2"}
+
+
 def _check_positions(config) -> None:
-    """GPT-2 has learned absolute positions; refuse another scheme (``GPTConfig.pos_emb``, e.g. rotary)."""
+    """GPT-2 has learned absolute positions and none of the options of ``_NOT_GPT2``: refuse a model with
+    another scheme (``GPTConfig.pos_emb``, e.g. rotary) or one of those options (ArlmError, one line)."""
     pos_emb = getattr(config, "pos_emb", "learned")
     if pos_emb != "learned":
         raise ArlmError(f"--format hf exports GPT-2's learned position embeddings only; this model has "
                         f"pos_emb={pos_emb!r}, which GPT2LMHeadModel cannot run (arlm itself scores and samples it)")
+    other = [f"{name}={getattr(config, name)!r}" for name, gpt2 in _NOT_GPT2 if getattr(config, name, gpt2) != gpt2]
+    if other:
+        raise ArlmError(f"--format hf exports GPT-2's architecture only; this model has {', '.join(other)}, which "
+                        "GPT2LMHeadModel cannot run (arlm itself scores and samples it)")
 
 
 # -- tokenizers ---------------------------------------------------------------------------------
@@ -234,7 +245,7 @@ def _hf_config(cfg, vocab_size: int, bos_id: int, eos_id: int, tied: bool, dtype
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_inner": None,
-        "activation_function": "gelu_new",
+        "activation_function": HF_ACTIVATIONS[getattr(cfg, "mlp_act", "gelu")],
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,

@@ -174,7 +174,8 @@ def read_hf_checkpoint(directory: str | Path, out: str | Path | None = None):
         weights["lm_head.weight"] = torch.cat([weights["lm_head.weight"], weights["lm_head.weight"][eos_id : eos_id + 1]])
     config = GPTConfig(vocab_size=V + 1, bos_id=V, eos_id=eos_id, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                        block_size=int(hc.get("n_positions", hc.get("n_ctx", 1024))), dropout=0.0, bias=True,
-                       layer_norm_epsilon=float(hc.get("layer_norm_epsilon", 1e-5)))
+                       layer_norm_epsilon=float(hc.get("layer_norm_epsilon", 1e-5)),
+                       mlp_act="relu2" if hc.get("activation_function") == "relu2" else "gelu")
     if not tied:
         config = dataclasses.replace(config, tie_word_embeddings=False)
     with torch.device("meta"):

@@ -52,13 +52,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import gpt_decode
 from .base import LanguageModel
 from .gpt_decode import GPTState
-from .gpt_kernels import CausalAttention, GeluTanh, cpu_training_path
-from .rotary import band_mask, rotary_tables, rotate
+from .gpt_blocks import MLP_ACTS, Block, CausalSelfAttention, LayerNorm, MLP, n_encoder, run_blocks, soft_cap  # noqa: F401
+from .rotary import band_mask, rotary_tables
 
 #: The position schemes of :class:`GPTConfig` (``pos_emb``).
 POS_EMBS = ("learned", "rotary")
@@ -76,6 +75,9 @@ class GPTConfig:
     scheme, ``"learned"`` or ``"rotary"`` (see the module docstring);
     ``rotary_base`` is the RoFormer frequency base (10,000 in the paper), used by
     ``"rotary"`` only, which also needs an even head size ``n_embd / n_head``.
+    ``qk_norm``, ``mlp_act``, ``zero_init``, ``logit_softcap``, ``value_residual``
+    and ``unet_skips`` are the modded-nanoGPT options of ``models/gpt_blocks.py``
+    (all off: GPT-2); ``zero_init`` zeroes every block's ``c_proj`` and an untied ``lm_head``.
     """
 
     vocab_size: int
@@ -88,107 +90,29 @@ class GPTConfig:
     dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = field(default=True, metadata={
+        "help": "gpt: the output head is the token embedding matrix (untie: a matrix of its own)",
+        "optional_bool": True})
     pos_emb: str = field(default="learned", metadata={
         "help": "gpt position scheme: learned (GPT-2) or rotary (sliding-window attention, fast generation past "
                 "--block-size)", "choices": ("learned", "rotary")})
     rotary_base: float = 10000.0
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 everywhere)."""
-
-    def __init__(self, n: int, bias: bool, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(n))
-        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        if config.n_embd % config.n_head != 0:
-            raise ValueError(f"n_embd={config.n_embd} must be divisible by n_head={config.n_head}")
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
-        if config.bias and config.pos_emb == "learned":
-            # With learned positions the key bias b adds q_i . b to every score of query i alike, which the
-            # softmax ignores: its true gradient is exactly zero, so what autograd returns is rounding noise,
-            # which Adam would normalise into steps of up to lr (and which differs between a single process
-            # and DDP ranks). Zero it: the key bias keeps its initial (or imported) value. Under rotary
-            # embeddings b is rotated by position and does matter.
-            n = config.n_embd
-            self.c_attn.bias.register_hook(lambda g: torch.cat([g[:n], g.new_zeros(n), g[2 * n:]]))
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def _qkv(self, x: torch.Tensor):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        shape = (B, T, self.n_head, C // self.n_head)
-        # [B, H, T, D] each
-        return (t.view(shape).transpose(1, 2) for t in (q, k, v))
-
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
-                rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None):
-        """x: [B, T, C]; past: (k, v) [B, H, P, D] of the P positions before x, or None;
-        rope: rotary freqs [T, D/2] of x's positions (``rotary_tables``), or None (learned positions);
-        attn_mask: BoolTensor[T, P + T], required with ``past``; None means causal.
-
-        Returns ([B, T, C], (k, v) [B, H, P + T, D]; None on the CPU training path).
-        """
-        B, T, C = x.shape
-        if (past is None and attn_mask is None and (self.dropout == 0.0 or not self.training)
-                and cpu_training_path(x)):
-            qkv = self.c_attn(x)  # [B, T, 3C]
-            y = CausalAttention.apply(qkv, self.n_head, rope)  # [B, T, C]
-            return self.resid_dropout(self.c_proj(y)), None
-        q, k, v = self._qkv(x)
-        if rope is not None:
-            q, k = rotate(q, rope), rotate(k, rope)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # [B, H, P+T, D]
-            v = torch.cat([past[1], v], dim=2)
-        p = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
-        return self.resid_dropout(self.c_proj(y)), (k, v)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # [B, T, 4C]
-        h = GeluTanh.apply(h) if cpu_training_path(h) else F.gelu(h, approximate="tanh")
-        return self.dropout(self.c_proj(h))
-
-
-class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
-        self.mlp = MLP(config)
-
-    def forward(self, x: torch.Tensor, past=None, rope=None, attn_mask=None):
-        a, kv = self.attn(self.ln_1(x), past, rope, attn_mask)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, kv
+    # modded-nanoGPT options (Keller Jordan et al. 2024; models/gpt_blocks.py)
+    qk_norm: bool = field(default=False, metadata={
+        "help": "gpt: queries and keys unit-RMS per head before the dot product (QK-norm)", "optional_bool": True})
+    mlp_act: str = field(default="gelu", metadata={
+        "help": "gpt MLP activation: gelu (GPT-2, tanh approximation) or relu2 (relu(x)^2)",
+        "choices": MLP_ACTS})
+    zero_init: bool = field(default=False, metadata={
+        "help": "gpt: output projections (and an untied head) start at zero", "optional_bool": True})
+    logit_softcap: float = field(default=0.0, metadata={
+        "help": "gpt: logits become cap * tanh(logits / cap); 0: off", "metavar": "CAP"})
+    value_residual: bool = field(default=False, metadata={
+        "help": "gpt: layers after the first mix the first layer's values into theirs (learned weight)",
+        "optional_bool": True})
+    unet_skips: bool = field(default=False, metadata={
+        "help": "gpt: U-net skips, encoder layer i's output added to layer n-1-i's input (learned weights)",
+        "optional_bool": True})
 
 
 #: Rotary tables are kept for positions below this (grown by doubling); beyond, computed per call.
@@ -217,6 +141,10 @@ class GPTModel(LanguageModel):
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+        if config.mlp_act not in MLP_ACTS:
+            raise ValueError(f"mlp_act must be one of {', '.join(MLP_ACTS)}; got {config.mlp_act!r}")
+        if not config.logit_softcap >= 0:
+            raise ValueError(f"logit_softcap must be >= 0 (0: off), got {config.logit_softcap}")
         if config.pos_emb not in POS_EMBS:
             raise ValueError(f"pos_emb must be one of {', '.join(POS_EMBS)}; got {config.pos_emb!r}")
         if config.pos_emb == "rotary" and (config.n_embd // config.n_head) % 2:
@@ -228,7 +156,9 @@ class GPTModel(LanguageModel):
         if not self.rotary:
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        if config.unet_skips and n_encoder(config.n_layer):
+            self.skip_weights = nn.Parameter(torch.ones(n_encoder(config.n_layer)))
         self.ln_f = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -237,6 +167,12 @@ class GPTModel(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init:
+            for block in self.h:
+                nn.init.zeros_(block.attn.c_proj.weight)
+                nn.init.zeros_(block.mlp.c_proj.weight)
+            if not config.tie_word_embeddings:
+                nn.init.zeros_(self.lm_head.weight)
         self._rope_tables: dict = {}  # (device, dtype) -> freqs [N, D/2]; not parameters, not saved
         self._decode_cache = None  # (parameter versions, weights laid out for _decode)
 
@@ -277,7 +213,7 @@ class GPTModel(LanguageModel):
 
     # -- forward passes ---------------------------------------------------------
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(self.ln_f(x))  # [B, T, V]
+        logits = soft_cap(self.lm_head(self.ln_f(x)), self.config.logit_softcap)  # [B, T, V]
         logits[..., self.config.bos_id] = float("-inf")  # <bos> is never a next token
         return logits
 
@@ -286,10 +222,7 @@ class GPTModel(LanguageModel):
         T = ids.shape[1]
         pos = torch.arange(start, start + T, device=ids.device)  # [T]
         x = self.drop(self.wte(ids) + self.wpe(pos))  # [B, T, C]
-        kv = []
-        for i, block in enumerate(self.h):
-            x, layer_kv = block(x, None if past is None else past[i])
-            kv.append(layer_kv)
+        x, kv = run_blocks(self, x, past)
         if last_only:
             x = x[:, -1:]
         return self._head(x), kv
@@ -315,9 +248,9 @@ class GPTModel(LanguageModel):
             # one chunk: plain causal attention (the training path); several: the band of width W
             mask = None if T <= W else band_mask(t, P, W, ids.device)  # [t, P + t]
             x = self.drop(self.wte(chunk))  # [B, t, C]
+            x, layer_kvs = run_blocks(self, x, past, rope, mask)
             kv = []
-            for i, block in enumerate(self.h):
-                x, layer_kv = block(x, None if past is None else past[i], rope, mask)
+            for layer_kv in layer_kvs:
                 if layer_kv is not None:  # None on the CPU training path (one chunk: nothing to carry)
                     k, v = layer_kv
                     n = min(keep, k.shape[2])

@@ -90,7 +90,10 @@ def decode_weights(model) -> list:
 
     layers = [(b.ln_1.weight, b.ln_1.bias, *t(b.attn.c_attn), *t(b.attn.c_proj), b.ln_2.weight, b.ln_2.bias,
                *t(b.mlp.c_fc), *t(b.mlp.c_proj)) for b in model.h]
-    weights = [layers, model.ln_f.weight, model.ln_f.bias, model.lm_head.weight.detach().t().contiguous()]  # tied: wte
+    mixes = [None if b.attn.value_mix is None else b.attn.value_mix.detach() for b in model.h]  # value residual
+    skips = model.skip_weights.detach() if hasattr(model, "skip_weights") else None  # U-net
+    weights = [layers, model.ln_f.weight, model.ln_f.bias, model.lm_head.weight.detach().t().contiguous(),  # tied: wte
+               mixes, skips]
     model._decode_cache = (key, weights)
     return weights
 
@@ -126,11 +129,22 @@ def decode(cfg, x: torch.Tensor, weights: list, buffer: KVBuffer, idx: int, lo: 
     B, C, H = x.shape[0], cfg.n_embd, cfg.n_head
     D = C // H
     eps = cfg.layer_norm_epsilon
-    layers, lnf_w, lnf_b, head = weights
-    for (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b), kv in zip(
-            layers, buffer.layers):
+    layers, lnf_w, lnf_b, head, mixes, skip_w = weights
+    n_enc = len(skip_w) if skip_w is not None else 0
+    skips, v1 = [], None
+    for i, ((ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b), kv) in enumerate(
+            zip(layers, buffer.layers)):
+        if n_enc and i >= cfg.n_layer - n_enc:  # U-net skip from encoder layer n_layer - 1 - i
+            x = x + skip_w[cfg.n_layer - 1 - i] * skips[cfg.n_layer - 1 - i]
         h = F.layer_norm(x, (C,), ln1_w, ln1_b, eps)
         qkv = (h @ attn_w if attn_b is None else torch.addmm(attn_b, h, attn_w)).view(B, 3, H, D)  # [B, 3, H, D]
+        if cfg.qk_norm:
+            qkv[:, :2] = F.rms_norm(qkv[:, :2], (D,), eps=1e-6)
+        if cfg.value_residual:
+            if v1 is None:
+                v1 = qkv[:, 2].clone()  # [B, H, D]
+            else:
+                qkv[:, 2].lerp_(v1, mixes[i])
         if freqs is not None:
             rotate_(qkv[:, :2], freqs)  # q and k, in place
         kv.select(3, idx).copy_(qkv[:, 1:].transpose(0, 1))  # kv [2, B, H, capacity, D] <- [2, B, H, D]
@@ -139,9 +153,14 @@ def decode(cfg, x: torch.Tensor, weights: list, buffer: KVBuffer, idx: int, lo: 
         y = F.scaled_dot_product_attention(qkv[:, 0, :, None], window[0], window[1]).reshape(B, C)
         x = torch.addmm(x, y, proj_w) if proj_b is None else torch.addmm(x + proj_b, y, proj_w)
         h = F.layer_norm(x, (C,), ln2_w, ln2_b, eps)
-        h = F.gelu(h @ fc_w if fc_b is None else torch.addmm(fc_b, h, fc_w), approximate="tanh")  # [B, 4C]
+        h = h @ fc_w if fc_b is None else torch.addmm(fc_b, h, fc_w)  # [B, 4C]
+        h = F.relu(h).square_() if cfg.mlp_act == "relu2" else F.gelu(h, approximate="tanh")
         x = torch.addmm(x, h, fc2_w) if fc2_b is None else torch.addmm(x + fc2_b, h, fc2_w)
+        if i < n_enc:
+            skips.append(x)
     logits = F.layer_norm(x, (C,), lnf_w, lnf_b, eps) @ head  # [B, V]
+    if cfg.logit_softcap > 0:
+        logits = torch.tanh(logits / cfg.logit_softcap) * cfg.logit_softcap
     logits[:, cfg.bos_id] = float("-inf")
     return logits
 

@@ -62,6 +62,22 @@ class GeluTanh(torch.autograd.Function):
         return d.add_(s).mul_(grad)
 
 
+class ReluSquare(torch.autograd.Function):
+    """relu(x)^2 (``GPTConfig.mlp_act="relu2"``) for CPU training: one saved tensor, relu(x), from which
+    both the output and the derivative 2 relu(x) are made (autograd's relu then square keeps two)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return (r * 2.0).mul_(grad)
+
+
 class CausalAttention(torch.autograd.Function):
     """Causal multi-head attention over a fused ``[B, T, 3C]`` q/k/v projection, for CPU training.
 

@@ -7,6 +7,7 @@ draws the whole global batch and keeps its slice, see ``arlm.training.distribute
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -87,6 +88,57 @@ def get_batch(data: TokenData, documents: str, batch_size: int, block_size: int,
     x = chunk[:, :-1]
     y = torch.where(valid[:, 1:], chunk[:, 1:], IGNORE)
     return x, y
+
+
+#: Up to this many windows an epoch's order is a uniformly random permutation (``torch.randperm``); above (a
+#: large token directory), the bijection j -> (a j + b) mod W with random a coprime to W and random b.
+EXACT_PERMUTATION_MAX = 1 << 24
+
+
+class EpochOrder:
+    """Training windows in epochs (``--batch-order epochs``, documents ``file``): epoch e cuts the text into
+    ``W`` windows of ``block_size + 1`` tokens starting at ``off_e + j block_size`` (j < W, ``off_e`` a random
+    offset below ``block_size``) and visits each once, in a random order ``perm_e``; the batch of step s is
+    windows ``s B .. s B + B - 1`` of that sequence of epochs. Both are drawn from a generator seeded with
+    ``seed`` and e, so a batch depends only on its step: a resume draws what the run would have drawn.
+    """
+
+    def __init__(self, data: TokenData, block_size: int, seed: int):
+        self.n = data.n_tokens
+        self.T = min(block_size, self.n - 1)
+        self.W = max(1, (self.n - self.T) // self.T)  # windows per epoch (every offset fits)
+        self.seed = seed
+        self._epochs: dict[int, tuple] = {}
+
+    def _epoch(self, e: int) -> tuple:
+        """(offset, the order: a permutation [W], or (a, b) of the affine bijection) of epoch e."""
+        if e not in self._epochs:
+            if len(self._epochs) > 2:
+                self._epochs.pop(min(self._epochs))
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            off = int(torch.randint(0, self.T, (1,), generator=gen))
+            if self.W <= EXACT_PERMUTATION_MAX:
+                order = torch.randperm(self.W, generator=gen)
+            else:
+                a = 0
+                while math.gcd(a, self.W) != 1:
+                    a = int(torch.randint(1, self.W, (1,), generator=gen))
+                order = (a, int(torch.randint(0, self.W, (1,), generator=gen)))
+            self._epochs[e] = (off, order)
+        return self._epochs[e]
+
+    def batch(self, data: TokenData, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y LongTensor[B, T]) of optimiser step ``step`` (0-based), as :func:`get_batch` returns them."""
+        idx = step * batch_size + torch.arange(batch_size)  # [B] window numbers across epochs
+        starts = torch.empty(batch_size, dtype=torch.long)
+        for e in torch.unique(idx // self.W).tolist():
+            rows = idx // self.W == e
+            off, order = self._epoch(e)
+            j = idx[rows] % self.W
+            starts[rows] = off + (order[j] if isinstance(order, torch.Tensor) else (order[0] * j + order[1]) % self.W) * self.T
+        starts.clamp_(max=self.n - self.T - 1)
+        chunk = data.ids[starts[:, None] + torch.arange(self.T + 1)]  # [B, T+1]
+        return chunk[:, :-1], chunk[:, 1:]
 
 
 def eval_batches(data: TokenData, documents: str, batch_size: int, block_size: int, n_batches: int, seed: int):

@@ -9,6 +9,7 @@ Each concern the loop touches is a small named part: batches
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -21,14 +22,16 @@ from .. import checkpoint
 from ..device import resolve_device
 from ..errors import ArlmError
 from . import distributed
-from .batches import IGNORE, TokenData, eval_batches, get_batch
+from .batches import IGNORE, EpochOrder, TokenData, eval_batches, get_batch  # noqa: F401
 from .cpu import RunThreads, keep_freed_memory
-from .optimizer import make_optimizer
+from .ema import WeightEMA
+from .optimizer import make_optimizer, set_step_hyperparameters
 from .report import LOG_FILE, RunLog, diverged, plot_run, truncate_log
 from .schedule import lr_at
 from .settings import TrainSettings, check_settings
 from .parts import (AUTO_COMPILE_MIN_STEPS, AUTO_COMPILE_MIN_TIME, Clock, StopFlag, Throughput, autocast_for, batch_tokens,
-                    compile_count, compiles, draws_ahead, estimate_val_loss, progress_postfix, stop_reason)  # noqa: F401
+                    compile_count, compiles, draws_ahead, estimate_val_loss, progress_postfix, run_summary,
+                    stop_reason)  # noqa: F401
 from .state import DATA_FILE, RunState, restore_state, save_model_dir, save_state, snapshot, write_data
 
 #: Steps between reads of the losses from the device (and evaluations and checkpoints read them too).
@@ -115,7 +118,7 @@ def run_training(
     finally:
         _close_run(tr, bar, restore_malloc, model, vocab)
     model.eval()
-    return _summary(tr, meter, stopped, stop_flag)
+    return run_summary(tr, meter, stopped, stop_flag)
 
 
 def _close_run(tr, bar, restore_malloc, model, vocab) -> None:
@@ -141,23 +144,6 @@ def _end_run(tr, meter, stopped) -> None:
         tr.evaluate_and_checkpoint(stopped)
     else:
         tr.checkpoint(stopped)  # record why it stopped
-
-
-def _summary(tr, meter, stopped, stop_flag) -> dict:
-    """What :func:`run_training` returns (see there)."""
-    run = tr.run
-    return {
-        "step": run.step,
-        "best_step": run.best_step,
-        "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
-        "elapsed_s": run.elapsed,
-        "tokens_per_s": meter.tok_s,
-        "stopped": stopped,
-        "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
-        "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
-        "compile_s": tr.compile_s,  # seconds of steps that compiled: outside ``elapsed_s`` and the --max-time budget
-        **tr.dist.record(),  # world_size (1: a single process) and the DDP backend (None: a single process)
-    }
 
 
 def _step_loop(tr, s: TrainSettings, train_data: TokenData, stop_after_steps, stop_flag, clock, meter, bar, val_loss):
@@ -262,6 +248,8 @@ class Trainer:
                 self.compiled = torch.compile(self._loss_of, fullgraph=self.fullgraph, backend=COMPILE_BACKEND)
                 self.loss_of = self._compiled_loss_of
         self.optimizer = make_optimizer(model, settings, device)
+        self.ema = WeightEMA(model, settings.ema_decay) if settings.ema_decay else None
+        self.order: EpochOrder | None = None  # --batch-order epochs, made at the first batch
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.pending: list[tuple[int, float, torch.Tensor | float, torch.Tensor | None]] = []  # unread steps
         self.last_loss = math.nan  # the latest loss read back (progress bar)
@@ -281,6 +269,8 @@ class Trainer:
     def resume(self, tensors: dict, st: dict) -> None:
         """Continue from a checkpoint: weights, optimiser, RNGs, step; the log is cut back to that step."""
         self.run = restore_state(self.model, self.optimizer, self.gen, tensors, st)
+        if self.ema is not None:
+            self.ema.load(tensors)
         self.last_eval_step = self.saved_step = self.run.step
         if self.dist.is_main:
             truncate_log(self.out_dir / LOG_FILE, self.run.step)
@@ -294,9 +284,18 @@ class Trainer:
             x, y, self.y_cpu, _ = self.ahead
             self.ahead = None
             return x, y
-        x, y = get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
+        x, y = self._draw(data, self.run.step)
         self.y_cpu = y
         return x, y
+
+    def _draw(self, data: TokenData, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of optimiser step ``step`` (0-based): from ``gen``, or (``--batch-order epochs``, documents
+        ``file``) from the step."""
+        if self.s.batch_order != "epochs" or self.s.documents != "file":
+            return get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
+        if self.order is None:
+            self.order = EpochOrder(data, self.s.block_size, self.s.seed)
+        return self.order.batch(data, step, self.s.batch_size)
 
     def draw_ahead(self, data: TokenData) -> None:
         """On CUDA (one process): draw the next batch now, into pinned memory, and start its copy to the device.
@@ -306,7 +305,7 @@ class Trainer:
         if not self.prefetch:
             return
         state = self.gen.get_state()
-        x, y = get_batch(data, self.s.documents, self.s.batch_size, self.s.block_size, self.gen)
+        x, y = self._draw(data, self.run.step)
         pin = self.device.type == "cuda"  # page-locked: the copy runs while the device computes
         self.ahead = ((x.pin_memory() if pin else x).to(self.device, non_blocking=True),
                       (y.pin_memory() if pin else y).to(self.device, non_blocking=True), y, state)
@@ -337,8 +336,7 @@ class Trainer:
         the step) and the gradient norm wait in ``pending`` for :meth:`read_losses`.
         """
         run, s = self.run, self.s
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        set_step_hyperparameters(self.optimizer, s, lr, run.step)
         if (self.dist.rank, run.step) == self.exit_at:
             os._exit(3)
         if self.dist.enabled:
@@ -355,6 +353,8 @@ class Trainer:
         if s.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip).detach()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(run.step)
         self.pending.append((run.step, lr, loss_value, gnorm))
         run.step += 1
 
@@ -401,15 +401,16 @@ class Trainer:
         run = self.run
         self.last_eval_step = run.step
         val = None
-        if self.val_batches:
-            val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast, self.dist)
-            self.log({"step": run.step, "val_loss": val, "elapsed_s": round(run.elapsed, 3)})
-        if val is None or val < run.best_val or run.best_weights is None:
-            if val is not None:
-                run.best_val = val
-            run.best_step = run.step
-            run.best_weights = snapshot(self.model)
-            self.save_model_dir()
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():  # EMA: scored, kept
+            if self.val_batches:
+                val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast, self.dist)
+                self.log({"step": run.step, "val_loss": val, "elapsed_s": round(run.elapsed, 3)})
+            if val is None or val < run.best_val or run.best_weights is None:
+                if val is not None:
+                    run.best_val = val
+                run.best_step = run.step
+                run.best_weights = snapshot(self.model)
+                self.save_model_dir()
         self.checkpoint(stopped)
         return val
 
@@ -427,7 +428,8 @@ class Trainer:
             return
         if self.log is not None:
             self.log.flush()
-        save_state(self.out_dir, self.model, self.optimizer, self.gen, self.vocab, self.meta, self.s, self.run, stopped)
+        save_state(self.out_dir, self.model, self.optimizer, self.gen, self.vocab, self.meta, self.s, self.run, stopped,
+                   self.ema.tensors() if self.ema is not None else None)
 
     def save_model_dir(self) -> None:
         run = self.run

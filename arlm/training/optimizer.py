@@ -33,8 +33,8 @@ def uses_bf16(s: TrainSettings, device: torch.device) -> bool:
 def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; weight decay on parameters with >= 2 dims (matrices, embeddings) only.
 
-    ``s.optimizer == "muon"``: :class:`arlm.training.muon.MuonAdamW`, Muon (no weight decay) on the hidden
-    matrices (:func:`arlm.training.muon.hidden_matrices`), AdamW as above on the rest.
+    ``s.optimizer == "muon"``: :class:`arlm.training.muon.MuonAdamW`, Muon (weight decay
+    ``s.muon_weight_decay``) on the hidden matrices (:func:`arlm.training.muon.hidden_matrices`), AdamW as above on the rest.
 
     Raises:
         ArlmError: an unknown optimizer.
@@ -45,7 +45,8 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
         hidden = {id(p) for p in hidden_matrices(model)}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
         return MuonAdamW([
-            {"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True, "weight_decay": 0.0},
+            {"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True,
+             "weight_decay": s.muon_weight_decay},
             {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ], lr=s.lr, betas=(s.beta1, s.beta2), lr_ratio=s.muon_lr / s.lr,
@@ -66,3 +67,18 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
     except (RuntimeError, TypeError, ValueError):  # an older torch or another device: no fused kernel
         return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
 
+
+
+#: Muon's momentum before and after ``--muon-momentum-warmup`` (modded-nanoGPT's values).
+MUON_MOMENTUM = (0.85, 0.95)
+
+
+def set_step_hyperparameters(optimizer: torch.optim.Optimizer, s: TrainSettings, lr: float, step: int) -> None:
+    """Set the learning rate ``lr`` on every group, and Muon's momentum of optimiser step ``step`` (0-based):
+    with ``s.muon_momentum_warmup`` = N > 0 it rises linearly from 0.85 to 0.95 over the first N steps
+    (Keller Jordan et al., modded-nanoGPT), else it stays at the optimizer's 0.95."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+        if s.muon_momentum_warmup and g.get("use_muon"):
+            lo, hi = MUON_MOMENTUM
+            g["momentum"] = lo + (hi - lo) * min(1.0, step / s.muon_momentum_warmup)

@@ -3,6 +3,7 @@ meter, the stop flag, stop reasons, the progress line, and the val estimate."""
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 
@@ -179,3 +180,20 @@ def estimate_val_loss(model, batches, device, autocast, dist: distributed.Dist |
     if dist.enabled:
         total, count = dist.all_reduce([total, count], what="summing the val loss")
     return total / max(count, 1)
+
+
+def run_summary(tr, meter, stopped, stop_flag) -> dict:
+    """What :func:`run_training` returns (see there)."""
+    run = tr.run
+    return {
+        "step": run.step,
+        "best_step": run.best_step,
+        "best_val_loss": run.best_val if math.isfinite(run.best_val) else None,
+        "elapsed_s": run.elapsed,
+        "tokens_per_s": meter.tok_s,
+        "stopped": stopped,
+        "signal": stop_flag.signum,  # SIGINT / SIGTERM that interrupted the run, else None
+        "val_tokens": sum(int((y != IGNORE).sum()) for _, y in tr.val_batches),
+        "compile_s": tr.compile_s,  # seconds of steps that compiled: outside ``elapsed_s`` and the --max-time budget
+        **tr.dist.record(),  # world_size (1: a single process) and the DDP backend (None: a single process)
+    }

@@ -73,6 +73,25 @@ class TrainSettings:
                   "choices": ("adamw", "muon")})
     muon_lr: float = field(default=0.02,
         metadata={"help": "with --optimizer muon: peak learning rate of Muon, on --lr's schedule"})
+    #: Muon's decoupled weight decay (W <- W (1 - lr wd), lr being Muon's scheduled rate) and its momentum
+    #: warm-up (0.85 -> 0.95 linearly over ``muon_momentum_warmup`` steps), both from modded-nanoGPT.
+    muon_weight_decay: float = field(default=0.0, metadata={
+        "help": "with --optimizer muon: decoupled weight decay of the Muon matrices, W <- W (1 - lr wd) a step"})
+    muon_momentum_warmup: int = field(default=0, metadata={
+        "help": "with --optimizer muon: steps over which Muon's momentum rises linearly from 0.85 to 0.95 "
+                "(0: 0.95 throughout)"})
+    #: ``ema_decay`` > 0: the model directory gets an exponential moving average of the weights, which is
+    #: also what the val loss is measured on (:class:`arlm.training.ema.WeightEMA`).
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "evaluate and save an exponential moving average of the weights with this decay a step, e.g. "
+                "0.99 (0: off)"})
+    #: How training windows are drawn (:mod:`.batches`): ``"random"`` (uniform random offsets, with
+    #: replacement) or ``"epochs"`` (:class:`.batches.EpochOrder`).
+    batch_order: str = field(default="random", metadata={
+        "help": "random: windows at uniform random offsets; epochs: each epoch cuts the text into --block-size "
+                "windows at a random offset and visits each once, in a random order (--documents file; with "
+                "--documents lines, random)",
+        "choices": ("random", "epochs")})
     #: ``"cosine"`` (runs saved before this field) or ``"wsd"``: the decay's shape (:func:`arlm.training.lr_at`);
     #: ``cooldown_fraction``: the share of the budget over which ``"wsd"`` decays linearly.
     lr_schedule: str = field(default="cosine",
@@ -138,5 +157,11 @@ def check_settings(s: TrainSettings) -> None:
         raise ArlmError(f"--lr-schedule must be cosine or wsd, got {s.lr_schedule!r}")
     if not 0.0 < s.cooldown_fraction <= 1.0:
         raise ArlmError(f"--cooldown-fraction must be in (0, 1], got {s.cooldown_fraction}")
+    if not 0.0 <= s.ema_decay < 1.0:
+        raise ArlmError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
+    if s.muon_weight_decay < 0 or s.muon_momentum_warmup < 0:
+        raise ArlmError("--muon-weight-decay and --muon-momentum-warmup must be >= 0")
+    if s.batch_order not in ("random", "epochs"):
+        raise ArlmError(f"--batch-order must be random or epochs, got {s.batch_order!r}")
     if s.threads is not None and s.threads < 1:
         raise ArlmError(f"--threads must be >= 1, got {s.threads}")

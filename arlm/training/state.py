@@ -93,9 +93,11 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_state(out_dir: Path, model, optimizer, gen: torch.Generator, vocab, meta: dict, settings, run: RunState,
-               stopped: str | None = None) -> None:
-    """Write ``training_state.safetensors``: weights, best weights, optimiser, RNGs, and where the run stands."""
+               stopped: str | None = None, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``training_state.safetensors``: weights, best weights, optimiser, RNGs, and where the run stands
+    (and ``extra`` tensors, e.g. the weights' moving average ``ema.NAME``)."""
     tensors = {f"model.{n}": p for n, p in model.named_parameters()}
+    tensors.update(extra or {})
     tensors.update({f"best.{n}": t for n, t in (run.best_weights or snapshot(model)).items()})
     sd = optimizer.state_dict()
     keys = []

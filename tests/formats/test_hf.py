@@ -28,11 +28,11 @@ TEXT = SHAKESPEARE.read_text(encoding="utf-8")
 PROBE = TEXT[50_000:50_500]  # 500 characters
 
 
-def _gpt(vocab, seed=0) -> GPTModel:
+def _gpt(vocab, seed=0, **options) -> GPTModel:
     """A small GPT with spread-out weights, so that greedy decoding wanders and the logits differ."""
     torch.manual_seed(seed)
     m = GPTModel(GPTConfig(vocab.vocab_size, vocab.bos_id, vocab.eos_id, n_layer=2, n_head=2, n_embd=32,
-                           block_size=512))
+                           block_size=512, **options))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in m.named_parameters():
@@ -228,3 +228,37 @@ def test_other_position_schemes_are_refused():
     with pytest.raises(ArlmError, match="learned position embeddings.*rotary"):
         _check_positions(GPTConfig(vocab_size=10, bos_id=0, eos_id=1, pos_emb="rotary"))
     _check_positions(GPTConfig(vocab_size=10, bos_id=0, eos_id=1))
+
+
+def test_relu2_untied_zero_init_export_runs_in_transformers_and_round_trips(tmp_path):
+    """The modded-nanoGPT options GPT-2 can express (ReLU² as transformers' "relu2", an untied head, zero-initialised
+    projections: only an initialisation) export: transformers' scores equal arlm's, and the import is the same model."""
+    vocab = _vocab("bpe")
+    lm = LM(_gpt(vocab, mlp_act="relu2", tie_word_embeddings=False, zero_init=True), vocab, "file")
+    export_hf(lm, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.activation_function == "relu2" and not hf.config.tie_word_embeddings
+    ids = encode_document(vocab, PROBE[:200])
+    keep = [i for i in range(vocab.vocab_size) if i != vocab.bos_id]
+    with torch.no_grad():
+        theirs = torch.log_softmax(hf(torch.tensor([_hf_ids(vocab, ids[:-1])])).logits[0].double(), -1)
+        ours = torch.log_softmax(lm.model.logits(torch.tensor([ids[:-1]]))[0].double(), -1)
+    assert (theirs - ours[:, keep]).abs().max().item() <= 1e-5
+    back = import_hf(tmp_path / "hf")
+    assert back.model.config.mlp_act == "relu2"
+    assert back.log_prob(PROBE[:100]) == pytest.approx(lm.log_prob(PROBE[:100]), abs=1e-4)
+
+
+@pytest.mark.parametrize("option", [dict(qk_norm=True), dict(logit_softcap=30.0), dict(value_residual=True),
+                                    dict(unet_skips=True)])
+def test_options_without_a_gpt2_equivalent_are_refused(option, tmp_path, capsys):
+    from arlm.cli import main
+
+    vocab = CharVocab.train(names_docs(100))
+    LM(_gpt(vocab, **option), vocab, "lines").save(tmp_path / "m")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "m"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    name = next(iter(option))
+    assert err.count("\n") == 1 and f"{name}=" in err and "GPT2LMHeadModel cannot run" in err, err
+    assert not (tmp_path / "x").exists()

@@ -123,6 +123,25 @@ def test_two_ranks_match_one_process_a_dead_rank_stops_the_other_and_the_run_res
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+#: issue 24's options, model and loop, all on
+EVERY_OPTION = ["--documents", "file", "--n-layer", "2", "--qk-norm", "--mlp-act", "relu2", "--zero-init",
+                "--no-tie-word-embeddings", "--logit-softcap", "15", "--value-residual", "--unet-skips",
+                "--optimizer", "muon", "--muon-weight-decay", "0.5", "--muon-momentum-warmup", "5",
+                "--ema-decay", "0.9", "--batch-order", "epochs"]
+
+
+def test_two_ranks_match_one_process_with_every_option(tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    for out, extra in ((single, []), (ddp, ["--nproc", "2"])):
+        r = arlm(*TRAIN, *EVERY_OPTION, "--out", str(out), *extra)
+        assert r.returncode == 0, r.stderr
+    assert_matches_one_process(ddp, single)
+    ta, _ = read_state(single / STATE_FILE)
+    tb, _ = read_state(ddp / STATE_FILE)
+    ema = [k for k in ta if k.startswith("ema.")]
+    assert ema and all(float((ta[k] - tb[k]).abs().max()) < 1e-5 for k in ema)
+
+
 def test_two_machines_on_one_host_match_one_process(tmp_path):
     single, nodes = tmp_path / "single", tmp_path / "nodes"
     r = arlm(*TRAIN, "--out", str(single))
