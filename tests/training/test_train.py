@@ -373,7 +373,9 @@ def test_compile_time_is_reported_apart_and_the_budget_holds(tmp_path, monkeypat
     wall = time.perf_counter() - t0
     assert summary["stopped"] == "max_time" and summary["compile_s"] > 0 and summary["step"] > 1
     recs = [json.loads(line) for line in (tmp_path / "run" / T.LOG_FILE).read_text().splitlines()]
-    assert [r["compile_s"] for r in recs if "tokens_per_s" in r] == [round(summary["compile_s"], 3)]
+    # every throughput record (one per log interval: how many fit in 1.5 s depends on the machine) carries it
+    reported = [r["compile_s"] for r in recs if "tokens_per_s" in r]
+    assert reported and set(reported) == {round(summary["compile_s"], 3)}
     step_s = 1.5 / (summary["step"] - 1)  # a generous bound on one compiled step
     assert 1.5 <= summary["elapsed_s"] <= 1.5 + 5 * step_s + 0.5
     assert wall >= summary["compile_s"] + 1.5  # the compilation did happen, outside the budget
