@@ -15,7 +15,7 @@ FORMAT_VERSION = 1
 #: the version of files coded under dynamic evaluation (flags bit 4; the settings follow the counts)
 ADAPT_VERSION = 2
 #: the update rules a version-2 header names by index (arlm.models.dyneval.DYNEVAL_OPTIMIZERS)
-ADAPT_OPTIMIZERS = ("sgd", "rms")
+ADAPT_OPTIMIZERS = ("sgd", "rms", "rms-relative")
 
 
 def _pack_adapt(a: dict) -> bytes:

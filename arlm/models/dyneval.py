@@ -7,8 +7,10 @@ chunk, then predict the next chunk with the updated weights. Update rules
 (``optimizer``): ``"sgd"``, ``θ ← θ − η g``; ``"rms"``, ``θ ← θ − η g / (√v̂ + ε)``
 with v̂ the bias-corrected running mean of g² over this document's updates
 (their RMS-normalised rule, with the mean squares taken online rather than from
-the training data). Both add a decay toward the trained weights ``λ (θ₀ − θ)``
-(their "global prior").
+the training data); ``"rms-relative"`` (the default), the same step times the
+RMS of the trained tensor θ₀ it updates, so that η is a fraction of each
+weight's scale (weight decay in training shrinks the matrices many-fold). All
+add a decay toward the trained weights ``λ (θ₀ − θ)`` (their "global prior").
 
 GPT (block models): the chunks of a document are aligned windows. Chunk k
 predicts the tokens after input positions ``s = k·c .. s + c − 1`` from one
@@ -47,11 +49,12 @@ from ..paths import WEIGHTS_FILE
 from .base import LanguageModel
 
 #: The update rules of :class:`DynEvalConfig` (``optimizer``).
-DYNEVAL_OPTIMIZERS = ("sgd", "rms")
+DYNEVAL_OPTIMIZERS = ("sgd", "rms", "rms-relative")
 #: ``"rms"``: decay of the running mean of squared gradients, and ε.
 _RMS_BETA, _RMS_EPS = 0.99, 1e-8
-#: The step size η of each rule when none is given.
-DEFAULT_LEARNING_RATES = {"sgd": 0.01, "rms": 3e-4}
+#: The step size η of each base family and rule when none is given (measured: bench/README.md, issue 24).
+DEFAULT_LEARNING_RATES = {"gpt": {"sgd": 0.01, "rms": 3e-4, "rms-relative": 1e-3},
+                          "lstm": {"sgd": 0.01, "rms": 3e-4, "rms-relative": 3e-3}}
 
 
 @dataclasses.dataclass
@@ -66,11 +69,13 @@ class DynEvalConfig:
     chunk_size: int | None = field(default=None, metadata={
         "help": "tokens predicted between two updates (default: half a gpt's block size; 50 for an lstm)"})
     learning_rate: float | None = field(default=None, metadata={
-        "help": "step size η of each update (default: 3e-4 for rms, 0.01 for sgd)"})
+        "help": "step size η of each update (default: rms-relative 1e-3 for a gpt and 3e-3 for an lstm; "
+                "rms 3e-4; sgd 0.01)"})
     decay: float = field(default=0.001, metadata={"help": "pull λ of the weights back toward the trained ones per update"})
     steps: int = field(default=1, metadata={"help": "gradient steps per chunk"})
-    optimizer: str = field(default="rms", metadata={
-        "help": "update rule: sgd, or rms (steps divided by the running RMS of the gradients)",
+    optimizer: str = field(default="rms-relative", metadata={
+        "help": "update rule: sgd; rms (steps divided by the running RMS of the gradients); rms-relative "
+                "(rms steps times the RMS of each trained weight tensor)",
         "choices": DYNEVAL_OPTIMIZERS})
 
 
@@ -122,8 +127,9 @@ class DynEvalModel(LanguageModel):
         self.config = config
         self.chunk = chunk
         lr = config.learning_rate
-        self.learning_rate = DEFAULT_LEARNING_RATES[config.optimizer] if lr is None else lr
+        self.learning_rate = DEFAULT_LEARNING_RATES[base.family][config.optimizer] if lr is None else lr
         self.base = base
+        self._scales: list[float] | None = None  # "rms-relative": the RMS of each trained tensor
 
     @property
     def block_size(self) -> None:
@@ -166,16 +172,21 @@ class DynEvalModel(LanguageModel):
     def _apply(self, st: DynEvalState) -> None:
         cfg = self.config
         params = list(st.model.parameters())
-        if cfg.optimizer == "rms" and st.sq is None:
+        rms = cfg.optimizer != "sgd"
+        if rms and st.sq is None:
             st.sq = [torch.zeros_like(p) for p in params]
+        if self._scales is None:
+            relative = cfg.optimizer == "rms-relative"
+            self._scales = [_rms(p) if relative else 1.0 for p in self.base.parameters()]
         st.updates += 1
         correction = 1.0 - _RMS_BETA ** st.updates
         for i, (p, p0) in enumerate(zip(params, self.base.parameters())):
             g = p.grad
             if g is not None and self.learning_rate:
-                if cfg.optimizer == "rms":
+                if rms:
                     sq = st.sq[i].mul_(_RMS_BETA).addcmul_(g, g, value=1.0 - _RMS_BETA)
-                    p.addcdiv_(g, (sq / correction).sqrt_().add_(_RMS_EPS), value=-self.learning_rate)
+                    p.addcdiv_(g, (sq / correction).sqrt_().add_(_RMS_EPS),
+                               value=-self.learning_rate * self._scales[i])
                 else:
                     p.sub_(self.learning_rate * g)
             if cfg.decay:
@@ -297,6 +308,11 @@ class DynEvalModel(LanguageModel):
         if not components:
             raise ArlmError(f"{directory}: a dyneval model is loaded with its base model (use arlm.checkpoint.load)")
         return cls(config, components[0]).eval()
+
+
+def _rms(t: torch.Tensor) -> float:
+    """The root mean square of a tensor's entries (0 for an empty one), in float64."""
+    return t.detach().double().pow(2).mean().sqrt().item() if t.numel() else 0.0
 
 
 def _detach(state):

@@ -72,7 +72,7 @@ def test_gpt_chunks_at_zero_rate_are_the_static_sliding_window(chunk):
     assert torch.allclose(model.stepwise_log_probs(ids, normalise=True), static, atol=1e-10)
 
 
-@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("rms", 0.01)])
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("rms", 0.01), ("rms-relative", 0.3)])
 def test_gpt_dynamic_evaluation_learns_the_repeats_and_leaves_the_base_alone(optimizer, lr):
     v = _vocab()
     ids = torch.tensor(encode_document(v, TEXT))
@@ -84,6 +84,21 @@ def test_gpt_dynamic_evaluation_learns_the_repeats_and_leaves_the_base_alone(opt
     assert torch.equal(base.sequence_log_probs(ids, stride=4), static)
     # step (compress, sample, serve) agrees with the batched pass up to float rounding
     assert torch.allclose(model.stepwise_log_probs(ids, normalise=True), adapted, atol=1e-9)
+
+
+def test_rms_relative_steps_are_rms_steps_times_each_trained_tensors_rms():
+    v = _vocab()
+    ids = torch.tensor(encode_document(v, TEXT[:40]))
+    moved = {}
+    for rule in ("rms", "rms-relative"):
+        base, model = _gpt_dyneval(v, chunk_size=4, learning_rate=1e-3, optimizer=rule, decay=0.0)
+        st = model._new_state()
+        model._update(st, ids[None, :8], ids[5:9], 4)
+        moved[rule] = [(p - p0).double() for p, p0 in zip(st.model.parameters(), base.parameters())]
+    scales = [p.detach().double().pow(2).mean().sqrt() for p in base.parameters()]
+    for a, r, c in zip(moved["rms"], moved["rms-relative"], scales):
+        assert torch.allclose(r, a * c, rtol=1e-4, atol=1e-12)
+    assert any(float(c) > 2 * float(min(scales)) for c in scales)  # the tensors' scales differ
 
 
 def test_bad_settings_are_one_line_errors():
@@ -109,3 +124,5 @@ def test_adapt_on_a_dyneval_model_replaces_its_settings():
     assert again.model.base is base and again.model.settings() == {
         "chunk_size": 4, "learning_rate": 3e-4, "decay": 0.001, "steps": 1, "optimizer": "rms"}
     assert LM(base, v).adapt().model.settings()["chunk_size"] == 4  # half the block by default
+    assert LM(base, v).adapt().model.settings()["optimizer"] == "rms-relative"
+    assert LM(base, v).adapt().model.settings()["learning_rate"] == 1e-3
