@@ -34,6 +34,8 @@ def _specs(only: str | None) -> dict[str, list]:
 
 
 def _show(v) -> str:
+    if v is None:  # a setting the run chooses (its help says how)
+        return "auto"
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 

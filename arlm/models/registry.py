@@ -54,12 +54,12 @@ _GRADIENT = dict(batch_size=32, min_lr_ratio=0.01)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("ngram", "arlm.models.ngram", "NGramConfig", "NGramModel", trains="count", commands=("compare",),
            formats=("arpa",)),
-    # GPT: Muon for the hidden matrices and a bf16 training forward (issue 14); epoch batch order (issue 24;
-    # bench/README.md)
+    # GPT: Muon for the hidden matrices and a bf16 training forward (issue 14); epoch batch order, and weight
+    # decay with an EMA for runs of many passes over train (issue 24; bench/README.md)
     Family("gpt", "arlm.models.gpt", "GPTConfig", "GPTModel", trains="gradient", resumes=True,
            commands=("compare", "dyneval"), formats=("hf",),
            defaults=dict(_GRADIENT, lr=6e-3, precision="bf16", optimizer="muon", muon_lr=0.03,
-                         batch_order="epochs")),
+                         batch_order="epochs", muon_weight_decay=None, ema_decay=None)),
     Family("lstm", "arlm.models.lstm", "LSTMConfig", "LSTMModel", trains="gradient", resumes=True,
            commands=("compare", "dyneval"), defaults=dict(_GRADIENT, lr=4e-2, block_size=64)),
     Family("cache", "arlm.models.cache", "CacheConfig", "CacheModel", trains="none", commands=("compare",),

@@ -32,6 +32,12 @@ class WeightEMA:
         d = min(self.decay, (1.0 + step) / (10.0 + step))
         torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - d)
 
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Start the averages again from the current weights."""
+        for a, p in zip(self.avg, self.params):
+            a.copy_(p)
+
     @contextlib.contextmanager
     def swapped_in(self):
         """Inside the block the model's parameters hold the averages; the trained weights come back after."""

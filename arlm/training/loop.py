@@ -27,8 +27,8 @@ from .cpu import RunThreads, keep_freed_memory
 from .ema import WeightEMA
 from .optimizer import make_optimizer, set_step_hyperparameters
 from .report import LOG_FILE, RunLog, diverged, plot_run, truncate_log
-from .schedule import lr_at
-from .settings import TrainSettings, check_settings
+from .schedule import lr_at, planned_passes
+from .settings import AUTO_EMA_DECAY, AUTO_PASSES, TrainSettings, check_settings
 from .parts import (AUTO_COMPILE_MIN_STEPS, AUTO_COMPILE_MIN_TIME, Clock, StopFlag, Throughput, autocast_for, batch_tokens,
                     compile_count, compiles, draws_ahead, estimate_val_loss, progress_postfix, run_summary,
                     stop_reason)  # noqa: F401
@@ -159,6 +159,7 @@ def _step_loop(tr, s: TrainSettings, train_data: TokenData, stop_after_steps, st
             break
         t0 = time.perf_counter()
         lr = lr_at(s, run.step, run.elapsed)
+        tr.passes = planned_passes(s, run.step, run.elapsed, train_data.n_tokens)
         x, y = tr.next_batch(train_data)  # y_cpu: the targets on the host, for counting
         compiles = compile_count() if tr.compiling else 0
         tr.train_step(x, y, lr)  # forward, backward, clip, optimiser step; nothing read back
@@ -248,7 +249,10 @@ class Trainer:
                 self.compiled = torch.compile(self._loss_of, fullgraph=self.fullgraph, backend=COMPILE_BACKEND)
                 self.loss_of = self._compiled_loss_of
         self.optimizer = make_optimizer(model, settings, device)
-        self.ema = WeightEMA(model, settings.ema_decay) if settings.ema_decay else None
+        # ema_decay None (auto): the average is kept from the start and used once the run plans enough passes
+        self.ema = (WeightEMA(model, AUTO_EMA_DECAY if settings.ema_decay is None else settings.ema_decay)
+                    if settings.ema_decay is None or settings.ema_decay > 0 else None)
+        self.passes: float | None = None  # planned passes over train (.schedule.planned_passes), each step
         self.order: EpochOrder | None = None  # --batch-order epochs, made at the first batch
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.pending: list[tuple[int, float, torch.Tensor | float, torch.Tensor | None]] = []  # unread steps
@@ -270,7 +274,12 @@ class Trainer:
         """Continue from a checkpoint: weights, optimiser, RNGs, step; the log is cut back to that step."""
         self.run = restore_state(self.model, self.optimizer, self.gen, tensors, st)
         if self.ema is not None:
-            self.ema.load(tensors)
+            try:
+                self.ema.load(tensors)
+            except KeyError:  # a run saved without an average: an auto one starts from the resumed weights
+                if self.s.ema_decay is not None:
+                    raise
+                self.ema.reset()
         self.last_eval_step = self.saved_step = self.run.step
         if self.dist.is_main:
             truncate_log(self.out_dir / LOG_FILE, self.run.step)
@@ -336,7 +345,7 @@ class Trainer:
         the step) and the gradient norm wait in ``pending`` for :meth:`read_losses`.
         """
         run, s = self.run, self.s
-        set_step_hyperparameters(self.optimizer, s, lr, run.step)
+        set_step_hyperparameters(self.optimizer, s, lr, run.step, self.passes)
         if (self.dist.rank, run.step) == self.exit_at:
             os._exit(3)
         if self.dist.enabled:
@@ -401,7 +410,7 @@ class Trainer:
         run = self.run
         self.last_eval_step = run.step
         val = None
-        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():  # EMA: scored, kept
+        with self.ema.swapped_in() if self.ema_in_use() else contextlib.nullcontext():  # EMA: scored, kept
             if self.val_batches:
                 val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast, self.dist)
                 self.log({"step": run.step, "val_loss": val, "elapsed_s": round(run.elapsed, 3)})
@@ -413,6 +422,13 @@ class Trainer:
                 self.save_model_dir()
         self.checkpoint(stopped)
         return val
+
+    def ema_in_use(self) -> bool:
+        """Whether the weights' average is what is scored and saved: ``--ema-decay`` > 0, or auto (None) with
+        at least ``AUTO_PASSES[0]`` planned passes over train."""
+        if self.ema is None:
+            return False
+        return self.s.ema_decay is not None or (self.passes or 0.0) >= AUTO_PASSES[0]
 
     def checkpoint(self, stopped: str | None = None) -> None:
         """Write the training state (``stopped``: why the run ended, else None); rank 0 only.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArlmError
-from .settings import TrainSettings
+from .settings import TrainSettings, auto_weight_decay
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -46,7 +46,7 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
         return MuonAdamW([
             {"params": [p for p in model.parameters() if id(p) in hidden], "use_muon": True,
-             "weight_decay": s.muon_weight_decay},
+             "weight_decay": s.muon_weight_decay or 0.0},  # None (auto): set every step
             {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ], lr=s.lr, betas=(s.beta1, s.beta2), lr_ratio=s.muon_lr / s.lr,
@@ -73,12 +73,17 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings, device: torch.devic
 MUON_MOMENTUM = (0.85, 0.95)
 
 
-def set_step_hyperparameters(optimizer: torch.optim.Optimizer, s: TrainSettings, lr: float, step: int) -> None:
+def set_step_hyperparameters(optimizer: torch.optim.Optimizer, s: TrainSettings, lr: float, step: int,
+                             passes: float | None = None) -> None:
     """Set the learning rate ``lr`` on every group, and Muon's momentum of optimiser step ``step`` (0-based):
     with ``s.muon_momentum_warmup`` = N > 0 it rises linearly from 0.85 to 0.95 over the first N steps
-    (Keller Jordan et al., modded-nanoGPT), else it stays at the optimizer's 0.95."""
+    (Keller Jordan et al., modded-nanoGPT), else it stays at the optimizer's 0.95. With
+    ``s.muon_weight_decay`` None, Muon's weight decay is :func:`.settings.auto_weight_decay` of ``passes``
+    (:func:`.schedule.planned_passes`)."""
     for g in optimizer.param_groups:
         g["lr"] = lr
+        if s.muon_weight_decay is None and g.get("use_muon"):
+            g["weight_decay"] = auto_weight_decay(passes)
         if s.muon_momentum_warmup and g.get("use_muon"):
             lo, hi = MUON_MOMENTUM
             g["momentum"] = lo + (hi - lo) * min(1.0, step / s.muon_momentum_warmup)

@@ -46,3 +46,17 @@ def schedule_progress(s: TrainSettings, step: int, elapsed: float) -> float:
         frac = max(frac, (elapsed - time0) / max(s.max_time - time0, 1e-9))
     progress = p0 + (1.0 - p0) * min(max(frac, 0.0), 1.0)
     return min(max(progress, 0.0), 1.0)
+
+
+def planned_passes(s: TrainSettings, step: int, elapsed: float, train_tokens: int) -> float | None:
+    """The passes over ``train_tokens`` that the run will have made at the end of its budget, as known after
+    ``step`` steps and ``elapsed`` seconds: ``--max-steps`` exactly, a time budget extrapolated from the steps
+    per second so far (the smaller of both when both are set); None while nothing is known (no step yet).
+    A step reads ``batch_size * block_size`` tokens."""
+    steps = float(s.max_steps) if s.max_steps is not None else None
+    if s.max_time is not None and step > 0 and elapsed > 0:
+        by_time = step * s.max_time / elapsed
+        steps = by_time if steps is None else min(steps, by_time)
+    if steps is None:
+        return None
+    return steps * s.batch_size * s.block_size / max(train_tokens, 1)

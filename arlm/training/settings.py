@@ -12,6 +12,13 @@ from ..errors import ArlmError
 
 DEFAULT_MAX_TIME = 120.0  # seconds, when neither --max-steps nor --max-time is given
 
+#: The "auto" regularisation of many-epoch runs (``muon_weight_decay`` / ``ema_decay`` None): off below
+#: ``AUTO_PASSES[0]`` planned passes over the training tokens; the weight decay rises linearly to
+#: ``AUTO_WEIGHT_DECAY`` at ``AUTO_PASSES[1]``; the EMA is on from ``AUTO_PASSES[0]`` (bench/README.md, issue 24).
+AUTO_PASSES = (15.0, 30.0)
+AUTO_WEIGHT_DECAY = 0.5
+AUTO_EMA_DECAY = 0.999
+
 
 @dataclass
 class TrainSettings:
@@ -75,16 +82,21 @@ class TrainSettings:
         metadata={"help": "with --optimizer muon: peak learning rate of Muon, on --lr's schedule"})
     #: Muon's decoupled weight decay (W <- W (1 - lr wd), lr being Muon's scheduled rate) and its momentum
     #: warm-up (0.85 -> 0.95 linearly over ``muon_momentum_warmup`` steps), both from modded-nanoGPT.
-    muon_weight_decay: float = field(default=0.0, metadata={
-        "help": "with --optimizer muon: decoupled weight decay of the Muon matrices, W <- W (1 - lr wd) a step"})
+    #: None ("auto", the gpt default): :func:`auto_weight_decay` of the run's planned passes over train.
+    muon_weight_decay: float | None = field(default=0.0, metadata={
+        "help": "with --optimizer muon: decoupled weight decay of the Muon matrices, W <- W (1 - lr wd) a step "
+                "(default: {defaults}; auto: 0 up to 15 planned passes over the training tokens, rising "
+                "linearly to 0.5 at 30 passes)"})
     muon_momentum_warmup: int = field(default=0, metadata={
         "help": "with --optimizer muon: steps over which Muon's momentum rises linearly from 0.85 to 0.95 "
                 "(0: 0.95 throughout)"})
     #: ``ema_decay`` > 0: the model directory gets an exponential moving average of the weights, which is
     #: also what the val loss is measured on (:class:`arlm.training.ema.WeightEMA`).
-    ema_decay: float = field(default=0.0, metadata={
+    #: None ("auto", the gpt default): 0.999 once the run plans at least ``AUTO_PASSES[0]`` passes over train.
+    ema_decay: float | None = field(default=0.0, metadata={
         "help": "evaluate and save an exponential moving average of the weights with this decay a step, e.g. "
-                "0.99 (0: off)"})
+                "0.99 (0: off; default: {defaults}; auto: 0.999 from 15 planned passes over the training "
+                "tokens, else off)"})
     #: How training windows are drawn (:mod:`.batches`): ``"random"`` (uniform random offsets, with
     #: replacement) or ``"epochs"`` (:class:`.batches.EpochOrder`).
     batch_order: str = field(default="random", metadata={
@@ -157,11 +169,20 @@ def check_settings(s: TrainSettings) -> None:
         raise ArlmError(f"--lr-schedule must be cosine or wsd, got {s.lr_schedule!r}")
     if not 0.0 < s.cooldown_fraction <= 1.0:
         raise ArlmError(f"--cooldown-fraction must be in (0, 1], got {s.cooldown_fraction}")
-    if not 0.0 <= s.ema_decay < 1.0:
+    if s.ema_decay is not None and not 0.0 <= s.ema_decay < 1.0:
         raise ArlmError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
-    if s.muon_weight_decay < 0 or s.muon_momentum_warmup < 0:
+    if (s.muon_weight_decay is not None and s.muon_weight_decay < 0) or s.muon_momentum_warmup < 0:
         raise ArlmError("--muon-weight-decay and --muon-momentum-warmup must be >= 0")
     if s.batch_order not in ("random", "epochs"):
         raise ArlmError(f"--batch-order must be random or epochs, got {s.batch_order!r}")
     if s.threads is not None and s.threads < 1:
         raise ArlmError(f"--threads must be >= 1, got {s.threads}")
+
+
+def auto_weight_decay(passes: float | None) -> float:
+    """The "auto" Muon weight decay for a run planning ``passes`` passes over its training tokens (None:
+    not known yet): 0 up to ``AUTO_PASSES[0]``, linear to ``AUTO_WEIGHT_DECAY`` at ``AUTO_PASSES[1]``."""
+    if passes is None:
+        return 0.0
+    lo, hi = AUTO_PASSES
+    return AUTO_WEIGHT_DECAY * min(1.0, max(0.0, (passes - lo) / (hi - lo)))

@@ -13,7 +13,8 @@ from arlm.training.batches import EpochOrder
 from arlm.training.ema import WeightEMA
 from arlm.training.muon import MuonAdamW
 from arlm.training.optimizer import set_step_hyperparameters
-from arlm.training.settings import check_settings
+from arlm.training.schedule import planned_passes
+from arlm.training.settings import auto_weight_decay, check_settings
 from arlm.vocab import CharVocab
 
 from test_train import current_weights, losses, make, settings
@@ -159,3 +160,40 @@ def test_on_off_flags_set_the_field_both_ways():
     assert given(p.parse_args(["--tie-word-embeddings", "--no-qk-norm"]), gpt) == {
         "tie_word_embeddings": True, "qk_norm": False}
     assert given(p.parse_args([]), gpt) == {}
+
+
+def test_planned_passes_and_the_auto_weight_decay():
+    s = settings("file", max_steps=100)  # 8 x 16 tokens a step
+    assert planned_passes(s, 0, 0.0, 1600) == pytest.approx(8.0)
+    timed = settings("file", max_steps=None, max_time=60.0)
+    assert planned_passes(timed, 0, 0.0, 1600) is None  # nothing known before the first step
+    assert planned_passes(timed, 10, 6.0, 1600) == pytest.approx(8.0)  # 100 steps by the end
+    both = settings("file", max_steps=50, max_time=60.0)
+    assert planned_passes(both, 10, 6.0, 1600) == pytest.approx(4.0)
+    assert [auto_weight_decay(p) for p in (None, 3.0, 15.0, 22.5, 30.0, 300.0)] == pytest.approx(
+        [0.0, 0.0, 0.0, 0.25, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_auto_regularisation_is_the_explicit_one_its_planned_passes_give(tmp_path, many):
+    """gpt's default (muon_weight_decay, ema_decay None): below 15 planned passes over train, no weight decay and
+    the trained weights saved; from 30 passes, weight decay 0.5 and the EMA 0.999 saved, bit for bit as if given."""
+    model, vocab, train, val = make_with()
+    if many:  # 12 steps of 8 x 16 tokens over 40 training tokens: 38 passes
+        train = T.TokenData(train.ids[:40], torch.tensor([0, 40]))
+    runs = {}
+    explicit = dict(muon_weight_decay=0.5, ema_decay=0.999) if many else dict(muon_weight_decay=0.0, ema_decay=0.0)
+    for name, opts in (("auto", dict(muon_weight_decay=None, ema_decay=None)), ("explicit", explicit)):
+        model, *_ = make_with()
+        s = settings("file", optimizer="muon", batch_order="random", precision="fp32", **opts)
+        T.run_training(model, vocab, train, None, s, tmp_path / name, progress=False)  # no val: the last is saved
+        runs[name] = T.read_state(tmp_path / name / T.STATE_FILE)[0]
+        loaded, _, _ = checkpoint.load(tmp_path / name)
+        runs[name + " saved"] = {n: p.detach() for n, p in loaded.named_parameters()}
+    a, e = runs["auto"], runs["explicit"]
+    assert all(torch.equal(a[k], e[k]) for k in e if k.startswith(("model.", "optim.")))
+    saved = runs["auto saved"]
+    assert all(torch.equal(saved[n], runs["explicit saved"][n]) for n in saved)
+    source = "ema." if many else "model."
+    assert all(torch.equal(saved[n], a[source + n]) for n in saved)
+    assert any(not torch.equal(a["ema." + n], a["model." + n]) for n in saved)  # the average is kept either way
