@@ -34,8 +34,6 @@ def _specs(only: str | None) -> dict[str, list]:
 
 
 def _show(v) -> str:
-    if v is None:  # a setting the run chooses (its help says how)
-        return "auto"
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
@@ -49,8 +47,8 @@ def _help(pairs) -> str:
         return text
     values = [(fam.name, _show(default_of(fam, g))) for fam, g in pairs]
     shown = values[0][1] if len({v for _, v in values}) == 1 else ", ".join(f"{n} {v}" for n, v in values)
-    if "{defaults}" in text:
-        return text.replace("{defaults}", shown)
+    if "{defaults}" in text:  # such a help says what its None default, "auto", chooses
+        return text.replace("{defaults}", shown.replace("None", "auto"))
     return text if "default" in text else f"{text} (default: {shown})"
 
 

@@ -24,11 +24,11 @@ from ..errors import ArlmError
 from . import distributed
 from .batches import IGNORE, EpochOrder, TokenData, eval_batches, get_batch  # noqa: F401
 from .cpu import RunThreads, keep_freed_memory
-from .ema import WeightEMA
+from .ema import ema_in_use, make_ema
 from .optimizer import make_optimizer, set_step_hyperparameters
 from .report import LOG_FILE, RunLog, diverged, plot_run, truncate_log
 from .schedule import lr_at, planned_passes
-from .settings import AUTO_EMA_DECAY, AUTO_PASSES, TrainSettings, check_settings
+from .settings import TrainSettings, check_settings
 from .parts import (AUTO_COMPILE_MIN_STEPS, AUTO_COMPILE_MIN_TIME, Clock, StopFlag, Throughput, autocast_for, batch_tokens,
                     compile_count, compiles, draws_ahead, estimate_val_loss, progress_postfix, run_summary,
                     stop_reason)  # noqa: F401
@@ -117,6 +117,7 @@ def run_training(
                          "with --nproc)") from None
     finally:
         _close_run(tr, bar, restore_malloc, model, vocab)
+    dist.barrier("finishing the run")  # leave together: rank 1 once aborted at exit while rank 0 still plotted
     model.eval()
     return run_summary(tr, meter, stopped, stop_flag)
 
@@ -249,9 +250,7 @@ class Trainer:
                 self.compiled = torch.compile(self._loss_of, fullgraph=self.fullgraph, backend=COMPILE_BACKEND)
                 self.loss_of = self._compiled_loss_of
         self.optimizer = make_optimizer(model, settings, device)
-        # ema_decay None (auto): the average is kept from the start and used once the run plans enough passes
-        self.ema = (WeightEMA(model, AUTO_EMA_DECAY if settings.ema_decay is None else settings.ema_decay)
-                    if settings.ema_decay is None or settings.ema_decay > 0 else None)
+        self.ema = make_ema(model, settings.ema_decay)
         self.passes: float | None = None  # planned passes over train (.schedule.planned_passes), each step
         self.order: EpochOrder | None = None  # --batch-order epochs, made at the first batch
         self.gen = torch.Generator().manual_seed(settings.seed)
@@ -410,7 +409,7 @@ class Trainer:
         run = self.run
         self.last_eval_step = run.step
         val = None
-        with self.ema.swapped_in() if self.ema_in_use() else contextlib.nullcontext():  # EMA: scored, kept
+        with self.ema.swapped_in() if ema_in_use(self.ema, self.s.ema_decay, self.passes) else contextlib.nullcontext():  # EMA: scored, kept
             if self.val_batches:
                 val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast, self.dist)
                 self.log({"step": run.step, "val_loss": val, "elapsed_s": round(run.elapsed, 3)})
@@ -422,13 +421,6 @@ class Trainer:
                 self.save_model_dir()
         self.checkpoint(stopped)
         return val
-
-    def ema_in_use(self) -> bool:
-        """Whether the weights' average is what is scored and saved: ``--ema-decay`` > 0, or auto (None) with
-        at least ``AUTO_PASSES[0]`` planned passes over train."""
-        if self.ema is None:
-            return False
-        return self.s.ema_decay is not None or (self.passes or 0.0) >= AUTO_PASSES[0]
 
     def checkpoint(self, stopped: str | None = None) -> None:
         """Write the training state (``stopped``: why the run ended, else None); rank 0 only.
