@@ -27,6 +27,13 @@ class Split:
     source: str
     val_is_file: bool = False
 
+    def vocab_docs(self, kind: str) -> list[str]:
+        """The documents a vocab of ``kind`` is built from: the training documents, and for a char vocab val's
+        too. A char vocab's symbols then cover every character of the text given (nanoGPT's char vocab is
+        built over the whole file as well), so a character that only the held-out part holds is scored, not
+        refused; no count or statistic of val enters the vocab."""
+        return self.train_docs + self.val_docs if kind == "char" else self.train_docs
+
 
 def load_split(data: str | Path | None, documents: str = "file", val_file: str | Path | None = None,
                val_fraction: float = 0.1, seed: int = 1337) -> Split:
@@ -181,7 +188,7 @@ def _train_gradient(fam, split: Split, out: Path, replace: bool, vocab: str, voc
     from .training.run import train_gradient
 
     main_rank = distributed.current().is_main
-    v = train_vocab(vocab, split.train_docs, vocab_size)
+    v = train_vocab(vocab, split.vocab_docs(vocab), vocab_size)
     # under DDP rank 0 alone writes; a replaced directory is deleted once the new run has checkpointed
     with checkpoint.new_run_dir(out, write=main_rank, replace=bool(replace)):
         train_gradient(fam.name, v, split.train_docs, split.val_docs, split.documents, out, meta, seed=seed,
@@ -213,17 +220,17 @@ def train_ngram(split: Split, out: str | Path, order: int = 5, vocab: str = "cha
         raise ArlmError(f"--order must be in 1..{MAX_ORDER}, got {order}")
     checkpoint.prepare_dir(out)
 
-    def fit(docs: list[str]) -> LM:
-        v = train_vocab(vocab, docs, vocab_size)
+    def fit(docs: list[str], vocab_docs: list[str]) -> LM:
+        v = train_vocab(vocab, vocab_docs, vocab_size)
         model = NGramModel.fit(NGramConfig(v.vocab_size, v.bos_id, v.eos_id, order=order), encode_documents(v, docs))
         return LM(model, v, split.documents)
 
-    lm = fit(split.train_docs)
+    lm = fit(split.train_docs, split.vocab_docs(vocab))
     val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
     refitted = refit and split.val_docs and not split.val_is_file
     if refitted:
         all_docs = [split.train_docs[0] + split.val_docs[0]] if split.documents == "file" else split.train_docs + split.val_docs
-        lm = fit(all_docs)
+        lm = fit(all_docs, all_docs)
     lm.save(out, {**(meta or {}), "refit_on_val": bool(refitted)})
     return lm, val_metrics
 
@@ -235,7 +242,7 @@ def make_cache(split: Split, out: str | Path, order: int = 6, vocab: str = "char
     from .models.cache import CacheConfig, CacheModel
 
     checkpoint.prepare_dir(out)
-    v = train_vocab(vocab, split.train_docs, vocab_size)
+    v = train_vocab(vocab, split.vocab_docs(vocab), vocab_size)
     lm = LM(CacheModel(CacheConfig(v.vocab_size, v.bos_id, v.eos_id, order=order)), v, split.documents)
     val_metrics = lm.evaluate(split.val_text, split.documents) if split.val_docs else None
     lm.save(out, meta)
@@ -253,7 +260,7 @@ def make_cm(split: Split, out: str | Path, vocab: str = "char", vocab_size: int 
     from .models.cm import CMConfig, CMModel, newline_id, word_token_ids
 
     checkpoint.prepare_dir(out)
-    network, v = _cm_network(config, vocab) if config.get("neural") else (None, train_vocab(vocab, split.train_docs,
+    network, v = _cm_network(config, vocab) if config.get("neural") else (None, train_vocab(vocab, split.vocab_docs(vocab),
                                                                                             vocab_size))
     model = CMModel(CMConfig(v.vocab_size, v.bos_id, v.eos_id, word_token_ids=word_token_ids(v),
                              newline_id=newline_id(v), **config), neural=network)

@@ -79,3 +79,18 @@ def test_a_val_file_and_a_val_fraction_together_are_refused(tmp_path):
                  tmp_path / "m", check=False)
     assert r.returncode != 0 and "give --val-file or --val-fraction, not both" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("model,extra", [("ngram", {"order": 3}), ("gpt", {"max_steps": 5, "threads": 1}),
+                                         ("cache", {}), ("cm", {})])
+def test_a_character_only_the_held_out_val_holds_is_scored_not_refused(tmp_path, model, extra):
+    """A char vocab covers the text given, val's share included: a character that only the last 10% holds
+    gets a probability (finite nll), train succeeds, and the saved model scores it too."""
+    text = "abcab cabba " * 60 + "x\\y abc " * 5  # '\\', 'x' and 'y' only in the held-out end
+    data = tmp_path / "data.txt"
+    data.write_text(text, encoding="utf-8")
+    lm = arlm.train(data, model=model, out=tmp_path / model, **extra)
+    assert {"x", "\\", "y"} <= set(lm.vocab.chars)
+    lp = lm.log_prob("x\\y")
+    assert -float("inf") < lp < 0
+    assert -float("inf") < arlm.LM.load(tmp_path / model).log_prob("x\\y") < 0

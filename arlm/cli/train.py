@@ -100,7 +100,8 @@ def check_resume_flags(typed, out_dir: Path, out: str | None = None) -> None:
         may = ", ".join(flags.flag(n) for n in (*RESUMABLE, "nproc"))
         raise ArlmError(
             f"--resume continues the run in {out_dir} with its own data and settings; {', '.join(names)} cannot "
-            f"change on resume (only {may} may): drop them, or train a new run into another --out"
+            f"change on resume (only {may} may): drop {'it' if len(names) == 1 else 'them'}, or train a new run into "
+            "another --out"
         )
 
 

@@ -171,8 +171,10 @@ def check_settings(s: TrainSettings) -> None:
         raise ArlmError(f"--cooldown-fraction must be in (0, 1], got {s.cooldown_fraction}")
     if s.ema_decay is not None and not 0.0 <= s.ema_decay < 1.0:
         raise ArlmError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
-    if (s.muon_weight_decay is not None and s.muon_weight_decay < 0) or s.muon_momentum_warmup < 0:
-        raise ArlmError("--muon-weight-decay and --muon-momentum-warmup must be >= 0")
+    if s.muon_weight_decay is not None and not s.muon_weight_decay >= 0:
+        raise ArlmError(f"--muon-weight-decay must be >= 0, got {s.muon_weight_decay}")
+    if s.muon_momentum_warmup < 0:
+        raise ArlmError(f"--muon-momentum-warmup must be >= 0, got {s.muon_momentum_warmup}")
     if s.batch_order not in ("random", "epochs"):
         raise ArlmError(f"--batch-order must be random or epochs, got {s.batch_order!r}")
     if s.threads is not None and s.threads < 1:
