@@ -34,7 +34,10 @@ def _add_serve_parser(sub) -> None:
 
 
 def _add_heatmap_parser(sub) -> None:
-    h = sub.add_parser("heatmap", help="the surprisal heat map of a text: standalone HTML or a PNG")
+    h = sub.add_parser("heatmap", help="the surprisal heat map of a text: standalone HTML or a PNG",
+                       description="Colour each token of a text by its probability given the text before it (red "
+                                   "improbable to green probable, log scale from 1e-4 to 1), with the text's bits "
+                                   "per char as caption: a standalone HTML page or a PNG.")
     h.add_argument("model_dir", metavar="DIR", help="model directory")
     h.add_argument("file", metavar="FILE", help="UTF-8 text file to score")
     h.add_argument("--out", required=True, help="output file: .html (standalone page) or .png (matplotlib)")
