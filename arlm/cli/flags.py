@@ -45,10 +45,12 @@ def _help(pairs) -> str:
         return text if len(values) != 1 or "default" in text else f"{text} (default: {'on' if values.pop() else 'off'})"
     if f.type == "bool" or isinstance(f.default, bool):
         return text
-    values = [(fam.name, _show(default_of(fam, g))) for fam, g in pairs]
+    templated = "{defaults}" in text  # such a help says what its None default, "auto", chooses
+    values = [(fam.name, "auto" if templated and default_of(fam, g) is None else _show(default_of(fam, g)))
+              for fam, g in pairs]
     shown = values[0][1] if len({v for _, v in values}) == 1 else ", ".join(f"{n} {v}" for n, v in values)
-    if "{defaults}" in text:  # such a help says what its None default, "auto", chooses
-        return text.replace("{defaults}", shown.replace("None", "auto"))
+    if templated:
+        return text.replace("{defaults}", shown)
     return text if "default" in text else f"{text} (default: {shown})"
 
 

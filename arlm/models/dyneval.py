@@ -129,7 +129,9 @@ class DynEvalModel(LanguageModel):
         lr = config.learning_rate
         self.learning_rate = DEFAULT_LEARNING_RATES[base.family][config.optimizer] if lr is None else lr
         self.base = base
-        self._scales: list[float] | None = None  # "rms-relative": the RMS of each trained tensor
+        # the factor of each tensor's step: "rms-relative", the RMS of the trained tensor; else 1
+        relative = config.optimizer == "rms-relative"
+        self._scales = [_rms(p) if relative else 1.0 for p in base.parameters()]
 
     @property
     def block_size(self) -> None:
@@ -175,9 +177,6 @@ class DynEvalModel(LanguageModel):
         rms = cfg.optimizer != "sgd"
         if rms and st.sq is None:
             st.sq = [torch.zeros_like(p) for p in params]
-        if self._scales is None:
-            relative = cfg.optimizer == "rms-relative"
-            self._scales = [_rms(p) if relative else 1.0 for p in self.base.parameters()]
         st.updates += 1
         correction = 1.0 - _RMS_BETA ** st.updates
         for i, (p, p0) in enumerate(zip(params, self.base.parameters())):

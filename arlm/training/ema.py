@@ -11,6 +11,7 @@ import contextlib
 
 import torch
 
+from .settings import AUTO_EMA_DECAY, AUTO_PASSES
 
 class WeightEMA:
     """``ema <- ema + (1 - d_t) (w - ema)`` after every optimiser step, d_t = min(decay, (1 + t) / (10 + t))
@@ -65,14 +66,10 @@ class WeightEMA:
 def make_ema(model: torch.nn.Module, decay: float | None) -> WeightEMA | None:
     """The average a run keeps: ``--ema-decay`` > 0, or auto (None: ``AUTO_EMA_DECAY``, kept from the start and
     used once :func:`ema_in_use` says so); None for 0."""
-    from .settings import AUTO_EMA_DECAY
-
     return WeightEMA(model, AUTO_EMA_DECAY if decay is None else decay) if decay is None or decay > 0 else None
 
 
 def ema_in_use(ema: WeightEMA | None, decay: float | None, passes: float | None) -> bool:
     """Whether the average is what is scored and saved: ``--ema-decay`` > 0, or auto (None) with at least
     ``AUTO_PASSES[0]`` planned passes over train (:func:`.schedule.planned_passes`)."""
-    from .settings import AUTO_PASSES
-
     return ema is not None and (decay is not None or (passes or 0.0) >= AUTO_PASSES[0])

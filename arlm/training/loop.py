@@ -409,7 +409,8 @@ class Trainer:
         run = self.run
         self.last_eval_step = run.step
         val = None
-        with self.ema.swapped_in() if ema_in_use(self.ema, self.s.ema_decay, self.passes) else contextlib.nullcontext():  # EMA: scored, kept
+        averaged = ema_in_use(self.ema, self.s.ema_decay, self.passes)
+        with self.ema.swapped_in() if averaged else contextlib.nullcontext():  # EMA: scored, kept
             if self.val_batches:
                 val = estimate_val_loss(self.model, self.val_batches, self.device, self.autocast, self.dist)
                 self.log({"step": run.step, "val_loss": val, "elapsed_s": round(run.elapsed, 3)})
